@@ -1,0 +1,153 @@
+"""Django admin for study admins: provenance is visible here (and only here and in the API for admins)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from . import importing, services
+from .models import ApiToken, AuditEvent, Image, Label, ReadingTask, Round, Study, StudyMembership
+
+
+class MembershipInline(admin.TabularInline):
+    model = StudyMembership
+    extra = 0
+    fields = ("user", "role", "pseudonym", "is_simulated")
+
+
+class ImportForm(forms.Form):
+    archive = forms.FileField(help_text="A ZIP of PNG, JPEG or DICOM files, or a single image file.")
+    reports = forms.FileField(required=False, help_text="Optional CSV: file_name,report")
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("name", "title", "readers_per_image", "real_fraction", "revealed_at", "created_at")
+    search_fields = ("name", "title")
+    inlines = [MembershipInline]
+    actions = ["reveal_truth"]
+
+    def save_model(self, request, obj, form, change):
+        try:
+            services.study_validate(study=obj)
+        except ValidationError as exc:
+            messages.error(request, "; ".join(exc.messages))
+            raise
+        super().save_model(request, obj, form, change)
+        services.audit(actor=request.user, action="study.change" if change else "study.create", study=obj,
+                       obj=obj, fields=list(form.changed_data))
+
+    @admin.action(description="Reveal the truth to readers")
+    def reveal_truth(self, request, queryset):
+        for study in queryset:
+            services.study_reveal(study=study, actor=request.user)
+
+    def get_urls(self):
+        return [path("<int:pk>/import/", self.admin_site.admin_view(self.import_view), name="study-import"),
+                *super().get_urls()]
+
+    def import_view(self, request, pk):
+        study = get_object_or_404(Study, pk=pk)
+        form = ImportForm(request.POST or None, request.FILES or None)
+        result = None
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["archive"]
+            reports = importing.read_reports_csv(form.cleaned_data["reports"].read()) if form.cleaned_data[
+                "reports"] else {}
+            with tempfile.TemporaryDirectory() as tmp:
+                path_ = Path(tmp) / Path(upload.name).name
+                with open(path_, "wb") as handle:
+                    for chunk in upload.chunks():
+                        handle.write(chunk)
+                try:
+                    result = importing.images_import_path(study=study, path=path_, reports=reports,
+                                                          actor=request.user)
+                except importing.ArchiveRejected as exc:
+                    form.add_error("archive", exc.reason)
+        context = {**self.admin_site.each_context(request), "form": form, "study": study, "result": result,
+                   "title": f"Import images into {study}"}
+        return render(request, "admin/annotation/import.html", context, status=400 if form.errors else 200)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}),
+                         "import_url": reverse("admin:study-import", args=[object_id])}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(Round)
+class RoundAdmin(admin.ModelAdmin):
+    list_display = ("study", "number", "status", "labeling_opened_at", "finished_at")
+    list_filter = ("status", "study")
+    readonly_fields = ("pools", "progress", "metrics", "stage_error")
+    actions = ["open_labeling", "close_labeling"]
+
+    @admin.action(description="Open labeling (build reading cases)")
+    def open_labeling(self, request, queryset):
+        for rnd in queryset:
+            try:
+                services.round_open_labeling(round=rnd, actor=request.user)
+            except ValidationError as exc:
+                messages.error(request, f"{rnd}: {'; '.join(exc.messages)}")
+
+    @admin.action(description="Close labeling")
+    def close_labeling(self, request, queryset):
+        for rnd in queryset:
+            try:
+                services.round_transition(round=rnd, to="done", actor=request.user)
+            except ValidationError as exc:
+                messages.error(request, f"{rnd}: {'; '.join(exc.messages)}")
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = ("pk", "study", "round", "source", "is_catch", "original_name", "burned_in_phi", "created_at")
+    list_filter = ("source", "is_catch", "burned_in_phi", "study")
+    search_fields = ("original_name", "prompt", "sha256")
+    readonly_fields = ("storage_key", "display_key", "sha256", "deid_removed", "preview")
+
+    @admin.display(description="Display rendition")
+    def preview(self, obj):
+        return format_html("<code>{}</code> ({}×{} original)", obj.display_key, obj.width, obj.height)
+
+
+@admin.register(ReadingTask)
+class ReadingTaskAdmin(admin.ModelAdmin):
+    list_display = ("pk", "round", "reader", "kind", "position", "status", "is_catch", "claimed_at")
+    list_filter = ("kind", "status", "is_catch")
+    raw_id_fields = ("queue", "case", "image", "image_b", "repeat_of", "current_label")
+
+
+@admin.register(Label)
+class LabelAdmin(admin.ModelAdmin):
+    list_display = ("pk", "task", "reader", "revision", "created_at")
+    readonly_fields = [f.name for f in Label._meta.fields]
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # labels are append-only
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "actor", "action", "study", "object_type", "object_id")
+    list_filter = ("action",)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+admin.site.register(ApiToken, list_display=("name", "user", "prefix", "scope", "created_at", "revoked_at"),
+                    readonly_fields=("prefix", "key_hash"))
+admin.site.site_header = "CXR feedback loop · administration"

@@ -1,0 +1,484 @@
+"""Validate, de-identify and decode uploaded chest X-ray files before they are stored.
+
+Pure Python (numpy, Pillow, pydicom); no Django. Every check that can refuse a file runs before the
+expensive or dangerous step it protects: size before parsing, the header's pixel count before
+decoding pixels, the whole ZIP directory before any member is read.
+"""
+
+from __future__ import annotations
+
+import stat
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from io import BytesIO
+from os import PathLike
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageFile, ImageOps
+from pydicom.datadict import tag_for_keyword
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import generate_uid
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+NOT_AN_IMAGE = "not a PNG, JPEG or DICOM file"
+
+
+class ImageRejected(Exception):
+    """One uploaded file is refused; `reason` is a sentence that can be shown to the user."""
+
+    def __init__(self, reason: str, *, filename: str = "") -> None:
+        super().__init__(f"{filename}: {reason}" if filename else reason)
+        self.reason = reason
+        self.filename = filename
+
+
+class ArchiveRejected(Exception):
+    """A whole ZIP upload is refused before anything is read out of it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_file_bytes: int = 64 * 1024 * 1024  # one image file, bytes
+    max_pixels: int = 40_000_000  # width * height of one image
+    max_archive_entries: int = 20_000  # entries in one ZIP, directories and junk included
+    max_archive_bytes: int = 8 * 1024**3  # total uncompressed size of the kept ZIP members, bytes
+    max_ratio: float = 200.0  # uncompressed/compressed size above which a member is a zip bomb
+    # Tiny members compress absurdly well (a 64 KiB run of zeros) yet cannot hurt: only members at
+    # least this large (uncompressed bytes) are held to max_ratio.
+    ratio_min_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # 2-D float32 in [0, 1], grayscale, windowed, bright = dense (MONOCHROME2)
+    fmt: str  # "png" | "jpeg" | "dicom"
+    width: int
+    height: int
+    deid_removed: tuple[str, ...] = ()  # DICOM keywords or "(gggg,eeee)" removed, emptied or replaced
+    burned_in_phi: bool = False  # the DICOM says (or its modality suggests) text is burned into pixels
+    metadata: dict[str, Any] = field(default_factory=dict)  # small, non-identifying facts only
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    name: str  # the entry's name inside the ZIP, as stored
+    size: int  # uncompressed size claimed by the ZIP directory (read_member does not trust it)
+
+
+# --- DICOM de-identification: PS3.15 Annex E, Basic Application Level Confidentiality Profile ---
+def _words(*groups: str) -> tuple[str, ...]:
+    return tuple(word for group in groups for word in group.split())
+
+
+# Z (and Z/D) attributes are kept but emptied, so Type 2 attributes stay present.
+_EMPTY = _words(
+    """PatientName PatientID PatientBirthDate PatientSex StudyDate StudyTime AccessionNumber
+    ReferringPhysicianName StudyID ContentDate ContentTime ContentCreatorName VerifyingObserverName
+    PatientSexNeutered"""
+)
+# X (and X/Z, X/D) attributes are removed.
+_REMOVE = _words(
+    # patient
+    """PatientBirthTime PatientAge PatientSize PatientWeight PatientAddress OtherPatientIDs
+    OtherPatientIDsSequence OtherPatientNames PatientBirthName PatientMotherBirthName IssuerOfPatientID
+    MedicalRecordLocator MilitaryRank BranchOfService CountryOfResidence RegionOfResidence
+    PatientTelephoneNumbers PatientTelecomInformation EthnicGroup Occupation SmokingStatus
+    AdditionalPatientHistory PregnancyStatus LastMenstrualDate PatientReligiousPreference
+    PatientComments PatientState MedicalAlerts Allergies SpecialNeeds PatientInsurancePlanCodeSequence
+    PatientPrimaryLanguageCodeSequence PatientPrimaryLanguageModifierCodeSequence
+    PatientTransportArrangements PatientInstitutionResidence ResponsiblePerson ResponsiblePersonRole
+    ResponsibleOrganization ReferencedPatientSequence ReferencedPatientAliasSequence
+    ReferencedPatientPhotoSequence ConfidentialityConstraintOnPatientDataDescription PersonName
+    PersonAddress PersonTelephoneNumbers PersonTelecomInformation PersonIdentificationCodeSequence""",
+    # visit, order and request
+    """AdmissionID IssuerOfAdmissionID AdmittingDate AdmittingTime AdmittingDiagnosesDescription
+    AdmittingDiagnosesCodeSequence DischargeDiagnosisDescription CurrentPatientLocation AssignedLocation
+    ServiceEpisodeID ServiceEpisodeDescription VisitComments ReasonForStudy
+    ReasonForTheImagingServiceRequest RequestAttributesSequence RequestedProcedureDescription
+    RequestedProcedureID RequestedProcedureComments RequestedProcedureLocation
+    ImagingServiceRequestComments RequestingPhysician RequestingPhysicianIdentificationSequence
+    RequestingService OrderEnteredBy OrderEntererLocation OrderCallbackPhoneNumber
+    OrderCallbackTelecomInformation PlacerOrderNumberImagingServiceRequest
+    FillerOrderNumberImagingServiceRequest ScheduledProcedureStepDescription
+    ScheduledPerformingPhysicianName ScheduledPerformingPhysicianIdentificationSequence
+    ScheduledProcedureStepLocation ScheduledStationName ScheduledStationAETitle
+    ScheduledHumanPerformersSequence ScheduledPatientInstitutionResidence PerformedProcedureStepID
+    PerformedProcedureStepDescription PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+    PerformedProcedureStepEndDate PerformedProcedureStepEndTime PerformedStationName
+    PerformedStationAETitle PerformedLocation ActualHumanPerformersSequence HumanPerformerName
+    HumanPerformerOrganization ReferencedStudySequence ReferencedPerformedProcedureStepSequence""",
+    # people
+    """ReferringPhysicianAddress ReferringPhysicianTelephoneNumbers
+    ReferringPhysicianIdentificationSequence PhysiciansOfRecord PhysiciansOfRecordIdentificationSequence
+    PerformingPhysicianName PerformingPhysicianIdentificationSequence NameOfPhysiciansReadingStudy
+    PhysiciansReadingStudyIdentificationSequence ConsultingPhysicianName
+    ConsultingPhysicianIdentificationSequence OperatorsName OperatorIdentificationSequence
+    ContentCreatorIdentificationCodeSequence VerifyingObserverIdentificationCodeSequence
+    VerifyingOrganization ReviewerName EvaluatorName DistributionName DistributionAddress""",
+    # institution and device
+    """InstitutionName InstitutionAddress InstitutionalDepartmentName
+    InstitutionalDepartmentTypeCodeSequence InstitutionCodeSequence StationName DeviceSerialNumber
+    DeviceDescription DetectorID GantryID PlateID CassetteID GeneratorID SourceSerialNumber UDISequence
+    UniqueDeviceIdentifier SoftwareVersions DestinationAE""",
+    # dates and times, descriptions, free text
+    """SeriesDate SeriesTime AcquisitionDate AcquisitionTime AcquisitionDateTime InstanceCreationDate
+    InstanceCreationTime TimezoneOffsetFromUTC StudyDescription SeriesDescription ProtocolName
+    StudyComments ImageComments FrameComments AcquisitionComments DerivationDescription
+    AcquisitionDeviceProcessingDescription ContributionDescription ContrastBolusAgent
+    InterventionDrugName TextString TextComments TopicTitle TopicSubject TopicAuthor TopicKeywords
+    AcquisitionContextSequence IconImageSequence ReferencedImageSequence SourceImageSequence""",
+    # provenance that may hold the original values
+    """OriginalAttributesSequence ModifiedAttributesSequence DigitalSignaturesSequence
+    ReferencedDigitalSignatureSequence ReferencedSOPInstanceMACSequence MACParametersSequence
+    DataSetTrailingPadding""",
+)
+# U attributes are replaced by fresh random UIDs, consistently within one dataset (so references
+# inside it still match) rather than dropped: SOPInstanceUID is Type 1 and mirrored in the file meta.
+_REPLACE_UID = _words(
+    """StudyInstanceUID SeriesInstanceUID SOPInstanceUID FrameOfReferenceUID
+    SynchronizationFrameOfReferenceUID ReferencedSOPInstanceUID ReferencedFrameOfReferenceUID
+    RelatedFrameOfReferenceUID InstanceCreatorUID IrradiationEventUID DimensionOrganizationUID
+    ConcatenationUID DeviceUID DigitalSignatureUID DoseReferenceUID FailedSOPInstanceUIDList FiducialUID
+    MultiFrameSourceSOPInstanceUID ObservationUID PaletteColorLookupTableUID
+    LargePaletteColorLookupTableUID ReferencedGeneralPurposeScheduledProcedureStepTransactionUID
+    RequestedSOPInstanceUID SpecimenUID StorageMediaFileSetUID TargetUID TemplateExtensionCreatorUID
+    TemplateExtensionOrganizationUID TrackingUID TransactionUID UID CreatorVersionUID"""
+)
+BASIC_PROFILE_TAGS: tuple[str, ...] = _EMPTY + _REMOVE + _REPLACE_UID
+
+
+def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
+    tags = {kw: tag_for_keyword(kw) for kw in keywords}
+    unknown = [kw for kw, tag in tags.items() if tag is None]
+    if unknown:  # a typo here would silently let PHI through
+        raise RuntimeError(f"unknown DICOM keywords in the de-identification profile: {unknown}")
+    return frozenset(t for t in tags.values() if t is not None)
+
+
+_EMPTY_TAGS, _REMOVE_TAGS, _UID_TAGS = _tags(_EMPTY), _tags(_REMOVE), _tags(_REPLACE_UID)
+_FILE_META_REMOVE = (
+    "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle",
+    "PrivateInformationCreatorUID", "PrivateInformation",
+)  # fmt: skip
+
+
+def _tag_name(elem: pydicom.DataElement) -> str:
+    if elem.keyword and not elem.tag.is_private:
+        return elem.keyword
+    return f"({elem.tag.group:04X},{elem.tag.element:04X})"
+
+
+def _must_remove(elem: pydicom.DataElement) -> bool:
+    tag = elem.tag
+    if tag.is_private or not elem.keyword or tag in _REMOVE_TAGS:  # unknown even-group tags too
+        return True
+    if 0x5000 <= tag.group <= 0x50FF:  # retired curve data
+        return True
+    if 0x6000 <= tag.group <= 0x60FF and tag.element in (0x3000, 0x4000):  # overlay data, comments
+        return True
+    # Beyond Annex E: no person name survives anywhere, whatever attribute carries it.
+    return elem.VR == "PN" and tag not in _EMPTY_TAGS
+
+
+def _scrub(ds: pydicom.Dataset, touched: dict[str, None], uid_map: dict[str, str]) -> None:
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        if _must_remove(elem):
+            del ds[tag]
+        elif tag in _EMPTY_TAGS:
+            if elem.value in (None, "", b""):
+                continue
+            elem.value = [] if elem.VR == "SQ" else None
+        elif tag in _UID_TAGS:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            new = [uid_map.setdefault(str(v), generate_uid()) for v in values if v]
+            elem.value = new if elem.VM > 1 else (new[0] if new else "")
+        else:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    _scrub(item, touched, uid_map)
+            continue
+        touched[_tag_name(elem)] = None
+
+
+def deidentify_dataset(ds: pydicom.Dataset) -> list[str]:
+    """De-identify `ds` in place (Annex E basic profile, private/unknown tags, any person name).
+
+    Returns the keywords (or "(gggg,eeee)") of the attributes removed, emptied or given new UIDs.
+    """
+    touched: dict[str, None] = {}  # an ordered set
+    uid_map: dict[str, str] = {}
+    _scrub(ds, touched, uid_map)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        for keyword in _FILE_META_REMOVE:
+            if keyword in meta:
+                del meta[keyword]
+                touched[keyword] = None
+        old = str(meta.get("MediaStorageSOPInstanceUID", ""))
+        if old:
+            meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or uid_map.get(old, generate_uid())
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "PS3.15 E.1 Basic Profile; private and name tags removed"  # LO: <= 64
+    return list(touched)
+
+
+# --- decoding -----------------------------------------------------------------------------------
+def _mb(n: int) -> str:
+    return f"{n / 1024**2:.0f} MB" if n >= 1024**2 else f"{n} bytes"
+
+
+def _check_pixels(width: int, height: int, limits: IngestLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            f"image is {width}x{height} pixels, over the {limits.max_pixels}-pixel limit (decompression bomb?)"
+        )
+
+
+def decode_image(data: bytes, *, filename: str, limits: IngestLimits = IngestLimits()) -> DecodedImage:
+    """Validate one uploaded file and decode it to a windowed grayscale image in [0, 1].
+
+    Raises ImageRejected (with a user-facing `.reason`) for anything that is not a sound, decodable,
+    single-frame PNG, JPEG or DICOM image within `limits`. DICOM files are de-identified first.
+    """
+    try:
+        if len(data) > limits.max_file_bytes:
+            raise ImageRejected(f"file is {_mb(len(data))}, over the {_mb(limits.max_file_bytes)} limit")
+        if not data:
+            raise ImageRejected("file is empty")
+        if data.startswith(PNG_MAGIC):
+            return _decode_pillow(data, "png", limits)
+        if data.startswith(JPEG_MAGIC):
+            return _decode_pillow(data, "jpeg", limits)
+        if data[128:132] == b"DICM":
+            return _decode_dicom(data, limits)
+        raise ImageRejected(NOT_AN_IMAGE)
+    except ImageRejected as exc:
+        raise ImageRejected(exc.reason, filename=filename) from exc.__cause__
+
+
+def _decode_pillow(data: bytes, fmt: str, limits: IngestLimits) -> DecodedImage:
+    label = fmt.upper()
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a half-grey truncated upload must fail, not pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            formats = ["PNG"] if fmt == "png" else ["JPEG", "MPO"]
+            img = Image.open(BytesIO(data), formats=formats)
+            _check_pixels(img.width, img.height, limits)  # header only; no pixel decoded yet
+            img.verify()  # checksums and structure; verify() leaves the image unusable, so reopen
+            img = Image.open(BytesIO(data), formats=formats)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            f"image is too large to decode safely, over the {limits.max_pixels}-pixel limit "
+            f"(decompression bomb?): {exc}"
+        ) from exc
+    except ImageRejected:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
+        raise ImageRejected(f"corrupt or truncated {label}: {exc}") from exc
+    if fmt == "jpeg":
+        try:
+            img = ImageOps.exif_transpose(img)  # phone photos of films are often rotated by EXIF only
+        except Exception:  # a broken EXIF block is no reason to refuse the pixels
+            pass
+    mode = img.mode
+    if mode.startswith("I;16"):
+        pixels, bits = np.asarray(img, dtype=np.float32) / 65535.0, 16  # full 16-bit range, not 255
+    elif mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        bits = 16 if arr.min() >= 0 and arr.max() <= 65535 else 32
+        pixels = arr / 65535.0 if bits == 16 else _stretch(arr, 0.0, 100.0)
+    elif mode == "F":
+        pixels, bits = _stretch(np.asarray(img, dtype=np.float64), 0.0, 100.0), 32
+    else:  # 1, L, P, LA, RGB, RGBA, CMYK, YCbCr: ITU-R 601 luma; alpha is ignored
+        pixels, bits = np.asarray(img.convert("L"), dtype=np.float32) / 255.0, 8
+    meta = {"mode": mode, "bits": bits}
+    return _result(pixels, fmt, meta)
+
+
+def _stretch(arr: np.ndarray, lo_pct: float, hi_pct: float) -> np.ndarray:
+    lo, hi = np.percentile(arr, [lo_pct, hi_pct]) if arr.size else (0.0, 0.0)
+    if hi <= lo:
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return (arr - lo) / (hi - lo)
+
+
+def _result(pixels: np.ndarray, fmt: str, meta: dict[str, Any], **extra: Any) -> DecodedImage:
+    pixels = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32)), 0.0, 1.0)
+    if pixels.ndim != 2:
+        raise ImageRejected(f"decoded image has unexpected shape {pixels.shape}")
+    h, w = pixels.shape
+    return DecodedImage(np.ascontiguousarray(pixels), fmt, w, h, metadata=meta, **extra)
+
+
+_BURNED_IN_MODALITIES = {"SC", "OT", "US", "XC", "ES", "DOC", "GM"}  # screenshots and scans of paper
+
+
+def _decode_dicom(data: bytes, limits: IngestLimits) -> DecodedImage:
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=False)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        photometric = str(ds.PhotometricInterpretation).strip()
+        samples = int(ds.get("SamplesPerPixel", 1))
+        _ = ds["PixelData"]  # present? (its value stays undecoded until pixel_array)
+    except ImageRejected:
+        raise
+    except (KeyError, AttributeError) as exc:  # pydicom stops quietly at the end of a truncated file
+        missing = "Pixel Data" if isinstance(exc, KeyError) else getattr(exc, "name", exc)
+        raise ImageRejected(
+            f"DICOM file holds no image ({missing} missing): truncated, or not an image"
+        ) from exc
+    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, ValueError, ...
+        raise ImageRejected(f"corrupt or truncated DICOM: {exc}") from exc
+    if frames > 1:
+        raise ImageRejected(
+            f"multi-frame DICOM ({frames} frames) is not supported; upload one image per file"
+        )
+    _check_pixels(cols, rows, limits)
+
+    burned_in = str(ds.get("BurnedInAnnotation", "")).strip().upper()
+    modality = str(ds.get("Modality", "")).strip().upper()
+    spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    meta: dict[str, Any] = {
+        "modality": modality,
+        "view_position": str(ds.get("ViewPosition", "")).strip(),
+        "photometric": photometric,
+        "bits_stored": int(ds.get("BitsStored", 0)),
+        "bits_allocated": int(ds.get("BitsAllocated", 0)),
+        "transfer_syntax": ts.name if ts else "",
+        "pixel_spacing_mm": [float(v) for v in spacing] if spacing else None,
+        "burned_in_annotation": burned_in,
+    }
+    removed = tuple(deidentify_dataset(ds))  # before any pixel work, so nothing below sees PHI
+
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # missing decoder plugin, wrong length, corrupt codestream
+        name = ts.name if ts else "unknown transfer syntax"
+        raise ImageRejected(f"cannot decode the DICOM pixel data ({name}): {exc}") from exc
+    if samples == 3 and stored.ndim == 3:  # pydicom hands colour over as RGB
+        luma = stored[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        pixels, meta["window"] = luma / max(float(2 ** int(ds.BitsStored) - 1), 1.0), "none (colour)"
+    elif stored.ndim == 2:
+        pixels, meta["window"] = _window(stored, ds)
+        if photometric == "MONOCHROME1":  # stored bright = air; flip so bright = bone
+            pixels = 1.0 - pixels
+    else:
+        raise ImageRejected(f"unsupported DICOM pixel layout {stored.shape} ({photometric})")
+    flagged = burned_in == "YES" or (not burned_in and modality in _BURNED_IN_MODALITIES)
+    return _result(pixels, "dicom", meta, deid_removed=removed, burned_in_phi=flagged)
+
+
+def _window(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
+    """Modality LUT/rescale, then the first VOI LUT or window; else a 0.5-99.5 percentile window."""
+    values = apply_modality_lut(stored, ds)  # stays integer when there is no rescale, as a VOI LUT needs
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    if ds.get("VOILUTSequence") or has_window:
+        try:
+            out = apply_voi_lut(values, ds).astype(np.float64)
+            # Scale by the VOI's own output range, not the image's: the LUT's entries, or what a
+            # window maps the most extreme inputs to (pydicom's y_min/y_max). A decreasing LUT stays so.
+            if ds.get("VOILUTSequence"):
+                count, first = ds.VOILUTSequence[0].LUTDescriptor[:2]
+                domain, source = np.arange(first, first + (count or 65536), dtype=np.int64), "voi_lut"
+            else:
+                domain, source = np.array([-(2.0**40), 2.0**40]), "window"
+            ends = apply_voi_lut(domain, ds).astype(np.float64)
+            lo, hi = float(ends.min()), float(ends.max())
+            if hi > lo:
+                return (out - lo) / (hi - lo), source
+        except (ValueError, IndexError, TypeError, AttributeError):
+            pass  # malformed window: fall back to the data's own range
+    return _stretch(values.astype(np.float64), 0.5, 99.5), "percentile"
+
+
+# --- archives -----------------------------------------------------------------------------------
+def _is_junk(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return bool(parts) and ("__MACOSX" in parts or parts[-1].startswith("._") or parts[-1] == ".DS_Store")
+
+
+def _check_name(name: str) -> None:
+    norm = name.replace("\\", "/")  # a Windows extractor would treat backslashes as separators
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        raise ArchiveRejected(f"archive entry {name!r} has an absolute path")
+    if ".." in norm.split("/"):
+        raise ArchiveRejected(f"archive entry {name!r} climbs out of the archive with '..'")
+
+
+def iter_archive(
+    path_or_file: str | PathLike[str] | IO[bytes], *, limits: IngestLimits = IngestLimits()
+) -> list[ArchiveMember]:
+    """Validate a whole ZIP's directory and list the image files to read with `read_member`.
+
+    Nothing is decompressed here. Directories and macOS junk (__MACOSX/, ._*, .DS_Store) are skipped.
+    """
+    try:
+        with zipfile.ZipFile(path_or_file) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise ArchiveRejected(f"not a valid ZIP archive: {exc}") from exc
+    if len(infos) > (most := limits.max_archive_entries):
+        raise ArchiveRejected(f"archive has {len(infos)} entries, over the {most}-entry limit")
+    members: list[ArchiveMember] = []
+    seen: set[str] = set()
+    total = 0
+    for info in infos:
+        name = info.filename
+        _check_name(name)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ArchiveRejected(f"archive entry {name!r} is a symbolic link")
+        if info.flag_bits & 0x1:
+            raise ArchiveRejected(f"archive entry {name!r} is encrypted")
+        if name in seen:
+            raise ArchiveRejected(f"archive holds {name!r} twice")
+        seen.add(name)
+        total += info.file_size  # junk included: an extractor other than ours would unpack it
+        if info.is_dir() or _is_junk(name):
+            continue
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size >= limits.ratio_min_bytes and ratio > limits.max_ratio:
+            limit = f"{limits.max_ratio:.0f}-fold limit"
+            raise ArchiveRejected(
+                f"archive entry {name!r} expands {ratio:.0f}-fold, over the {limit} (zip bomb?)"
+            )
+        members.append(ArchiveMember(name=name, size=info.file_size))
+    if total > (cap := limits.max_archive_bytes):
+        raise ArchiveRejected(f"archive unpacks to {_mb(total)}, over the {_mb(cap)} limit")
+    return members
+
+
+def read_member(zf: zipfile.ZipFile, member: ArchiveMember, limits: IngestLimits = IngestLimits()) -> bytes:
+    """Read one member, stopping as soon as it passes max_file_bytes whatever its header claims."""
+    cap = limits.max_file_bytes
+    if member.size > cap:
+        raise ImageRejected(f"file is {_mb(member.size)}, over the {_mb(cap)} limit", filename=member.name)
+    chunks: list[bytes] = []
+    read = 0
+    try:
+        with zf.open(member.name) as fh:
+            while chunk := fh.read(min(1024 * 1024, cap + 1 - read)):
+                chunks.append(chunk)
+                read += len(chunk)
+                if read > cap:
+                    raise ImageRejected(f"file is over the {_mb(cap)} limit", filename=member.name)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise ImageRejected(f"corrupt archive entry: {exc}", filename=member.name) from exc
+    return b"".join(chunks)

@@ -1,0 +1,146 @@
+"""Shared fixtures. Under CI=true the suite runs on PostgreSQL with Redis and refuses to start without them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session):
+    if not CI:
+        return
+    from django.conf import settings
+
+    problems = []
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        problems.append("CI=true but DATABASE_URL does not point at PostgreSQL")
+    elif not _reachable(os.environ.get("DATABASE_URL", ""), 5432):
+        problems.append("CI=true but PostgreSQL is not reachable at DATABASE_URL")
+    if not settings.REDIS_URL or not _reachable(settings.REDIS_URL, 6379):
+        problems.append("CI=true but Redis is not reachable at REDIS_URL")
+    if problems:
+        pytest.exit("; ".join(problems), returncode=3)
+
+
+def uses_postgres() -> bool:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def require_postgres():
+    if not uses_postgres():
+        if CI:
+            pytest.fail("PostgreSQL is required under CI=true")
+        pytest.skip("needs DATABASE_URL pointing at PostgreSQL")
+
+
+def require_redis() -> str:
+    from django.conf import settings
+
+    if settings.REDIS_URL and _reachable(settings.REDIS_URL, 6379):
+        return settings.REDIS_URL
+    if CI:
+        pytest.fail("Redis is required under CI=true")
+    pytest.skip("needs REDIS_URL pointing at a running Redis")
+
+
+@pytest.fixture(autouse=True)
+def _media(settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    counter = iter(range(1, 10_000))
+
+    def make(username: str | None = None, **extra):
+        name = username or f"user{next(counter)}"
+        return django_user_model.objects.create_user(username=name, password="pw-" + name, **extra)
+
+    return make
+
+
+@pytest.fixture
+def make_study(make_user):
+    from annotation import services
+
+    def make(name: str = "cxr", **kw):
+        kw.setdefault("display_size", 64)
+        return services.study_create(name=name, title=f"Study {name}", **kw)
+
+    return make
+
+
+@pytest.fixture
+def add_reader(make_user):
+    from annotation import services
+    from annotation.models import Role
+
+    def add(study, username: str | None = None):
+        user = make_user(username)
+        services.membership_add(study=study, user=user, role=Role.READER)
+        return user
+
+    return add
+
+
+def random_pixels(seed: int, shape=(48, 40)) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+@pytest.fixture
+def stored_round():
+    """A round with real and synthetic images stored through the real path, opened for labeling."""
+    from annotation import services
+
+    def make(study, *, real: int = 10, synthetic: int = 10, catch: int = 0, open_: bool = True, shape=None):
+        rnd = services.round_create(study=study)
+        seed = rnd.pk * 100_000
+        for i in range(real):
+            services.image_store(study=study, round=rnd, source="real", pixels=random_pixels(seed + i, shape
+                                 or (60, 48)), prompt=f"report {i}")
+        for i in range(synthetic):
+            services.image_store(study=study, round=rnd, source="synthetic",
+                                 pixels=random_pixels(seed + 50_000 + i, (64, 64)), prompt=f"prompt {i // 2}",
+                                 seed=i, generator="test")
+        for i in range(catch):
+            services.image_store(study=study, round=rnd, source="synthetic", is_catch=True,
+                                 pixels=np.zeros((64, 64), np.float32) + (i + 1) / (catch + 2))
+        return services.round_open_labeling(round=rnd) if open_ else rnd
+
+    return make
+
+
+@pytest.fixture
+def bulk_round():
+    """A labeling round with `n` cases per kind, rows only (no files): for size-independence checks."""
+    from annotation import services
+    from annotation.models import Image
+
+    def make(study, n: int):
+        rnd = services.round_create(study=study)
+        Image.objects.bulk_create(
+            [Image(study=study, round=rnd, source="real" if i % 2 else "synthetic", storage_key=f"k{i}",
+                   display_key=f"d{i}", sha256=f"{rnd.pk}-{i}", width=64, height=64) for i in range(n)],
+            batch_size=5000,
+        )
+        return services.round_open_labeling(round=rnd)
+
+    return make
