@@ -76,6 +76,13 @@ def test_cardiomegaly_has_larger_cardiothoracic_ratio():
         assert np.count_nonzero(big.clean != normal.clean) > 0
 
 
+def test_same_seed_is_the_same_patient_whatever_the_findings():
+    normal = generate_phantom(seed=6, size=SMALL, findings=())
+    sick = generate_phantom(seed=6, size=SMALL, findings=("cardiomegaly",))
+    assert np.array_equal(normal.clean[: SMALL // 4], sick.clean[: SMALL // 4])  # neck and apices untouched
+    assert f"cardiothoracic ratio {sick.cardiothoracic_ratio:.2f}" in sick.report
+
+
 @pytest.mark.parametrize("finding", FINDINGS)
 def test_each_finding_is_drawn_and_reported(finding):
     normal = generate_phantom(seed=11, size=SMALL, findings=())
