@@ -91,6 +91,9 @@ class StudyMembership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["study", "user", "role"], name="uniq_membership")]
 
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} of {self.study}"
+
 
 class RoundStatus(models.TextChoices):
     DRAFT = "draft"
@@ -178,6 +181,9 @@ class ReadingCase(models.Model):
             models.UniqueConstraint(fields=["round", "kind", "is_catch", "slot", "idx"], name="uniq_case_slot_idx")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} case {self.idx} ({self.slot}) of {self.round}"
+
 
 class ReaderQueue(models.Model):
     """A reader's place in one round: the seed of their order and how far they have walked each pool."""
@@ -195,6 +201,9 @@ class ReaderQueue(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["reader", "round"], name="uniq_queue_reader_round")]
+
+    def __str__(self) -> str:
+        return f"queue of {self.reader} in {self.round}"
 
 
 class TaskStatus(models.TextChoices):
@@ -242,6 +251,9 @@ class ReadingTask(models.Model):
             models.Index(fields=["status", "claimed_at"]),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} task {self.position} of {self.reader}"
+
 
 class Label(models.Model):
     """One answer, never changed: a revision is a new row with the next revision number."""
@@ -258,6 +270,9 @@ class Label(models.Model):
         constraints = [models.UniqueConstraint(fields=["task", "revision"], name="uniq_label_revision")]
         indexes = [models.Index(fields=["created_at"])]
 
+    def __str__(self) -> str:
+        return f"label {self.pk} (revision {self.revision}) of task {self.task_id}"
+
 
 class AuditEvent(models.Model):
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -270,6 +285,9 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action}"
 
 
 class TokenScope(models.TextChoices):

@@ -6,7 +6,16 @@ from django.contrib.auth.models import AbstractUser
 from django.core.cache import cache
 from django.db.models import F, Q, Sum
 
-from .models import ReaderQueue, ReadingCase, ReadingTask, Role, Round, RoundStatus, StudyMembership, TaskStatus
+from .models import (
+    ReaderQueue,
+    ReadingCase,
+    ReadingTask,
+    Role,
+    Round,
+    RoundStatus,
+    StudyMembership,
+    TaskStatus,
+)
 
 
 def rounds_open_for_reader(*, reader: AbstractUser) -> list[Round]:

@@ -160,7 +160,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 6 * 3600)}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Above the longest GPU task's time limit, so a running task is never handed to a second worker.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 6 * 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {"inference.tasks.*": {"queue": "gpu"}, "training.tasks.*": {"queue": "gpu"}}
 CELERY_BEAT_SCHEDULE = {

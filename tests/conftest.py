@@ -144,3 +144,46 @@ def bulk_round():
         return services.round_open_labeling(round=rnd)
 
     return make
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path, settings):
+    """A real Celery worker process over Redis, on the test database; yields the app to send tasks with."""
+    import subprocess
+    import sys
+    import time
+
+    from django.db import connection
+
+    from config.celery import app
+
+    redis_url = require_redis()
+    require_postgres()
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
+           "CELERY_RESULT_BACKEND": redis_url, "MEDIA_ROOT": settings.MEDIA_ROOT, "CXR_VAR_DIR": str(tmp_path)}
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool=solo",
+         "--concurrency=1", "-n", f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+         "--loglevel=INFO"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    previous = (app.conf.broker_url, app.conf.result_backend, app.conf.task_always_eager)
+    app.conf.broker_url = app.conf.result_backend = redis_url
+    app.conf.task_always_eager = False
+    try:
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=1.0):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Celery worker did not start:\n" + (tmp_path / "worker.log").read_text()[-3000:])
+        yield app
+    finally:
+        app.conf.broker_url, app.conf.result_backend, app.conf.task_always_eager = previous
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()

@@ -15,11 +15,11 @@ from collections import Counter, defaultdict
 
 
 def run_stress(*, readers: int = 8, images: int = 40, k: int = 2) -> dict:
+    from django.contrib.auth import get_user_model
     from django.db import connection
 
     from annotation import assignment, services
-    from annotation.models import Image, Label, ReadingCase, ReadingTask, Role, Study
-    from django.contrib.auth import get_user_model
+    from annotation.models import Image, Label, ReadingCase, ReadingTask, Role
 
     User = get_user_model()
     study = services.study_create(name=f"stress-{uuid.uuid4().hex[:6]}", title="stress", readers_per_image=k,
