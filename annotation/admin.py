@@ -13,7 +13,20 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import importing, services
-from .models import ApiToken, AuditEvent, Image, Label, ReadingTask, Round, Study, StudyMembership
+from .models import ApiToken, AuditEvent, Image, Label, ReadingTask, Role, Round, Study, StudyMembership
+
+
+class StudyScopedAdmin(admin.ModelAdmin):
+    """Staff who are not superusers see only the studies they administer (and what belongs to them)."""
+
+    study_path = "study"
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        if request.user.is_superuser:
+            return qs
+        studies = StudyMembership.objects.filter(user=request.user, role=Role.ADMIN).values("study_id")
+        return qs.filter(**{f"{self.study_path}__in": studies})
 
 
 class MembershipInline(admin.TabularInline):
@@ -28,7 +41,8 @@ class ImportForm(forms.Form):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(StudyScopedAdmin):
+    study_path = "pk"
     list_display = ("name", "title", "readers_per_image", "real_fraction", "revealed_at", "created_at")
     search_fields = ("name", "title")
     inlines = [MembershipInline]
@@ -54,7 +68,7 @@ class StudyAdmin(admin.ModelAdmin):
                 *super().get_urls()]
 
     def import_view(self, request, pk):
-        study = get_object_or_404(Study, pk=pk)
+        study = get_object_or_404(self.get_queryset(request), pk=pk)
         form = ImportForm(request.POST or None, request.FILES or None)
         result = None
         if request.method == "POST" and form.is_valid():
@@ -82,7 +96,7 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Round)
-class RoundAdmin(admin.ModelAdmin):
+class RoundAdmin(StudyScopedAdmin):
     list_display = ("study", "number", "status", "labeling_opened_at", "finished_at")
     list_filter = ("status", "study")
     readonly_fields = ("pools", "progress", "metrics", "stage_error")
@@ -106,7 +120,7 @@ class RoundAdmin(admin.ModelAdmin):
 
 
 @admin.register(Image)
-class ImageAdmin(admin.ModelAdmin):
+class ImageAdmin(StudyScopedAdmin):
     list_display = ("pk", "study", "round", "source", "is_catch", "original_name", "burned_in_phi", "created_at")
     list_filter = ("source", "is_catch", "burned_in_phi", "study")
     search_fields = ("original_name", "prompt", "sha256")
@@ -118,14 +132,16 @@ class ImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReadingTask)
-class ReadingTaskAdmin(admin.ModelAdmin):
+class ReadingTaskAdmin(StudyScopedAdmin):
+    study_path = "round__study"
     list_display = ("pk", "round", "reader", "kind", "position", "status", "is_catch", "claimed_at")
     list_filter = ("kind", "status", "is_catch")
     raw_id_fields = ("queue", "case", "image", "image_b", "repeat_of", "current_label")
 
 
 @admin.register(Label)
-class LabelAdmin(admin.ModelAdmin):
+class LabelAdmin(StudyScopedAdmin):
+    study_path = "task__round__study"
     list_display = ("pk", "task", "reader", "revision", "created_at")
     readonly_fields = [f.name for f in Label._meta.fields]
 

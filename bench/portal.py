@@ -207,13 +207,12 @@ def run_child(mode, env, spec, timeout):
 class Reader:
     """One reader's browser: a keep-alive httpx client with the session and CSRF cookies."""
 
-    HOME_ITEM = re.compile(r"<strong>(?P<title>[^<]*)</strong>.*?href=\"/portal/q/(?P<token>[^/\"]+)/(?:next|done)/\"",
-                           re.S)
+    QUEUE_LINK = re.compile(r'href="/portal/q/(?P<token>[^/"]+)/(?:next|done|review)/"')
 
-    def __init__(self, base, username, password, timeout):
+    def __init__(self, base, username, password, timeout, titles):
         import httpx
 
-        self.username, self.password = username, password
+        self.username, self.password, self.titles = username, password, titles
         self.client = httpx.Client(base_url=base, timeout=timeout,
                                    limits=httpx.Limits(max_keepalive_connections=1, max_connections=1))
         self.queues = {}  # study title -> queue token
@@ -234,9 +233,23 @@ class Reader:
         self.csrf = self.client.cookies.get("csrftoken")  # rotated on login
         r = self.client.get("/portal/")
         r.raise_for_status()
-        self.queues = {m.group("title").strip(): m.group("token") for m in self.HOME_ITEM.finditer(r.text)}
-        if not self.queues:
-            raise RuntimeError(f"no queue link on /portal/ for {self.username}: {r.text[:500]}")
+        self.queues = self.parse_home(r.text)
+        missing = [t for t in self.titles if t not in self.queues]
+        if missing:
+            raise RuntimeError(f"no queue link for {missing} on /portal/ of {self.username}: {r.text[-1500:]}")
+
+    def parse_home(self, html):
+        """{study title: queue token}: one list item per queue, holding the study title and a /portal/q/<token>/ link."""
+        import html as htmllib
+
+        queues = {}
+        for block in re.split(r"<li\b", html)[1:]:
+            m = self.QUEUE_LINK.search(block)
+            text = htmllib.unescape(block)
+            for title in self.titles:
+                if m and title in text:
+                    queues[title] = m.group("token")
+        return queues
 
     def next(self, queue):
         """-> (task token | None, status string)."""
@@ -414,7 +427,7 @@ class Gunicorn:
 
 # ============================================================================ one (db, size) run
 def run_one(args, db, size, tmp_root, passwords):
-    r = {"db": db, "cases": size}
+    r = {"db": db, "cases": size, "loadavg_start": os.getloadavg()}
     var = Path(tempfile.mkdtemp(prefix=f"{db}-{size}-", dir=tmp_root))
     if db == "sqlite":
         db_file = var / "db.sqlite3"
@@ -457,7 +470,7 @@ def run_one(args, db, size, tmp_root, passwords):
         title, wtitle = r["setup"]["study_title"], r["setup"]["warmup_title"]
         t0 = time.perf_counter()
         for i in range(N_READERS):
-            rd = Reader(server.base, f"bench-r{i}", passwords[i], timeout=args.max_seconds)
+            rd = Reader(server.base, f"bench-r{i}", passwords[i], timeout=args.max_seconds, titles=(title, wtitle))
             rd.login()
             readers.append(rd)
         r["login_s"] = round(time.perf_counter() - t0, 2)
@@ -479,6 +492,7 @@ def run_one(args, db, size, tmp_root, passwords):
         for u, toks in handed.items():
             handed_all.setdefault(u, []).extend(toks)
         r["rss_end_mb"] = rss_mb(server.proc.pid)
+        r["loadavg_end"] = os.getloadavg()
     finally:
         for rd in readers:
             rd.close()

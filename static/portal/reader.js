@@ -12,17 +12,31 @@
       (c ^ crypto.getRandomValues(new Uint8Array(1))[0] & 15 >> c / 4).toString(16));
   let nextUrl = null;
   let busy = false;
+  let leaving = false;  // saved and navigating away: further keys must not change or resend the answer
 
   // ---- viewer ----------------------------------------------------------------------------------------------------
   const view = { zoom: 1, x: 0, y: 0, brightness: 1, contrast: 1, invert: false };
   const images = Array.from(document.querySelectorAll(".viewer img"));
+  const hud = document.getElementById("hud");
+  const changed = (v, base) => Math.abs(v - base) > 1e-6;
   function render() {
     const filter = `brightness(${view.brightness}) contrast(${view.contrast})` + (view.invert ? " invert(1)" : "");
     images.forEach(img => {
       img.style.transform = `translate(-50%, -50%) translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
       img.style.filter = filter;
     });
+    const parts = [];  // the HUD says only what differs from the plain fitted image
+    if (changed(view.zoom, 1)) parts.push(`${Math.round(view.zoom * 100)}%`);
+    if (changed(view.brightness, 1) || changed(view.contrast, 1))
+      parts.push(`B ${view.brightness.toFixed(2)} · C ${view.contrast.toFixed(2)}`);
+    if (view.invert) parts.push("inverted");
+    if (hud) hud.textContent = parts.join("  ·  ");
   }
+  // The CSS fits the image to its viewer using this aspect ratio (display renditions are square, but need not be).
+  images.forEach(img => {
+    const fit = () => { if (img.naturalWidth) img.style.setProperty("--aspect", img.naturalWidth / img.naturalHeight); };
+    if (img.complete) fit(); else img.addEventListener("load", fit);
+  });
   function reset() { Object.assign(view, { zoom: 1, x: 0, y: 0, brightness: 1, contrast: 1, invert: false }); render(); }
   function zoomBy(f) { view.zoom = Math.min(12, Math.max(0.5, view.zoom * f)); render(); }
   document.querySelectorAll(".viewer").forEach(fig => {
@@ -50,6 +64,7 @@
   // ---- artifact boxes (rubric) ---------------------------------------------------------------------------------------
   let boxMode = false;
   const boxes = [];
+  function setBoxMode(on) { boxMode = on; document.getElementById("viewers").classList.toggle("boxing", on); }
   function startBox(fig, e) {
     const img = fig.querySelector("img"); const r = img.getBoundingClientRect();
     const el = document.createElement("div"); el.className = "box"; fig.appendChild(el);
@@ -68,7 +83,7 @@
       const w = clamp((Math.max(x0, ev.clientX) - r.left) / r.width) - x, h = clamp((Math.max(y0, ev.clientY) - r.top) / r.height) - y;
       if (w > 0.005 && h > 0.005) boxes.push({ x, y, w, h }); else el.remove();
       const count = document.getElementById("box-count"); if (count) count.textContent = boxes.length;
-      boxMode = false;
+      setBoxMode(false);
     };
     fig.addEventListener("pointermove", move); fig.addEventListener("pointerup", up);
   }
@@ -80,7 +95,7 @@
     const scale = fs.querySelector(".scale");
     for (let v = +fs.dataset.min; v <= +fs.dataset.max; v++) {
       const label = document.createElement("label"); label.className = "choice small";
-      label.innerHTML = `<input type="radio" name="score-${fs.dataset.criterion}" value="${v}"> <kbd>${v}</kbd>`;
+      label.innerHTML = `<input type="radio" name="score-${fs.dataset.criterion}" value="${v}"><span class="num">${v}</span>`;
       scale.appendChild(label);
     }
     fs.addEventListener("click", () => setActive(i));
@@ -137,7 +152,7 @@
   }
 
   async function submit() {
-    if (busy) return;
+    if (busy || leaving) return;
     busy = true; submitButton.disabled = true; errorBox.hidden = true;
     const body = { task: data.task, answer: answer(), submission_id: submissionId,
       time_spent_ms: Math.round(performance.now() - shownAt) };
@@ -145,10 +160,11 @@
       const response = await post(body, 0);
       const result = await response.json().catch(() => ({}));
       if (!response.ok) { showError(result.error || `Could not save (HTTP ${response.status}).`); return; }
+      leaving = true;
       window.location.assign(nextUrl || data.next_url);
     } catch (err) {
       showError("Could not reach the server. Your answer is kept on this page; press Enter to try again.");
-    } finally { busy = false; submitButton.disabled = false; }
+    } finally { busy = false; submitButton.disabled = leaving; }
   }
   form.addEventListener("submit", e => { e.preventDefault(); submit(); });
 
@@ -169,6 +185,7 @@
     if (typing) { if (e.key === "Escape") e.target.blur(); return; }
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const k = e.key;
+    if (leaving || (e.repeat && (k === "Enter" || k === "Backspace"))) { e.preventDefault(); return; }
     let handled = true;
     if (k === "Enter") submit();
     else if (k === "Backspace") { const prev = document.getElementById("prev"); if (prev) window.location.assign(prev.href); }
@@ -186,9 +203,10 @@
     else if (k === "ArrowDown" && criteria.length) setActive(active + 1);
     else if (k === "x" || k === "X") form.cannot_assess.checked = !form.cannot_assess.checked;
     else if ((k === "c" || k === "C") && form.comment) form.comment.focus();
-    else if ((k === "b" || k === "B") && data.kind === "rubric") boxMode = true;
+    else if ((k === "b" || k === "B") && data.kind === "rubric") setBoxMode(!boxMode);
+    else if (k === "Escape" && boxMode) setBoxMode(false);
     else if (k === "+" || k === "=") zoomBy(1.25);
-    else if (k === "-") zoomBy(0.8);
+    else if (k === "-" || k === "_") zoomBy(0.8);
     else if (k === "0") reset();
     else if (k === "[") { view.brightness = Math.max(0.2, view.brightness - 0.1); render(); }
     else if (k === "]") { view.brightness += 0.1; render(); }

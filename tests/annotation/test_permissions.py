@@ -96,3 +96,25 @@ def test_login_is_throttled(world, settings, make_user):
     for _ in range(3):
         assert c.post("/accounts/login/", {"username": "victim", "password": "wrong"}).status_code == 200
     assert c.post("/accounts/login/", {"username": "victim", "password": "pw-victim"}).status_code == 429
+
+
+def test_study_admins_see_only_their_studies_in_the_admin(make_study, make_user, stored_round):
+    from django.contrib.auth.models import Permission
+
+    from annotation.models import Role
+
+    mine, theirs = make_study("mine"), make_study("theirs")
+    stored_round(mine, real=1, synthetic=1)
+    stored_round(theirs, real=1, synthetic=1)
+    staff = make_user("study-admin", is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(content_type__app_label="annotation"))
+    services.membership_add(study=mine, user=staff, role=Role.ADMIN)
+    c = Client()
+    c.force_login(staff)
+    listing = c.get("/admin/annotation/study/").content.decode()
+    assert "Study mine" in listing and "Study theirs" not in listing
+    images = c.get("/admin/annotation/image/").content.decode()
+    assert "Study mine" in images and "Study theirs" not in images
+    assert c.get(f"/admin/annotation/study/{theirs.pk}/change/").status_code == 302  # not found → admin index
+    assert c.get(f"/admin/annotation/study/{theirs.pk}/import/").status_code == 404
+    assert c.get(f"/admin/annotation/study/{mine.pk}/import/").status_code == 200

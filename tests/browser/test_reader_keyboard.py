@@ -92,6 +92,7 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     # Sign in by typing; the username field has focus.
     page.goto(live_server.url + "/portal/")
     assert "/accounts/login/" in page.url
+    page.screenshot(path=artifacts_dir / "login.png")
     page.keyboard.type(reading_round.username)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
