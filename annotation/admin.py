@@ -98,7 +98,7 @@ class StudyAdmin(StudyScopedAdmin):
 @admin.register(Round)
 class RoundAdmin(StudyScopedAdmin):
     list_display = ("study", "number", "status", "labeling_opened_at", "finished_at")
-    list_filter = ("status", "study")
+    list_filter = ("status", ("study", admin.RelatedOnlyFieldListFilter))
     readonly_fields = ("pools", "progress", "metrics", "stage_error")
     actions = ["open_labeling", "close_labeling"]
 
@@ -122,7 +122,7 @@ class RoundAdmin(StudyScopedAdmin):
 @admin.register(Image)
 class ImageAdmin(StudyScopedAdmin):
     list_display = ("pk", "study", "round", "source", "is_catch", "original_name", "burned_in_phi", "created_at")
-    list_filter = ("source", "is_catch", "burned_in_phi", "study")
+    list_filter = ("source", "is_catch", "burned_in_phi", ("study", admin.RelatedOnlyFieldListFilter))
     search_fields = ("original_name", "prompt", "sha256")
     readonly_fields = ("storage_key", "display_key", "sha256", "deid_removed", "preview")
 

@@ -25,7 +25,7 @@ PAYLOAD_KEYS = {"task", "kind", "images", "url", "answer", "rubric", "progress",
 
 
 @pytest.fixture
-def reading_round(transactional_db, make_study, add_reader, django_user_model):
+def reading_round(transactional_db, make_study, add_reader):
     """One real and one synthetic phantom read for realism and for the rubric: four cases for one reader."""
     from annotation import services
     from inference.phantoms import generate_phantom
