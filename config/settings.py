@@ -184,6 +184,25 @@ SPECTACULAR_SETTINGS = {"TITLE": "cxr-loop API", "VERSION": "1.0.0", "SERVE_INCL
 # --- models ----------------------------------------------------------------------------------------------------
 #: "auto" picks xpu → cuda → mps → cpu; or name one.
 CXR_DEVICE = env("CXR_DEVICE", "auto")
+#: Where built tiny models live (made on first use, offline).
+CXR_MODELS_DIR = Path(env("CXR_MODELS_DIR", str(VAR_DIR / "models")))
+#: Base text-to-image pipeline: a local SD v2-1-base diffusers folder or single-file checkpoint; empty = tiny model.
+CXR_BASE_MODEL = env("CXR_BASE_MODEL")
+#: Inpainting pipeline for cleaning: a local SD2-inpainting folder, "tiny", or empty for OpenCV (Telea).
+CXR_INPAINT_MODEL = env("CXR_INPAINT_MODEL")
+#: Segment Anything: kind (vit_b, vit_l, vit_h, tiny) and checkpoint path; empty path = no SAM refinement.
+CXR_SAM_KIND = env("CXR_SAM_KIND", "vit_b")
+CXR_SAM_CHECKPOINT = env("CXR_SAM_CHECKPOINT")
+#: Diffusers config folder used to read single-file checkpoints (nothing can be fetched from a hub).
+CXR_SINGLE_FILE_CONFIG = env("CXR_SINGLE_FILE_CONFIG")
+#: Generation defaults (seed paper: CFG 4, 75 steps, 512 px); the tiny preset when no base model is set.
+CXR_GENERATION = {
+    "guidance_scale": float(env("CXR_GUIDANCE_SCALE", "4")),
+    "steps": env_int("CXR_STEPS", 75),
+    "height": env_int("CXR_IMAGE_SIZE", 512),
+    "width": env_int("CXR_IMAGE_SIZE", 512),
+    "batch_size": env_int("CXR_GENERATION_BATCH", 4),
+}
 
 # --- security headers (production sets DJANGO_SECURE=1 behind TLS) --------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

@@ -1,0 +1,236 @@
+"""Writes for model versions and generation batches; what the worker runs for a batch."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.dispatch import Signal
+from django.utils import timezone
+from PIL import Image as PILImage
+
+from .devices import pick_device
+from .errors import WeightsError
+from .generation import GenerationConfig, generate, plan_requests
+from .loading import PIPELINES, PipelineSpec
+from .models import GeneratedImage, GenerationBatch, JobStatus, ModelVersion
+
+log = logging.getLogger("cxr.inference")
+
+#: Sent when a batch finishes (status done or failed); the layers above listen. kwargs: batch.
+batch_finished = Signal()
+
+
+# --- local caches ---------------------------------------------------------------------------------------------------
+
+
+def tiny_models_dir() -> Path:
+    return Path(settings.CXR_MODELS_DIR) / "tiny"
+
+
+def tiny_models_ensure() -> dict[str, Path]:
+    """Build the tiny models once per machine (a file lock keeps web and worker from building them twice)."""
+    from .tiny import build_tiny_models
+
+    out = tiny_models_dir()
+    paths = {"sd": out / "sd", "sd_inpaint": out / "sd-inpaint", "sam": out / "sam-tiny.pth"}
+    if (out / "tiny-config.json").exists():
+        return paths
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "tiny-config.json").exists():
+            staging = out.parent / f".tiny-building-{hashlib.md5(str(out).encode()).hexdigest()[:6]}"
+            shutil.rmtree(staging, ignore_errors=True)
+            build_tiny_models(staging)
+            shutil.rmtree(out, ignore_errors=True)
+            staging.rename(out)
+    return paths
+
+
+def local_copy(key: str) -> Path:
+    """A worker-local copy of a stored file (LoRA adapters, checkpoints), fetched once and reused."""
+    target = Path(settings.CXR_CACHE_DIR) / "storage" / key
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not default_storage.exists(key):
+        raise WeightsError(f"Stored file {key!r} does not exist.")
+    partial = target.with_suffix(target.suffix + ".part")
+    with default_storage.open(key, "rb") as src, open(partial, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+    partial.replace(target)
+    return target
+
+
+# --- model versions ------------------------------------------------------------------------------------------------
+
+
+def model_version_default() -> ModelVersion:
+    """The version a new study starts from: the configured base (CXR_BASE_MODEL) or the tiny model."""
+    if settings.CXR_BASE_MODEL:
+        version, _ = ModelVersion.objects.get_or_create(
+            name=f"base:{Path(settings.CXR_BASE_MODEL).name}", defaults={"base_path": settings.CXR_BASE_MODEL})
+        return version
+    path = tiny_models_ensure()["sd"]
+    version, _ = ModelVersion.objects.get_or_create(name="tiny-sd", defaults={"base_path": str(path)})
+    return version
+
+
+def model_version_register(*, name: str, parent: ModelVersion, lora_file: Path, produced_by: str,
+                           config: dict | None = None) -> ModelVersion:
+    """Store a LoRA adapter and register it as a new version on the parent's base."""
+    key = default_storage.save(f"models/{name}/pytorch_lora_weights.safetensors",
+                               ContentFile(Path(lora_file).read_bytes()))
+    return ModelVersion.objects.create(name=name, base_path=parent.base_path, lora_key=key, parent=parent,
+                                       produced_by=produced_by, config=config or {})
+
+
+def pipeline_spec(version: ModelVersion, *, scheduler: str | None = None) -> PipelineSpec:
+    return PipelineSpec(base=version.base_path, kind="text2img",
+                        lora=str(local_copy(version.lora_key)) if version.lora_key else None,
+                        single_file_config=settings.CXR_SINGLE_FILE_CONFIG or None, scheduler=scheduler)
+
+
+def generation_config_default(version: ModelVersion) -> GenerationConfig:
+    if version.base_path.startswith(str(tiny_models_dir())):
+        return GenerationConfig.tiny()
+    return GenerationConfig(**settings.CXR_GENERATION)
+
+
+# --- generation batches --------------------------------------------------------------------------------------------
+
+
+def generation_batch_create(*, model_version: ModelVersion, count: int, prompts: list[str], seed: int,
+                            owner: str = "", config: GenerationConfig | None = None,
+                            clean: bool = True) -> GenerationBatch:
+    """Create the job row and enqueue it once the transaction commits."""
+    from .tasks import generation_batch_run
+
+    config = config or generation_config_default(model_version)
+    if count < 1:
+        raise ValueError("A batch needs at least one image.")
+    batch = GenerationBatch.objects.create(model_version=model_version, count=count, prompts=list(prompts),
+                                           seed=seed, owner=owner, config=config.as_dict(), clean=clean)
+    transaction.on_commit(lambda: generation_batch_run.delay(batch_pk=batch.pk))
+    return batch
+
+
+def _png(gray8: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(gray8, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _heartbeat(batch: GenerationBatch, **progress) -> None:
+    GenerationBatch.objects.filter(pk=batch.pk).update(heartbeat_at=timezone.now(),
+                                                       progress={**batch.progress, **progress})
+    batch.progress = {**batch.progress, **progress}
+
+
+def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
+    """Sample every image of the batch not yet stored (so a rerun after a crash resumes and never duplicates),
+    clean it, and mark the batch done. Weight errors are recorded on the batch and the model version."""
+    if batch.status == JobStatus.DONE:
+        return batch
+    GenerationBatch.objects.filter(pk=batch.pk).update(status=JobStatus.RUNNING, error_message="",
+                                                       heartbeat_at=timezone.now())
+    version = batch.model_version
+    config = GenerationConfig.from_dict(batch.config)
+    done_indexes = set(batch.images.values_list("index", flat=True))
+    requests = [r for r in plan_requests(prompts=batch.prompts, count=batch.count,
+                                         images_per_prompt=config.images_per_prompt, seed=batch.seed)
+                if r.index not in done_indexes]
+    try:
+        device = pick_device(settings.CXR_DEVICE)
+        pipe = PIPELINES.get(("model-version", version.pk), pipeline_spec(version, scheduler=config.scheduler),
+                             device)
+        cleaner = Cleaner.for_settings(device) if batch.clean else None
+        _heartbeat(batch, generated=len(done_indexes), total=batch.count)
+        for request, image in generate(pipe, requests, config, device=device):
+            _store_generated(batch, request, image, cleaner)
+            _heartbeat(batch, generated=batch.progress.get("generated", 0) + 1)
+    except WeightsError as exc:
+        ModelVersion.objects.filter(pk=version.pk).update(load_error=str(exc))
+        return _finish(batch, JobStatus.FAILED, str(exc))
+    except Exception as exc:
+        log.exception("generation batch %s failed", batch.pk)
+        _finish(batch, JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    return _finish(batch, JobStatus.DONE)
+
+
+def _store_generated(batch: GenerationBatch, request, image: np.ndarray, cleaner) -> GeneratedImage:
+    name = f"generated/{batch.pk}/{request.index:06d}-{request.seed}"
+    keys = {"raw_key": default_storage.save(f"{name}-raw.png", ContentFile(_png(image)))}
+    fraction = None
+    if cleaner is not None:
+        result = cleaner.clean(image)
+        keys["mask_key"] = default_storage.save(f"{name}-mask.png",
+                                                ContentFile(_png(result.mask.astype(np.uint8) * 255)))
+        keys["cleaned_key"] = default_storage.save(f"{name}.png", ContentFile(_png(result.cleaned)))
+        fraction = float(result.mask.mean())
+    item, created = GeneratedImage.objects.get_or_create(
+        batch=batch, index=request.index,
+        defaults={"seed": request.seed, "prompt": request.prompt, "mask_fraction": fraction, **keys},
+    )
+    if not created:  # a concurrent run stored it first: drop our copies
+        for key in keys.values():
+            default_storage.delete(key)
+    return item
+
+
+def _finish(batch: GenerationBatch, status: str, error: str = "") -> GenerationBatch:
+    GenerationBatch.objects.filter(pk=batch.pk).update(status=status, error_message=error,
+                                                       finished_at=timezone.now(), heartbeat_at=timezone.now())
+    batch.refresh_from_db()
+    batch_finished.send(sender=GenerationBatch, batch=batch)
+    return batch
+
+
+# --- cleaning -------------------------------------------------------------------------------------------------------
+
+
+class Cleaner:
+    """The configured cleaning pipeline (classical detector → SAM → inpainting), loaded once per worker."""
+
+    _instances: dict[str, Cleaner] = {}
+
+    def __init__(self, device, predictor=None, inpaint_pipe=None) -> None:
+        from .cleaning import CleaningConfig
+
+        self.device, self.predictor, self.inpaint_pipe = device, predictor, inpaint_pipe
+        self.config = CleaningConfig()
+
+    @classmethod
+    def for_settings(cls, device) -> Cleaner:
+        key = f"{device}|{settings.CXR_SAM_KIND}|{settings.CXR_SAM_CHECKPOINT}|{settings.CXR_INPAINT_MODEL}"
+        if key not in cls._instances:
+            predictor = inpaint = None
+            if settings.CXR_SAM_CHECKPOINT:
+                from segment_anything import SamPredictor
+
+                from .sam import build_sam
+
+                predictor = SamPredictor(build_sam(settings.CXR_SAM_KIND, settings.CXR_SAM_CHECKPOINT,
+                                                   device=device))
+            if settings.CXR_INPAINT_MODEL:
+                path = (tiny_models_ensure()["sd_inpaint"] if settings.CXR_INPAINT_MODEL == "tiny"
+                        else settings.CXR_INPAINT_MODEL)
+                inpaint = PIPELINES.get(("inpaint", str(path)), PipelineSpec(base=str(path), kind="inpaint"), device)
+            cls._instances[key] = cls(device, predictor, inpaint)
+        return cls._instances[key]
+
+    def clean(self, image: np.ndarray):
+        from .cleaning import clean_image
+
+        return clean_image(image, self.config, predictor=self.predictor, sd_inpaint_pipe=self.inpaint_pipe)
