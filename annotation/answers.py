@@ -22,8 +22,9 @@ def validate_rubric_definition(rubric: Any) -> list[dict]:
             raise ValidationError(f"Rubric key {item['key']!r} must be a plain identifier.")
         if item["key"] in seen:
             raise ValidationError(f"Rubric key {item['key']!r} appears twice.")
-        if not (isinstance(item["min"], int) and isinstance(item["max"], int) and item["min"] < item["max"]):
-            raise ValidationError(f"Rubric criterion {item['key']!r} needs integer min < max.")
+        if not (isinstance(item["min"], int) and isinstance(item["max"], int) and 1 <= item["min"] < item["max"] <= 9):
+            # 1–9 so that every score is one key press in the portal
+            raise ValidationError(f"Rubric criterion {item['key']!r} needs whole-number scores with 1 ≤ min < max ≤ 9.")
         seen.add(item["key"])
     return rubric
 

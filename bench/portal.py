@@ -118,6 +118,48 @@ def proc_tree(pid):
     return out
 
 
+def tree_cpu_s(pid):
+    """utime+stime (s) of a process and its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in proc_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+class CpuMeter:
+    """System CPU busy % over a phase, and how much of the machine's CPU went to our client and server.
+
+    The rest (`other_pct`) is PostgreSQL plus anything else running on the box (other people's jobs)."""
+
+    def __init__(self, server_pid):
+        self.server_pid = server_pid
+
+    def __enter__(self):
+        self.sys0, self.srv0, self.cli0, self.t0 = cpu_times(), tree_cpu_s(self.server_pid), _self_cpu(), time.time()
+        return self
+
+    def __exit__(self, *exc):
+        sys1, wall = cpu_times(), time.time() - self.t0
+        ncpu = os.cpu_count() or 1
+        busy = 1 - (sys1[1] - self.sys0[1]) / max(1, sys1[0] - self.sys0[0])
+        srv = (tree_cpu_s(self.server_pid) - self.srv0) / max(1e-9, wall * ncpu)
+        cli = (_self_cpu() - self.cli0) / max(1e-9, wall * ncpu)
+        self.result = {"busy_pct": round(100 * busy, 1), "server_pct": round(100 * srv, 1),
+                       "client_pct": round(100 * cli, 1), "other_pct": round(100 * (busy - srv - cli), 1),
+                       "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def _self_cpu():
+    t = os.times()
+    return t.user + t.system
+
+
 def rss_mb(pid):
     total = 0
     for p in proc_tree(pid):
@@ -482,13 +524,17 @@ def run_one(args, db, size, tmp_root, passwords):
         # sequential
         log(f"{db}/{size}: sequential {args.seq_n} pairs")
         handed0 = []
-        nxt, sub, errs = http_pairs(readers[0], readers[0].queues[title], args.seq_n, args.max_seconds, handed0)
-        r["seq"] = {"next_ms": summary_ms(nxt), "submit_ms": summary_ms(sub), "errors": dict(errs)}
+        with CpuMeter(server.proc.pid) as cpu:
+            nxt, sub, errs = http_pairs(readers[0], readers[0].queues[title], args.seq_n, args.max_seconds, handed0)
+        r["seq"] = {"next_ms": summary_ms(nxt), "submit_ms": summary_ms(sub), "errors": dict(errs),
+                    "cpu": cpu.result}
         handed_all[readers[0].username] = handed0
         # concurrent
         log(f"{db}/{size}: concurrent {args.threads_clients}x{args.iters}")
-        conc, handed = conc_phase(readers[1:1 + args.threads_clients], title, args.iters, args.max_seconds)
+        with CpuMeter(server.proc.pid) as cpu:
+            conc, handed = conc_phase(readers[1:1 + args.threads_clients], title, args.iters, args.max_seconds)
         r["conc"] = conc
+        r["conc"]["cpu"] = cpu.result
         for u, toks in handed.items():
             handed_all.setdefault(u, []).extend(toks)
         r["rss_end_mb"] = rss_mb(server.proc.pid)
@@ -541,6 +587,12 @@ def trio(s, keys=("p50", "p95", "p99"), nd=1):
     return " / ".join(f(s.get(k), nd) for k in keys)
 
 
+def cpu_cell(c):
+    if not c:
+        return "-"
+    return f"{f(c['busy_pct'])} ({f(c['server_pct'])} / {f(c['client_pct'])} / {f(c['other_pct'])})"
+
+
 def rng(values):
     if not values:
         return "-"
@@ -565,23 +617,25 @@ def render(results, target_ms):
     w = out.append
     w(f"### Sequential next + submit (1 reader, keep-alive; target p99 < {target_ms} ms)\n")
     w("| run | cases | setup s: images + open (LS: import) | next p50/p95/p99 ms | submit p50/p95/p99 ms "
-      "| p99 target met | errors |")
-    w("|---|---:|---:|---:|---:|---|---|")
+      "| p99 target met | errors | CPU % busy (server / client / other) |")
+    w("|---|---:|---:|---:|---:|---|---|---:|")
     for kind, r in order:
         if kind == "ours":
             s, t = r["seq"], r["setup"]["timings_s"]
             met = all((s[k].get("p99") or 1e9) < target_ms for k in ("next_ms", "submit_ms"))
             w(f"| {label.format(db=r['db'])} | {r['cases']} | {f(t['images'], 1)} + {f(t['open_labeling'], 1)} | "
-              f"{trio(s['next_ms'])} | {trio(s['submit_ms'])} | {'yes' if met else 'NO'} | {s['errors'] or 0} |")
+              f"{trio(s['next_ms'])} | {trio(s['submit_ms'])} | {'yes' if met else 'NO'} | {s['errors'] or 0} | "
+              f"{cpu_cell(s.get('cpu'))} |")
         else:
             x = r["ls"]
             s, im = x["seq"], x.get("import", {})
             w(f"| {kind} | {r['cases']} | {f(im.get('import_total_s'), 1)} | {trio(s['next_ms'])} | "
-              f"{trio(s['submit_ms'])} | - | {s['errors'] or 0} |")
+              f"{trio(s['submit_ms'])} | - | {s['errors'] or 0} | - |")
 
     w("\n### Concurrent readers (each thread its own reader, next + submit loop)\n")
     w("| run | cases | clients x iters | wall s | labels/s | next p50/p99 ms | submit p50/p99 ms | HTTP errors "
-      "| duplicate hand-outs | DB: cases taken>cap / images >K labels / cases >K readers | CPU busy % |")
+      "| duplicate hand-outs | DB: cases taken>cap / images >K labels / cases >K readers "
+      "| CPU % busy (server / client / other) |")
     w("|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
     for kind, r in order:
         if kind == "ours":
@@ -590,7 +644,7 @@ def render(results, target_ms):
               f"{f(c['wall_s'], 1)} | {f(c['labels_per_s'], 1)} | {trio(c['next_ms'], ('p50', 'p99'))} | "
               f"{trio(c['submit_ms'], ('p50', 'p99'))} | {c['errors'] or 0} | {c['duplicate_handouts']} | "
               f"{d['cases_taken_over_capacity']} / {d['images_more_than_k_labels']} / "
-              f"{d['cases_more_than_k_readers']} | {f(c['cpu_busy_pct'])} |")
+              f"{d['cases_more_than_k_readers']} | {cpu_cell(c.get('cpu'))} |")
         else:
             c = r["ls"]["conc"]
             locked = (c.get("server_log") or {}).get("db_locked_exceptions")

@@ -152,7 +152,7 @@ def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
                 if r.index not in done_indexes]
     try:
         device = pick_device(settings.CXR_DEVICE)
-        pipe = PIPELINES.get(("model-version", version.pk), pipeline_spec(version, scheduler=config.scheduler),
+        pipe = PIPELINES.get(("model-version", version.pk, version.base_path, version.lora_key), pipeline_spec(version, scheduler=config.scheduler),
                              device)
         cleaner = Cleaner.for_settings(device) if batch.clean else None
         _heartbeat(batch, generated=len(done_indexes), total=batch.count)

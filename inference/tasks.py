@@ -3,7 +3,9 @@ from celery import shared_task
 from . import services
 from .models import GenerationBatch
 
-GPU_TASK = {"acks_late": True, "reject_on_worker_lost": True, "queue": "gpu"}
+# Routed to the "gpu" queue by CELERY_TASK_ROUTES; acks_late + reject_on_worker_lost: a killed worker
+# leaves the message for the next one.
+GPU_TASK = {"acks_late": True, "reject_on_worker_lost": True}
 
 
 @shared_task(name="inference.tasks.generation_batch_run", **GPU_TASK)

@@ -60,6 +60,7 @@ def test_invalid_answers_get_a_sentence(kind, answer, message):
     "rubric",
     [[], "x", [{"key": "a"}], [{"key": "a b", "label": "A", "min": 1, "max": 5}],
      [{"key": "a", "label": "A", "min": 5, "max": 1}],
+     [{"key": "a", "label": "A", "min": 0, "max": 10}],
      [{"key": "a", "label": "A", "min": 1, "max": 5}, {"key": "a", "label": "B", "min": 1, "max": 5}]],
 )
 def test_bad_rubric_definitions_are_refused(rubric):

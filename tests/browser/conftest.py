@@ -48,7 +48,9 @@ def page(chromium):
     page = context.new_page()
     problems = BrowserProblems()
     page.on("pageerror", lambda exc: problems.items.append(f"page error: {exc}"))
-    page.on("console", lambda msg: msg.type == "error" and problems.items.append(f"console error: {msg.text}"))
+    page.on(
+        "console", lambda msg: msg.type == "error" and problems.items.append(f"console error: {msg.text}")
+    )
     page.on("response", lambda r: r.status >= 400 and problems.items.append(f"HTTP {r.status}: {r.url}"))
     page.problems = problems
     try:

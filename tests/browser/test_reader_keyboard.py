@@ -21,20 +21,32 @@ PASSWORD = "a long enough reader password"
 PROMPT = "PA chest radiograph, mild cardiomegaly"
 GENERATOR = "roentgen-lora-r7"
 #: Everything the case page may tell the browser about a case (no source, prompt, round, model or seed).
-PAYLOAD_KEYS = {"task", "kind", "images", "url", "answer", "rubric", "progress", "queue", "previous", "next_url"}
+PAYLOAD_KEYS = set("task kind images url answer rubric progress queue previous next_url".split())
 
 
 @pytest.fixture
-def reading_round(transactional_db, make_study, add_reader):
-    """One real and one synthetic phantom read for realism and for the rubric: four cases for one reader."""
+def reader(transactional_db, make_study, add_reader):
+    """A reader with a password and four cases: one real and one synthetic phantom, each read for realism and
+    for the rubric."""
     from annotation import services
     from inference.phantoms import generate_phantom
 
-    study = make_study("keyboard", task_kinds=["realism", "rubric"], display_size=512, readers_per_image=1)
+    study = make_study(
+        "keyboard", task_kinds=["realism", "rubric"], display_size=512, readers_per_image=1, seed=20240601
+    )
     rnd = services.round_create(study=study)
-    services.image_store(study=study, round=rnd, source="real", pixels=generate_phantom(seed=11, size=512).image)
-    services.image_store(study=study, round=rnd, source="synthetic", prompt=PROMPT, generator=GENERATOR, seed=7,
-                         pixels=generate_phantom(seed=12, size=512).image)
+    services.image_store(
+        study=study, round=rnd, source="real", pixels=generate_phantom(seed=11, size=512).image
+    )
+    services.image_store(
+        study=study,
+        round=rnd,
+        source="synthetic",
+        prompt=PROMPT,
+        generator=GENERATOR,
+        seed=7,
+        pixels=generate_phantom(seed=12, size=512).image,
+    )
     services.round_open_labeling(round=rnd)
     reader = add_reader(study, "dr-keys")
     reader.set_password(PASSWORD)
@@ -68,32 +80,46 @@ def check_case_page(page) -> dict:
     html = page.content()
     for secret in (PROMPT, GENERATOR, "phantom"):
         assert secret.lower() not in html.lower(), f"the case page mentions {secret!r}"
-    viewer, img = page.locator(".viewer").first.bounding_box(), page.locator(".viewer img").first.bounding_box()
+    viewer, img = (
+        page.locator(".viewer").first.bounding_box(),
+        page.locator(".viewer img").first.bounding_box(),
+    )
     fit = min(viewer["width"], viewer["height"])
-    assert img["width"] >= 0.9 * fit and img["height"] >= 0.9 * fit, f"image {img} does not fill viewer {viewer}"
+    assert img["width"] >= 0.9 * fit and img["height"] >= 0.9 * fit, (
+        f"image {img} does not fill viewer {viewer}"
+    )
     assert img["width"] <= viewer["width"] + 1 and img["height"] <= viewer["height"] + 1
     return data
 
 
 def save_docs_screenshot(png: bytes) -> None:
-    """A palette PNG keeps the committed screenshot small (a few hundred KB at most)."""
+    """Keep the committed screenshot small: a palette PNG of 128 exact greys (the radiograph) plus 64 colours
+    drawn from the tinted interface pixels, mapped without dithering (noise would defeat the compression)."""
+    import numpy as np
     from PIL import Image
 
-    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=192, method=Image.Quantize.MEDIANCUT)
+    shot = Image.open(io.BytesIO(png)).convert("RGB")
+    rgb = np.asarray(shot)
+    tinted = rgb[rgb.max(-1).astype(int) - rgb.min(-1) > 2].reshape(1, -1, 3)
+    colours = (
+        Image.fromarray(tinted).quantize(colors=64, method=Image.Quantize.MEDIANCUT).getpalette()[: 64 * 3]
+    )
+    greys = [int(g) for g in np.linspace(0, 255, 128).round() for _ in range(3)]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(colours + greys + [0] * (768 - len(colours) - len(greys)))
     path = ROOT / "docs" / "portal-case.png"
     path.parent.mkdir(exist_ok=True)
-    image.save(path, optimize=True)
+    shot.quantize(palette=palette, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
-def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server, reading_round, page,
-                                                                     artifacts_dir):
+def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server, reader, page, artifacts_dir):
     from annotation.models import Label, ReadingTask, TaskStatus
 
     # Sign in by typing; the username field has focus.
     page.goto(live_server.url + "/portal/")
     assert "/accounts/login/" in page.url
     page.screenshot(path=artifacts_dir / "login.png")
-    page.keyboard.type(reading_round.username)
+    page.keyboard.type(reader.username)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
@@ -159,11 +185,11 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     page.screenshot(path=artifacts_dir / "done.png")
     page.problems.assert_none()
 
-    tasks = list(ReadingTask.objects.filter(reader=reading_round).order_by("position"))
+    tasks = list(ReadingTask.objects.filter(reader=reader).order_by("position"))
     assert [t.kind for t in tasks] == ["realism", "realism", "rubric", "rubric"]
     assert all(t.status == TaskStatus.DONE for t in tasks)
     assert [t.revisions for t in tasks] == [1, 1, 2, 1]
-    labels = {(lab.task_id, lab.revision): lab for lab in Label.objects.filter(reader=reading_round)}
+    labels = {(lab.task_id, lab.revision): lab for lab in Label.objects.filter(reader=reader)}
     assert sorted(labels) == sorted(
         [(tasks[0].pk, 1), (tasks[1].pk, 1), (tasks[2].pk, 1), (tasks[2].pk, 2), (tasks[3].pk, 1)]
     )
