@@ -27,15 +27,32 @@ TEMPLATE_REPORTS = (
 
 @dataclass(frozen=True)
 class TinySDConfig:
-    """Sizes of the tiny Stable Diffusion (diffusers' own test components)."""
+    """Sizes of a random Stable Diffusion. The default is diffusers' test size; `sd21_base()` has SD v2-1-base's
+    real sizes (865.9 M UNet parameters), for benchmarks of the real-size path with random weights."""
 
     sample_size: int = 8  # latent side; images are 8x this (64 px), as SD's VAE downsamples by 8
     block_out_channels: tuple[int, ...] = (32, 64)
-    vae_block_out_channels: tuple[int, ...] = (32, 32, 64, 64)  # four blocks: the same 8x factor as SD
+    attention_head_dim: tuple[int, ...] = (2, 4)
+    layers_per_block: int = 2
     cross_attention_dim: int = 32
+    vae_block_out_channels: tuple[int, ...] = (32, 32, 64, 64)  # four blocks: the same 8x factor as SD
+    vae_norm_groups: int = 16
+    vae_layers_per_block: int = 1
     text_layers: int = 5
+    text_heads: int = 4
+    text_intermediate: int = 37
     vocab_size: int = 1000
     seed: int = 0
+
+    @classmethod
+    def tiny(cls) -> TinySDConfig:
+        return cls()
+
+    @classmethod
+    def sd21_base(cls) -> TinySDConfig:
+        return cls(sample_size=64, block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+                   cross_attention_dim=1024, vae_block_out_channels=(128, 256, 512, 512), vae_norm_groups=32,
+                   vae_layers_per_block=2, text_layers=23, text_heads=16, text_intermediate=4096)
 
 
 def build_tokenizer(out_dir: Path, *, texts: list[str] | None = None, vocab_size: int = 1000) -> Path:
@@ -78,28 +95,35 @@ def load_tokenizer(path: Path):
     return CLIPTokenizer.from_pretrained(str(path), model_max_length=77, local_files_only=True)
 
 
-def _components(cfg: TinySDConfig, tokenizer, *, in_channels: int = 4) -> dict:
+def sd_components(cfg: TinySDConfig, tokenizer, *, in_channels: int = 4) -> dict:
+    """Random pipeline components of the given sizes (the tokenizer is passed in)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(cfg.seed)
+    n = len(cfg.block_out_channels)
     unet = UNet2DConditionModel(
-        block_out_channels=cfg.block_out_channels, layers_per_block=2, sample_size=cfg.sample_size,
-        in_channels=in_channels, out_channels=4, cross_attention_dim=cfg.cross_attention_dim,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True,
+        block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.sample_size, in_channels=in_channels, out_channels=4,
+        cross_attention_dim=cfg.cross_attention_dim,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",) if n > 2
+        else ("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1) if n > 2
+        else ("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=cfg.attention_head_dim, use_linear_projection=True,
     )
     vae = AutoencoderKL(
         block_out_channels=list(cfg.vae_block_out_channels), in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=["DownEncoderBlock2D"] * len(cfg.vae_block_out_channels),
         up_block_types=["UpDecoderBlock2D"] * len(cfg.vae_block_out_channels), sample_size=cfg.sample_size * 8,
-        norm_num_groups=16,
+        norm_num_groups=cfg.vae_norm_groups, layers_per_block=cfg.vae_layers_per_block,
     )
     text_config = CLIPTextConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=cfg.cross_attention_dim, intermediate_size=37, num_attention_heads=4,
+        hidden_size=cfg.cross_attention_dim, intermediate_size=cfg.text_intermediate,
+        num_attention_heads=cfg.text_heads,
         num_hidden_layers=cfg.text_layers, vocab_size=len(tokenizer), max_position_embeddings=77,
-        layer_norm_eps=1e-5, projection_dim=32,
+        layer_norm_eps=1e-5, projection_dim=32, hidden_act="gelu" if cfg.text_layers > 5 else "quick_gelu",
     )
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
@@ -116,7 +140,7 @@ def build_tiny_sd(out_dir: Path, cfg: TinySDConfig | None = None, *, inpaint: bo
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(build_tokenizer(out_dir.parent / "tokenizer", vocab_size=cfg.vocab_size))
     cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
-    cls(**_components(cfg, tokenizer, in_channels=9 if inpaint else 4)).save_pretrained(out_dir)
+    cls(**sd_components(cfg, tokenizer, in_channels=9 if inpaint else 4)).save_pretrained(out_dir)
     return out_dir
 
 
