@@ -10,5 +10,6 @@ urlpatterns = [
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("portal/", include("annotation.urls")),
+    path("tools/", include("inference.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,68 @@
+"""Admin tool: upload one image and see it cleaned, with the mask overlaid. Staff only."""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+
+import numpy as np
+from django import forms
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from PIL import Image as PILImage
+
+from .devices import pick_device
+from .errors import WeightsError
+from .services import Cleaner
+
+
+class CleanForm(forms.Form):
+    image = forms.ImageField(help_text="PNG or JPEG, grayscale or colour.")
+
+
+def _data_uri(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _overlay(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    rgb[mask] = rgb[mask] * 0.35 + np.array([255, 60, 60]) * 0.65
+    return rgb.astype(np.uint8)
+
+
+def _decode(upload) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(upload)
+            if image.width * image.height > settings.CXR_MAX_PIXELS:
+                raise forms.ValidationError("The image has too many pixels.")
+            return np.asarray(image.convert("L"))
+    except (OSError, PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise forms.ValidationError(f"Could not read the image: {exc}") from exc
+
+
+@staff_member_required
+def clean_preview(request: HttpRequest) -> HttpResponse:
+    form = CleanForm(request.POST or None, request.FILES or None)
+    context: dict = {"form": form}
+    if request.method == "POST" and form.is_valid():
+        try:
+            gray = _decode(form.cleaned_data["image"])
+            result = Cleaner.for_settings(pick_device(settings.CXR_DEVICE)).clean(gray)
+        except forms.ValidationError as exc:
+            form.add_error("image", exc)
+        except WeightsError as exc:
+            form.add_error(None, str(exc))
+        else:
+            context.update(original=_data_uri(gray), overlay=_overlay(gray, result.mask),
+                           cleaned=_data_uri(result.cleaned), boxes=len(result.boxes),
+                           masked=f"{result.mask.mean() * 100:.2f}", timings=result.timings)
+            context["overlay"] = _data_uri(context["overlay"])
+    status = 400 if form.errors else 200
+    return render(request, "inference/clean_preview.html", context, status=status)
