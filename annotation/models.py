@@ -31,6 +31,10 @@ def default_rubric() -> list[dict]:
     ]
 
 
+def default_catch_rule() -> dict:
+    return {"min_accuracy": 0.8, "action": "flag", "min_trials": 1}
+
+
 def default_kinds() -> list[str]:
     return ["realism", "rubric"]
 
@@ -63,6 +67,10 @@ class Study(models.Model):
     prompt_source = models.CharField(
         max_length=20, default="templates", choices=[("templates", "Templates"), ("reports", "Report corpus")]
     )
+    equivalence_margin = models.FloatField(
+        default=0.10, help_text="TOST margin around 0.5 accuracy for 'indistinguishable'.")
+    catch_rule = models.JSONField(
+        default=default_catch_rule, help_text="min_accuracy, action (flag | exclude), min_trials.")
     revealed_at = models.DateTimeField(null=True, blank=True, help_text="When readers were shown the truth.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -144,6 +152,8 @@ class Image(models.Model):
     findings = models.JSONField(default=list, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
     generator = models.CharField(max_length=200, blank=True, help_text="What made a synthetic image.")
+    model_version = models.ForeignKey("inference.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="+", help_text="The model version that sampled it.")
     cleaned_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     mask_key = models.CharField(max_length=255, blank=True)
     deid_removed = models.JSONField(default=list, blank=True, help_text="DICOM attributes removed on import.")

@@ -75,3 +75,32 @@ def queue_review(*, queue: ReaderQueue) -> list[ReadingTask]:
         .select_related("image", "image_b", "current_label")
         .order_by("position")
     )
+
+
+def reads_for_round(*, round: Round) -> tuple[list, list]:
+    """The round's current answers as statistics inputs: realism reads and rubric reads (cannot-assess left out).
+    Readers are named by username: only study admins see these."""
+    from .stats import Read, RubricRead
+
+    reads, rubric = [], []
+    tasks = (
+        ReadingTask.objects.filter(round=round, status=TaskStatus.DONE, current_label__isnull=False)
+        .exclude(kind="preference")
+        .select_related("current_label", "image__model_version", "reader")
+        .order_by("position", "pk")
+    )
+    for task in tasks:
+        answer = task.current_label.answer
+        if answer.get("cannot_assess"):
+            continue
+        case = f"{task.kind}:{task.image_id}"
+        if task.kind == "realism":
+            image = task.image
+            version = image.model_version.name if image.model_version_id else (image.generator or None)
+            reads.append(Read(case_id=case, reader=task.reader.username, truth=image.source, call=answer["call"],
+                              confidence=answer.get("confidence"), model_version=version if image.source ==
+                              "synthetic" else None, is_catch=task.is_catch,
+                              repeat_of=f"task:{task.repeat_of_id}" if task.repeat_of_id else None))
+        elif not task.repeat_of_id and not task.is_catch:
+            rubric.append(RubricRead(case_id=case, reader=task.reader.username, scores=answer["scores"]))
+    return reads, rubric

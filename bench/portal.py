@@ -208,7 +208,7 @@ def pg_info():
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         rows = dict(conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', 'shared_buffers', "
-            "'synchronous_commit', 'fsync', 'max_connections', 'work_mem')").fetchall())
+            "'synchronous_commit', 'fsync', 'max_connections', 'work_mem', 'autovacuum')").fetchall())
     return rows
 
 
@@ -339,6 +339,20 @@ def http_pairs(reader, queue, n, max_seconds, handed):
         except httpx.HTTPError as exc:
             errors[type(exc).__name__] += 1
     return nxt, sub, errors
+
+
+def http_floor(reader, n, max_seconds, path="/static/portal/portal.css"):
+    """Round trip of the cheapest request the server answers: gunicorn + WSGI + client, no Django view/DB."""
+    lat, status = [], Counter()
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(n):
+        if time.perf_counter() > deadline:
+            break
+        t0 = time.perf_counter()
+        resp = reader.client.get(path)
+        lat.append(time.perf_counter() - t0)
+        status[resp.status_code] += 1
+    return {"path": path, "ms": summary_ms(lat), "status": dict(status)}
 
 
 def conc_phase(readers, queue_title, iters, max_seconds):
@@ -494,7 +508,7 @@ def run_one(args, db, size, tmp_root, passwords):
     log(f"{db}/{size}: migrated in {r['migrate_s']} s; creating data")
 
     r["setup"] = run_child("setup", env, {"size": size, "warmup_size": args.warmup_cases,
-                                          "passwords": passwords}, args.max_setup_seconds)
+                                          "passwords": passwords, "analyze": args.analyze}, args.max_setup_seconds)
     log(f"{db}/{size}: setup {r['setup']['timings_s']}")
     if args.probe_n:
         r["probe"] = run_child("probe", env, {"round": r["setup"]["round"], "n": args.probe_n,
@@ -506,7 +520,15 @@ def run_one(args, db, size, tmp_root, passwords):
     r["server_cmd"] = " ".join(server.cmd[1:])
     readers = []
     handed_all = {}
+    held = None
     try:
+        if db == "sqlite" and args.sqlite_hold_connection:
+            # Emulates persistent connections (CONN_MAX_AGE > 0): with CONN_MAX_AGE=0 every request closes the last
+            # connection to the WAL database, and SQLite then checkpoints and deletes the -wal file on each close.
+            import sqlite3
+
+            held = sqlite3.connect(str(db_file))
+            held.execute("SELECT count(*) FROM sqlite_master").fetchall()
         server.start()
         r["rss_start_mb"] = rss_mb(server.proc.pid)
         title, wtitle = r["setup"]["study_title"], r["setup"]["warmup_title"]
@@ -521,6 +543,8 @@ def run_one(args, db, size, tmp_root, passwords):
         warm = []
         if args.warmup:
             http_pairs(readers[0], readers[0].queues[wtitle], args.warmup, args.max_seconds, warm)
+        # HTTP floor: a static file served by WhiteNoise (no view, no session, no database), same client
+        r["http_floor"] = http_floor(readers[0], args.seq_n, args.max_seconds)
         # sequential
         log(f"{db}/{size}: sequential {args.seq_n} pairs")
         handed0 = []
@@ -543,6 +567,8 @@ def run_one(args, db, size, tmp_root, passwords):
         for rd in readers:
             rd.close()
         server.stop()
+        if held is not None:
+            held.close()
         r["server_log"] = server.log_problems()
 
     # duplicate hand-outs and invariants, from the database
@@ -604,6 +630,10 @@ def render(results, target_ms):
     ls = load_ls()
     runs = results["runs"]
     label = f"ours {{db}}/gunicorn {results['settings']['server']}"
+    if results["settings"].get("analyze_after_setup"):
+        label += " +ANALYZE"
+    if results["settings"].get("sqlite_hold_connection"):
+        label += " +held SQLite conn"
     sizes = sorted({r["cases"] for r in runs})
     order = []
     for size in sizes:
@@ -658,10 +688,11 @@ def render(results, target_ms):
     w("\n### SQL statements and in-process time per call (probe account, same database, before HTTP)\n")
     w("Statements = data statements (BEGIN/COMMIT/SAVEPOINT/RELEASE counted separately in the JSON); "
       "service = annotation.assignment function alone; view = whole Django request via django.test.Client "
-      "(session + auth middleware included); HTTP = client-side p50 of the sequential phase.\n")
+      "(session + auth middleware included); HTTP = client-side p50 of the sequential phase; HTTP floor = "
+      "client-side p50 of GET of a static file served by WhiteNoise through the same gunicorn (no view, no DB).\n")
     w("| run | cases | next stmts: service / view | submit stmts: service / view | next p50 ms: "
-      "service / view / HTTP | submit p50 ms: service / view / HTTP |")
-    w("|---|---:|---:|---:|---:|---:|")
+      "service / view / HTTP | submit p50 ms: service / view / HTTP | HTTP floor p50 ms | new DB connection ms |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         if "error" in r or "probe" not in r:
             continue
@@ -671,7 +702,8 @@ def render(results, target_ms):
           f"{rng(sv['submit_queries'])} / {rng(vw['submit_queries'])} | "
           f"{f(sv['next_ms']['p50'], 2)} / {f(vw['next_ms']['p50'], 2)} / {f(r['seq']['next_ms'].get('p50'), 2)} | "
           f"{f(sv['submit_ms']['p50'], 2)} / {f(vw['submit_ms']['p50'], 2)} / "
-          f"{f(r['seq']['submit_ms'].get('p50'), 2)} |")
+          f"{f(r['seq']['submit_ms'].get('p50'), 2)} | {f((r.get('http_floor') or {}).get('ms', {}).get('p50'), 2)} | "
+          f"{f(pr['new_connection_ms'].get('p50'), 2)} (CONN_MAX_AGE={pr.get('conn_max_age')}) |")
 
     w("\n### Setup and storage\n")
     w("| run | cases | migrate s | users + memberships s | images bulk_create s | round_open_labeling s "
@@ -705,6 +737,11 @@ def main():
     ap.add_argument("--max-seconds", type=float, default=600, help="time bound per measurement phase")
     ap.add_argument("--max-setup-seconds", type=float, default=1800, help="bound for migrate / data creation")
     ap.add_argument("--target-ms", type=float, default=30)
+    ap.add_argument("--analyze", action="store_true",
+                    help="run ANALYZE after creating the data (the platform does not; autovacuum may be off)")
+    ap.add_argument("--sqlite-hold-connection", action="store_true",
+                    help="experiment: keep one idle SQLite connection open in the benchmark process while the "
+                         "server runs (what persistent connections would give)")
     ap.add_argument("--redis-url", default="", help="set REDIS_URL for the server (default: none, LocMemCache)")
     ap.add_argument("--quick", action="store_true", help="smoke: sqlite, 1000 cases, 50 pairs, 4x20")
     ap.add_argument("--keep-tmp", action="store_true")
@@ -732,7 +769,8 @@ def main():
             "warmup_pairs": args.warmup, "warmup_cases": args.warmup_cases, "probe_n": args.probe_n,
             "max_seconds": args.max_seconds, "quick": args.quick, "task_kinds": ["realism"], "readers_per_image": 1,
             "answer": ANSWER, "percentiles": "nearest-rank, client-side wall time per HTTP request",
-            "django_debug": False, "redis_url": args.redis_url or None,
+            "django_debug": False, "redis_url": args.redis_url or None, "analyze_after_setup": args.analyze,
+            "sqlite_hold_connection": args.sqlite_hold_connection,
         },
         "runs": [],
     }
@@ -817,6 +855,13 @@ def child_setup(spec):
     wrnd, _, _ = bulk_round(warm, spec["warmup_size"])
     rnd, t_img, t_open = bulk_round(study, spec["size"])
     t["images"], t["open_labeling"] = round(t_img, 2), round(t_open, 2)
+    if spec.get("analyze"):
+        from django.db import connection
+
+        t1 = time.perf_counter()
+        with connection.cursor() as c:
+            c.execute("ANALYZE")
+        t["analyze"] = round(time.perf_counter() - t1, 2)
     t["total"] = round(time.perf_counter() - t0, 2)
     return {"study": study.pk, "study_title": study.title, "round": rnd.pk, "warmup_round": wrnd.pk,
             "warmup_title": warm.title, "pools": rnd.pools, "cases": ReadingCase.objects.filter(round=rnd).count(),

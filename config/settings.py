@@ -195,6 +195,11 @@ CXR_SAM_KIND = env("CXR_SAM_KIND", "vit_b")
 CXR_SAM_CHECKPOINT = env("CXR_SAM_CHECKPOINT")
 #: Diffusers config folder used to read single-file checkpoints (nothing can be fetched from a hub).
 CXR_SINGLE_FILE_CONFIG = env("CXR_SINGLE_FILE_CONFIG")
+#: Image metrics: the standard FID InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth) and an optional
+#: chest-X-ray feature extractor (a timm model name + local weights) for the domain FID; empty = skipped.
+CXR_FID_WEIGHTS = env("CXR_FID_WEIGHTS")
+CXR_DOMAIN_FEATURES_MODEL = env("CXR_DOMAIN_FEATURES_MODEL")
+CXR_DOMAIN_FEATURES_WEIGHTS = env("CXR_DOMAIN_FEATURES_WEIGHTS")
 #: Generation defaults (seed paper: CFG 4, 75 steps, 512 px); the tiny preset when no base model is set.
 CXR_GENERATION = {
     "guidance_scale": float(env("CXR_GUIDANCE_SCALE", "4")),

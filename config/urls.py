@@ -11,5 +11,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("portal/", include("annotation.urls")),
     path("tools/", include("inference.urls")),
+    path("dashboard/", include("annotation.dashboard_urls")),
     path("admin/", admin.site.urls),
 ]

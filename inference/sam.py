@@ -32,8 +32,12 @@ class SamSpec:
     encoder_embed_dim: int = _opt(768, "Width of the ViT image encoder (channels).")
     encoder_depth: int = _opt(12, "Number of transformer blocks in the image encoder.")
     encoder_num_heads: int = _opt(12, "Attention heads per encoder block.")
-    encoder_global_attn_indexes: tuple[int, ...] = _opt((2, 5, 8, 11), "Encoder blocks with global attention.")
-    image_size: int = _opt(1024, "Side of the square encoder input, px; images are resized to it (long side).")
+    encoder_global_attn_indexes: tuple[int, ...] = _opt(
+        (2, 5, 8, 11), "Encoder blocks with global attention."
+    )
+    image_size: int = _opt(
+        1024, "Side of the square encoder input, px; images are resized to it (long side)."
+    )
     patch_size: int = _opt(16, "ViT patch side, px; the image embedding is image_size / patch_size wide.")
     window_size: int = _opt(14, "Side of the windowed-attention window, in patches.")
     mlp_ratio: float = _opt(4.0, "Encoder MLP hidden width / embed dim.")
@@ -52,19 +56,42 @@ class SamSpec:
     def tiny(cls) -> SamSpec:
         """0.4 M parameters at 256 px: builds in milliseconds, predicts a box in ~15 ms on a CPU."""
         return cls(
-            name="tiny", encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
-            image_size=256, window_size=8, prompt_embed_dim=64, decoder_mlp_dim=128, decoder_num_heads=2,
+            name="tiny",
+            encoder_embed_dim=64,
+            encoder_depth=2,
+            encoder_num_heads=2,
+            encoder_global_attn_indexes=(1,),
+            image_size=256,
+            window_size=8,
+            prompt_embed_dim=64,
+            decoder_mlp_dim=128,
+            decoder_num_heads=2,
             iou_head_hidden_dim=64,
         )
 
 
 SAM_KINDS: dict[str, SamSpec] = {
-    "vit_b": SamSpec(name="vit_b", encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-                     encoder_global_attn_indexes=(2, 5, 8, 11)),
-    "vit_l": SamSpec(name="vit_l", encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
-                     encoder_global_attn_indexes=(5, 11, 17, 23)),
-    "vit_h": SamSpec(name="vit_h", encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
-                     encoder_global_attn_indexes=(7, 15, 23, 31)),
+    "vit_b": SamSpec(
+        name="vit_b",
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+    "vit_l": SamSpec(
+        name="vit_l",
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_h": SamSpec(
+        name="vit_h",
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
     "tiny": SamSpec.tiny(),
 }
 
@@ -75,28 +102,44 @@ def sam_spec(kind: str | SamSpec) -> SamSpec:
     try:
         return SAM_KINDS[kind]
     except KeyError:
-        raise ValueError(f"Unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS)} or pass a SamSpec.") from None
+        raise ValueError(
+            f"Unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS)} or pass a SamSpec."
+        ) from None
 
 
 def _modules(spec: SamSpec) -> Sam:
     embedding = spec.image_size // spec.patch_size
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=spec.image_size, patch_size=spec.patch_size, embed_dim=spec.encoder_embed_dim,
-            depth=spec.encoder_depth, num_heads=spec.encoder_num_heads, mlp_ratio=spec.mlp_ratio,
-            out_chans=spec.prompt_embed_dim, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=spec.window_size,
+            img_size=spec.image_size,
+            patch_size=spec.patch_size,
+            embed_dim=spec.encoder_embed_dim,
+            depth=spec.encoder_depth,
+            num_heads=spec.encoder_num_heads,
+            mlp_ratio=spec.mlp_ratio,
+            out_chans=spec.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=spec.window_size,
             global_attn_indexes=tuple(spec.encoder_global_attn_indexes),
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=spec.prompt_embed_dim, image_embedding_size=(embedding, embedding),
-            input_image_size=(spec.image_size, spec.image_size), mask_in_chans=spec.mask_in_chans,
+            embed_dim=spec.prompt_embed_dim,
+            image_embedding_size=(embedding, embedding),
+            input_image_size=(spec.image_size, spec.image_size),
+            mask_in_chans=spec.mask_in_chans,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=spec.num_multimask_outputs,
-            transformer=TwoWayTransformer(depth=spec.decoder_depth, embedding_dim=spec.prompt_embed_dim,
-                                          mlp_dim=spec.decoder_mlp_dim, num_heads=spec.decoder_num_heads),
-            transformer_dim=spec.prompt_embed_dim, iou_head_depth=spec.iou_head_depth,
+            transformer=TwoWayTransformer(
+                depth=spec.decoder_depth,
+                embedding_dim=spec.prompt_embed_dim,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_num_heads,
+            ),
+            transformer_dim=spec.prompt_embed_dim,
+            iou_head_depth=spec.iou_head_depth,
             iou_head_hidden_dim=spec.iou_head_hidden_dim,
         ),
         pixel_mean=list(spec.pixel_mean),
@@ -104,7 +147,9 @@ def _modules(spec: SamSpec) -> Sam:
     )
 
 
-def build_sam(kind: str | SamSpec, checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu") -> Sam:
+def build_sam(
+    kind: str | SamSpec, checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu"
+) -> Sam:
     """A SAM of `kind` ("vit_b", "vit_l", "vit_h", "tiny" or a SamSpec) in eval mode on `device`.
 
     Without a checkpoint the weights are random (tests; `device="meta"` sizes a model without allocating it).
@@ -126,7 +171,9 @@ def build_sam(kind: str | SamSpec, checkpoint: str | Path | None = None, *, devi
         if problems:
             guess = _guess_kind(state)
             hint = f" It looks like a {guess!r} checkpoint." if guess and guess != spec.name else ""
-            raise WeightsError(f"SAM checkpoint {checkpoint} does not fit SAM kind {spec.name!r}.{hint} {problems}")
+            raise WeightsError(
+                f"SAM checkpoint {checkpoint} does not fit SAM kind {spec.name!r}.{hint} {problems}"
+            )
         sam.load_state_dict(state, strict=True, assign=True)
         # Non-persistent buffers are not in checkpoints, so they are still on "meta": set them from the spec.
         sam.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean).view(-1, 1, 1), False)
@@ -137,10 +184,13 @@ def build_sam(kind: str | SamSpec, checkpoint: str | Path | None = None, *, devi
 
 
 def build_tiny_sam(seed: int = 0, *, device: str | torch.device = "cpu") -> Sam:
-    """A random tiny SAM; the same seed gives the same weights, and the global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
+    """A random tiny SAM; the same seed gives the same weights on every device, and the global RNG is left
+    untouched (initialised on the CPU, then moved)."""
+    # manual_seed reseeds initialised CUDA devices too, so fork their state as well.
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        return build_sam("tiny", device=device)
+        return build_sam("tiny", device="cpu").to(device)
 
 
 def save_sam(model: Sam, path: str | Path) -> Path:
@@ -161,7 +211,9 @@ def _read_state_dict(path: Path, spec: SamSpec) -> dict[str, torch.Tensor]:
             f"SAM checkpoint {path} (kind {spec.name!r}) could not be read as a PyTorch state dict "
             f"({type(exc).__name__}): the file is truncated, corrupt or not a weights-only checkpoint."
         ) from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # training checkpoints wrap the weights
+    if isinstance(state, dict) and isinstance(
+        state.get("model"), dict
+    ):  # training checkpoints wrap the weights
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"SAM checkpoint {path} (kind {spec.name!r}) is not a state dict of tensors.")
@@ -184,10 +236,18 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor])
     """A short account of how a state dict differs from the model's, or "" when it fits."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in found and found[k].shape != v.shape]
-    parts = [f"{len(items)} {what} (e.g. {', '.join(items[:2])})"
-             for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches, file vs model", shapes)) if items]
+    shapes = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(items)} {what} (e.g. {', '.join(items[:2])})"
+        for what, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches, file vs model", shapes),
+        )
+        if items
+    ]
     return "; ".join(parts) + "." if parts else ""
-

@@ -62,7 +62,7 @@ def clean_preview(request: HttpRequest) -> HttpResponse:
         else:
             context.update(original=_data_uri(gray), overlay=_overlay(gray, result.mask),
                            cleaned=_data_uri(result.cleaned), boxes=len(result.boxes),
-                           masked=f"{result.mask.mean() * 100:.2f}", timings=result.timings)
+                           masked=f"{result.mask.mean() * 100:.2f}", timings=result.timings_ms)
             context["overlay"] = _data_uri(context["overlay"])
     status = 400 if form.errors else 200
     return render(request, "inference/clean_preview.html", context, status=status)

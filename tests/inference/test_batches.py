@@ -79,3 +79,14 @@ def test_pairs_share_a_prompt(version):
     services.generation_batch_run(batch=batch)
     prompts = list(batch.images.order_by("index").values_list("prompt", flat=True))
     assert prompts[0] == prompts[1] and prompts[2] == prompts[3]
+
+
+def test_cleaning_keeps_raw_image_and_mask_linked_to_the_cleaned_one(version):
+    batch = GenerationBatch.objects.create(model_version=version, count=2, prompts=["PA chest."], seed=4,
+                                           config=CFG.as_dict(), clean=True)
+    services.generation_batch_run(batch=batch)
+    for item in batch.images.all():
+        raw, mask, cleaned = pixels(item.raw_key), pixels(item.mask_key), pixels(item.cleaned_key)
+        assert raw.shape == mask.shape == cleaned.shape == (64, 64)
+        assert item.mask_fraction == pytest.approx((mask > 0).mean())
+        np.testing.assert_array_equal(cleaned[mask == 0], raw[mask == 0])  # only masked pixels change

@@ -1,0 +1,96 @@
+"""Small, dependency-free SVG charts for dashboards and printable reports (no JS, no CDN, prints as vectors)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+W, H = 560, 240
+LEFT, RIGHT, TOP, BOTTOM = 48, 12, 28, 52
+PALETTE = ("#4da3ff", "#e3b341", "#56d364", "#ff7b72", "#bc8cff", "#39c5cf")
+
+
+def _frame(title: str, y_max: float, y_ticks: Sequence[float], fmt: str = "{:.1f}") -> list[str]:
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" class="chart" role="img" '
+             f'aria-label="{escape(title)}">',
+             f'<text x="{LEFT}" y="16" class="chart-title">{escape(title)}</text>']
+    for tick in y_ticks:
+        y = _y(tick, y_max)
+        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{fmt.format(tick)}</text>')
+    return parts
+
+
+def _y(value: float, y_max: float) -> float:
+    return TOP + (H - TOP - BOTTOM) * (1 - max(0.0, min(value, y_max)) / y_max)
+
+
+def bars_with_ci(rows: Sequence[tuple[str, float | None, float | None, float | None]], *, title: str,
+                 y_max: float = 1.0, reference: float | None = 0.5) -> str:
+    """One bar per row (label, value, ci_low, ci_high); undefined values are drawn as 'n/a'."""
+    parts = _frame(title, y_max, [y_max * i / 4 for i in range(5)], "{:.2f}")
+    if reference is not None:
+        y = _y(reference, y_max)
+        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="reference"/>')
+    slot = (W - LEFT - RIGHT) / max(1, len(rows))
+    for i, (label, value, low, high) in enumerate(rows):
+        x = LEFT + i * slot + slot * 0.2
+        width = slot * 0.6
+        if value is None:
+            parts.append(f'<text x="{x + width / 2:.1f}" y="{H - BOTTOM - 6}" class="tick" '
+                         f'text-anchor="middle">n/a</text>')
+        else:
+            y = _y(value, y_max)
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{H - BOTTOM - y:.1f}" '
+                         f'fill="{PALETTE[0]}"><title>{escape(label)}: {value:.3f}</title></rect>')
+            if low is not None and high is not None:
+                cx = x + width / 2
+                y0, y1 = _y(low, y_max), _y(high, y_max)
+                parts.append(f'<path d="M{cx - 6:.1f} {y0:.1f}H{cx + 6:.1f}M{cx:.1f} {y0:.1f}V{y1:.1f}'
+                             f'M{cx - 6:.1f} {y1:.1f}H{cx + 6:.1f}" class="whisker"/>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{H - BOTTOM + 16}" class="tick" '
+                     f'text-anchor="middle">{escape(label[:14])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def grouped_histogram(groups: dict[str, dict[int, int]], *, title: str, values: Sequence[int]) -> str:
+    """Counts per value (e.g. rubric scores 1–5), one coloured bar per group."""
+    peak = max([n for g in groups.values() for n in g.values()] or [1])
+    parts = _frame(title, peak, [peak * i / 4 for i in range(5)], "{:.0f}")
+    slot = (W - LEFT - RIGHT) / max(1, len(values))
+    width = slot * 0.8 / max(1, len(groups))
+    for vi, value in enumerate(values):
+        for gi, (name, counts) in enumerate(groups.items()):
+            n = counts.get(value, 0)
+            x = LEFT + vi * slot + slot * 0.1 + gi * width
+            y = _y(n, peak)
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{H - BOTTOM - y:.1f}" '
+                         f'fill="{PALETTE[gi % len(PALETTE)]}"><title>{escape(name)} {value}: {n}</title></rect>')
+        parts.append(f'<text x="{LEFT + (vi + 0.5) * slot:.1f}" y="{H - BOTTOM + 16}" class="tick" '
+                     f'text-anchor="middle">{value}</text>')
+    for gi, name in enumerate(groups):
+        parts.append(f'<rect x="{LEFT + gi * 110}" y="{H - 18}" width="10" height="10" '
+                     f'fill="{PALETTE[gi % len(PALETTE)]}"/><text x="{LEFT + gi * 110 + 14}" y="{H - 9}" '
+                     f'class="tick">{escape(name[:14])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def lines(series: dict[str, Sequence[tuple[float, float]]], *, title: str, y_max: float | None = None) -> str:
+    """One polyline per series of (x, y) points, e.g. accuracy per round or a loss curve."""
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return bars_with_ci([], title=f"{title} (no data yet)", reference=None)
+    x_min, x_max = min(p[0] for p in points), max(p[0] for p in points)
+    top = y_max or max(p[1] for p in points) or 1.0
+    parts = _frame(title, top, [top * i / 4 for i in range(5)], "{:.2f}")
+    span = (x_max - x_min) or 1.0
+    for i, (name, pts) in enumerate(series.items()):
+        coords = " ".join(f"{LEFT + (W - LEFT - RIGHT) * (x - x_min) / span:.1f},{_y(y, top):.1f}" for x, y in pts)
+        colour = PALETTE[i % len(PALETTE)]
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2">'
+                     f'<title>{escape(name)}</title></polyline>')
+        parts.append(f'<text x="{LEFT + i * 120}" y="{H - 9}" class="tick" fill="{colour}">{escape(name[:16])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

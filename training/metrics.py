@@ -1,0 +1,907 @@
+"""Image metrics for a round: real chest X-rays against synthetic ones, streamed in batches at flat memory.
+
+No Django here. Images come in as iterables of uint8 grayscale arrays (H, W), so callers can stream them from
+storage; each stream is read once, in batches, and every metric takes what it needs from that one pass:
+
+- FID (Heusel et al. 2017) with the standard FID InceptionV3 (torch-fidelity's port of the TF graph, 2048-d pool
+  features), and a domain FID with a chest-X-ray feature extractor (timm) when its weights are given. FID keeps
+  only running moments (`FeatureStats`, float64), so it uses every image at constant memory.
+- precision / recall / density / coverage (Naeem et al. 2020), memorisation (nearest real neighbour of each
+  synthetic image) and downstream utility (a classifier trained on synthetic images, tested on held-out real ones,
+  against a real-only baseline) need feature vectors side by side: they use a uniform reservoir sample of at most
+  `MetricsConfig.max_features` vectors per set, so their memory is bounded too.
+- MS-SSIM diversity: mean MS-SSIM over random pairs of synthetic images (lower = more diverse), with the same
+  figure for real images beside it for scale.
+
+Weights are loaded only from local files. A builder given no file, a missing one or an unreadable one raises
+`MetricSkipped(reason)`; `image_metrics` puts the reason under "skipped" and the metric's value is null. The report
+is JSON without NaN. `random_features` is a small random conv net for tests and the demo: random embeddings are
+a usable, if weaker, basis for PRDC (Naeem et al. 2020, sec. 5).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import torch
+from scipy import linalg
+
+from inference.phantoms import FINDINGS
+
+_MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as in torchmetrics
+
+
+class MetricSkipped(Exception):
+    """A metric cannot run here (no weights, unreadable weights, too few images); `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _opt(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """How the round's image metrics are computed; stored with the report."""
+
+    batch_size: int = _opt(32, "Images per forward pass of a feature extractor.")
+    max_features: int = _opt(
+        5000,
+        "Most feature vectors kept per image set for PRDC, memorisation and utility "
+        "(a uniform sample beyond that); FID always uses every image.",
+    )
+    prdc_k: int = _opt(5, "Nearest neighbours that set each real/synthetic sample's radius in PRDC.")
+    ms_ssim_pairs: int = _opt(100, "Random image pairs per set for MS-SSIM diversity.")
+    ms_ssim_max_images: int = _opt(200, "Images kept per set (uniform sample) to draw MS-SSIM pairs from.")
+    ms_ssim_max_side: int = _opt(256, "Images are shrunk to at most this side before MS-SSIM, px.")
+    thumbnail_px: int = _opt(32, "Side of the thumbnails compared pixel-wise for memorisation, px.")
+    copy_distance: float | None = _opt(
+        None,
+        "Flag a synthetic image as a near-copy at or under this cosine "
+        "distance to a real one (features centred on the real mean); None: "
+        "calibrated on the real images, see copy_quantile.",
+    )
+    copy_correlation: float | None = _opt(
+        None,
+        "... or at or over this Pearson correlation of its thumbnail with "
+        "a real one; None: calibrated, see copy_quantile.",
+    )
+    copy_quantile: float = _opt(
+        0.01,
+        "Calibrated thresholds: the share of real images that sit that close to "
+        "another real image (so at most about this share of a non-copying "
+        "generator's images is flagged by chance).",
+    )
+    utility_test_fraction: float = _opt(0.3, "Share of real images held out to test the utility classifiers.")
+    findings: tuple[str, ...] = _opt(FINDINGS, "Finding names the utility classifiers predict (multi-label).")
+    seed: int = _opt(0, "Seed for every sample, split and pair drawn.")
+
+    @classmethod
+    def tiny(cls) -> MetricsConfig:
+        return cls(batch_size=8, max_features=256, ms_ssim_pairs=20, ms_ssim_max_images=40)
+
+
+# --- feature extractors --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Maps a batch of uint8 grayscale images (B, H, W), all one size, to features (B, dim)."""
+
+    name: str
+    dim: int
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(eq=False)
+class TorchFeatures:
+    """A feature extractor around a torch module; `prepare` turns the uint8 batch (B, 1, H, W) into its input."""
+
+    name: str
+    dim: int
+    module: torch.nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
+        with torch.inference_mode():
+            out = self.module(self.prepare(x))
+        out = out[0] if isinstance(out, tuple | list) else out
+        return out.reshape(len(images), -1).float().cpu().numpy()
+
+
+def random_features(
+    dim: int = 64, seed: int = 0, *, input_px: int = 64, device: str | torch.device = "cpu"
+) -> TorchFeatures:
+    """A small conv net with seeded random weights (images resized to `input_px`): for tests and the demo."""
+    gen = torch.Generator().manual_seed(seed)
+    widths = (1, 16, 32, 64, dim)
+    layers: list[torch.nn.Module] = []
+    for c_in, c_out in zip(widths, widths[1:], strict=False):
+        conv = torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        torch.nn.init.normal_(conv.weight, std=math.sqrt(2 / (9 * c_in)), generator=gen)
+        torch.nn.init.normal_(conv.bias, std=0.1, generator=gen)
+        layers += [conv, torch.nn.ReLU()]
+    layers.pop()  # no ReLU on the last conv: a channel that is never positive would give a singular covariance
+    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval().to(device)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 127.5 - 1
+        return torch.nn.functional.interpolate(x, size=(input_px, input_px), mode="bilinear", antialias=True)
+
+    return TorchFeatures(f"random-conv-{dim} (seed {seed})", dim, net, prepare, torch.device(device))
+
+
+def _read_state_dict(path: str | os.PathLike | None, what: str) -> dict[str, torch.Tensor]:
+    """Tensors only (safetensors, or a torch file read with weights_only=True), unwrapped from a checkpoint."""
+    if path is None or str(path) == "":
+        raise MetricSkipped(f"no {what} weights configured")
+    path = Path(path)
+    if not path.is_file():
+        raise MetricSkipped(f"{what} weights not found at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is the same outcome for the caller: skip, with the cause
+        raise MetricSkipped(
+            f"{what} weights at {path} could not be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MetricSkipped(f"{what} weights at {path} are not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def inception_fid(
+    weights_path: str | os.PathLike | None, *, device: str | torch.device = "cpu"
+) -> TorchFeatures:
+    """The standard FID InceptionV3: torch-fidelity's port of the 2015 TF graph, with its TF-style bilinear resize
+    to 299 px and 2048-d pool features, from a local copy of `weights-inception-2015-12-05-6726825d.pth` (the
+    file torch-fidelity and torchmetrics' FID download). Grayscale is repeated to three channels."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    # Read once as tensors only, so a bad file is a clear skip and torch-fidelity's own read of it (with
+    # weights_only=False) never unpickles anything but tensors.
+    _read_state_dict(weights_path, "FID Inception")
+    try:
+        net = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights_path)
+        )
+    except RuntimeError as exc:  # load_state_dict: missing/unexpected keys or wrong shapes
+        raise MetricSkipped(f"FID Inception weights at {weights_path} do not fit InceptionV3: {exc}") from exc
+    net = net.to(device)
+    return TorchFeatures(
+        "inception-v3-fid (torch-fidelity)",
+        2048,
+        net,
+        lambda x: x.expand(-1, 3, -1, -1),
+        torch.device(device),
+    )
+
+
+def timm_features(
+    model_name: str | None,
+    weights_path: str | os.PathLike | None,
+    *,
+    in_chans: int = 1,
+    device: str | torch.device = "cpu",
+) -> TorchFeatures:
+    """A domain (chest-X-ray) feature extractor: a timm model with its classifier removed, pooled features, weights
+    from a local file. Normalisation and input size come from the model's pretrained config; with `in_chans=1` a
+    3-channel stem in the file is summed over its input channels, as timm does."""
+    import timm
+
+    if not model_name:
+        raise MetricSkipped("no CXR feature model configured")
+    state = _read_state_dict(weights_path, "CXR feature")
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
+    except Exception as exc:  # unknown model name, bad arguments
+        raise MetricSkipped(f"timm cannot build {model_name!r}: {exc}") from exc
+    cfg = model.pretrained_cfg
+    stem = f"{cfg.get('first_conv', '')}.weight"
+    own = model.state_dict()
+    if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1] and in_chans == 1:
+        state[stem] = state[stem].sum(dim=1, keepdim=True)
+    state = {k: v for k, v in state.items() if k in own}  # the classifier head is not part of a feature model
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise MetricSkipped(
+            f"CXR feature weights at {weights_path} do not fit {model_name}: "
+            f"{len(missing)} tensors missing, e.g. {missing[:3]}"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MetricSkipped(f"CXR feature weights at {weights_path} do not fit {model_name}: {exc}") from exc
+    model = model.eval().to(device)
+    _, height, width = cfg.get("input_size", (3, 224, 224))
+    mean = torch.tensor(cfg.get("mean", (0.5,))).float().mean().item()
+    std = torch.tensor(cfg.get("std", (0.5,))).float().mean().item()
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(
+            x.float() / 255, size=(height, width), mode="bilinear", antialias=True
+        )
+        return ((x - mean) / std).expand(-1, in_chans, -1, -1)
+
+    return TorchFeatures(f"timm:{model_name}", model.num_features, model, prepare, torch.device(device))
+
+
+def build_extractors(
+    *,
+    inception_weights: str | os.PathLike | None = None,
+    cxr_model: str | None = None,
+    cxr_weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[TorchFeatures | None, TorchFeatures | None, dict[str, str]]:
+    """(FID extractor, domain extractor, {metric: reason skipped}) from settings-style paths; never raises
+    MetricSkipped, so a command can always print what ran and what did not."""
+    skipped: dict[str, str] = {}
+    fid_net = domain_net = None
+    try:
+        fid_net = inception_fid(inception_weights, device=device)
+    except MetricSkipped as exc:
+        skipped["fid"] = exc.reason
+    try:
+        domain_net = timm_features(cxr_model, cxr_weights, device=device)
+    except MetricSkipped as exc:
+        skipped["fid_domain"] = exc.reason
+    return fid_net, domain_net, skipped
+
+
+# --- streaming -----------------------------------------------------------------------------------------------
+
+
+def batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Stacks consecutive same-size images into (B, H, W) uint8 batches; a size change starts a new batch."""
+    buf: list[np.ndarray] = []
+    for img in images:
+        img = np.asarray(img)
+        if img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.dtype != np.uint8 or img.ndim != 2:
+            raise ValueError(f"expected uint8 grayscale images (H, W), got {img.dtype} {img.shape}")
+        if buf and (len(buf) == batch_size or img.shape != buf[0].shape):
+            yield np.stack(buf)
+            buf = []
+        buf.append(img)
+    if buf:
+        yield np.stack(buf)
+
+
+def extract_features(
+    images: Iterable[np.ndarray], extractor: FeatureExtractor, *, batch_size: int = 32
+) -> np.ndarray:
+    """All features (N, dim) at once: for small sets (tests, utility); large sets go through `image_metrics`."""
+    parts = [extractor(b) for b in batches(images, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, extractor.dim), np.float32)
+
+
+@dataclass
+class FeatureStats:
+    """Running mean and covariance of feature vectors in float64, updated batch by batch (Chan et al.'s pairwise
+    update of the sum of outer products about the mean, which stays accurate where raw sums would cancel)."""
+
+    dim: int
+    n: int = 0
+    mean: np.ndarray = None  # type: ignore[assignment]
+    m2: np.ndarray = None  # type: ignore[assignment]  # sum of outer products of deviations from the mean
+
+    def __post_init__(self) -> None:
+        if self.mean is None:
+            self.mean = np.zeros(self.dim)
+        if self.m2 is None:
+            self.m2 = np.zeros((self.dim, self.dim))
+
+    @classmethod
+    def of(cls, features: np.ndarray) -> FeatureStats:
+        return cls(features.shape[1]).update(features)
+
+    def update(self, features: np.ndarray) -> FeatureStats:
+        x = np.asarray(features, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features (N, {self.dim}), got {x.shape}")
+        if len(x):
+            mean = x.mean(axis=0)
+            dev = x - mean
+            self._combine(len(x), mean, dev.T @ dev)
+        return self
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """Both sets' statistics, as if their features had been seen by one accumulator."""
+        out = FeatureStats(self.dim, self.n, self.mean.copy(), self.m2.copy())
+        if other.n:
+            out._combine(other.n, other.mean, other.m2)
+        return out
+
+    def _combine(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.m2 += m2_b + np.outer(delta, delta) * (self.n * n_b / n)
+        self.mean += delta * (n_b / n)
+        self.n = n
+
+    @property
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance (ddof=1), as numpy's `np.cov(features, rowvar=False)`."""
+        if self.n < 2:
+            raise MetricSkipped(f"a covariance needs at least 2 images, got {self.n}")
+        return self.m2 / (self.n - 1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        np.savez(path, n=self.n, mean=self.mean, m2=self.m2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureStats:
+        with np.load(path) as data:
+            return cls(data["mean"].shape[0], int(data["n"]), data["mean"], data["m2"])
+
+
+def fid(real: FeatureStats, fake: FeatureStats, *, eps: float = 1e-6) -> float:
+    """Fréchet distance between two Gaussians, as pytorch-fid / torch-fidelity compute it: sqrtm of the product
+    of covariances, retried with `eps` on the diagonals if not finite; an imaginary residue above 1e-3 on the
+    diagonal is an error (ValueError), below it is dropped. Round-off below zero is clipped to 0."""
+    mu1, mu2, s1, s2 = real.mean, fake.mean, real.cov, fake.cov
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(s1)) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm has an imaginary component {np.max(np.abs(covmean.imag)):.3g}")
+        covmean = covmean.real
+    value = diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    return max(float(value), 0.0)
+
+
+# --- set-to-set metrics on kept features ---------------------------------------------------------------------
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0, out=d)
+
+
+_CHUNK = 1024  # rows per block of a distance matrix: memory O(_CHUNK × N), not O(N²)
+
+
+def _chunks(n: int, size: int | None = None) -> Iterator[slice]:
+    size = size or _CHUNK
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance of each row to its k-th nearest other row."""
+    out = np.empty(len(x))
+    for s in _chunks(len(x)):
+        d = _sq_dists(x[s], x)
+        out[s] = np.partition(d, k, axis=1)[:, k]  # column 0 is the point itself (distance 0)
+    return out
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, *, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage (Naeem et al. 2020) with k-NN balls in feature space, as their
+    reference code computes them (strict "inside a ball": distance < radius), in row chunks."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if len(real) <= k or len(fake) <= k:
+        raise MetricSkipped(
+            f"PRDC with k={k} needs more than {k} images per set, got {len(real)} real, {len(fake)} synthetic"
+        )
+    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    inside_real = np.zeros(len(fake))  # per fake: how many real balls hold it
+    covered = np.zeros(len(real), bool)  # per real: is its nearest fake inside its ball
+    recalled = np.zeros(len(real), bool)
+    for s in _chunks(len(fake)):
+        d = _sq_dists(fake[s], real)  # (chunk of fakes, reals)
+        inside = d < r_real[None, :]
+        inside_real[s] = inside.sum(1)
+        covered |= inside.any(0)
+        recalled |= (d < r_fake[s, None]).any(0)
+    return {
+        "precision": float((inside_real > 0).mean()),
+        "recall": float(recalled.mean()),
+        "density": float(inside_real.sum() / (k * len(fake))),
+        "coverage": float(covered.mean()),
+    }
+
+
+@dataclass
+class Memorisation:
+    """Per synthetic image: its nearest real image and how close, in features and in pixels; near-copies flagged."""
+
+    nearest_index: np.ndarray  # int, into the real set given (feature space)
+    distance: np.ndarray  # cosine distance, features centred on the real mean
+    threshold: float  # distance at or under which an image is flagged
+    pixel_index: np.ndarray | None  # int, the real thumbnail that correlates best
+    correlation: np.ndarray | None  # its Pearson correlation
+    min_correlation: float | None  # correlation at or over which an image is flagged
+    flagged: np.ndarray  # bool
+
+    @property
+    def flagged_count(self) -> int:
+        return int(self.flagged.sum())
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _flat_unit(thumbs: np.ndarray) -> np.ndarray:
+    """Thumbnails as rows whose dot products are Pearson correlations."""
+    t = np.asarray(thumbs, np.float64).reshape(len(thumbs), -1)
+    return _unit(t - t.mean(1, keepdims=True))
+
+
+def _nearest(
+    ref_unit: np.ndarray,
+    query_unit: np.ndarray,
+    *,
+    leave_one_out: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index and cosine distance of each query row's nearest reference row, in chunks."""
+    idx, dist = np.empty(len(query_unit), int), np.empty(len(query_unit))
+    for s in _chunks(len(query_unit)):
+        sim = query_unit[s] @ ref_unit.T
+        if leave_one_out:  # the query set is the reference set: skip each row itself
+            sim[np.arange(len(sim)), np.arange(s.start, s.stop)] = -np.inf
+        idx[s] = sim.argmax(1)
+        dist[s] = 1 - sim[np.arange(len(sim)), idx[s]]
+    return idx, np.clip(dist, 0, 2)
+
+
+def memorisation(
+    real: np.ndarray,
+    fake: np.ndarray,
+    *,
+    threshold: float | None = None,
+    real_thumbs: np.ndarray | None = None,
+    fake_thumbs: np.ndarray | None = None,
+    min_correlation: float | None = None,
+    quantile: float = 0.01,
+) -> Memorisation:
+    """Nearest real neighbour of each synthetic image by cosine distance of features centred on the real mean
+    (raw CNN features are all positive, so uncentred cosines crowd near 1), flagged at or under `threshold`; with
+    thumbnails (N, h, w), also the real image whose pixels correlate best (Pearson): then an image is flagged
+    only if it is also at or over `min_correlation`, near in both senses (either alone flags many distinct
+    chest X-rays at small sample sizes).
+
+    A threshold left None is calibrated on the real images themselves: the `quantile` of their leave-one-out
+    nearest-neighbour distances (for correlation, the 1 − `quantile` one). So an image is flagged when it sits
+    closer to a real image than all but `quantile` of real images sit to each other; a generator that copies
+    nothing gets at most about that share flagged by chance. Chest X-rays all look alike in raw pixels
+    (distinct phantoms correlate at about 0.97 at 32 px), which is why no fixed pixel threshold is the default.
+    Shifted or flipped copies are not caught by either measure."""
+    if len(real) < 2 or len(fake) == 0:
+        raise MetricSkipped(
+            f"memorisation needs ≥ 2 real and ≥ 1 synthetic images, got {len(real)} and {len(fake)}"
+        )
+    centre = np.asarray(real, np.float64).mean(0)
+    r, f = _unit(np.asarray(real, np.float64) - centre), _unit(np.asarray(fake, np.float64) - centre)
+    if threshold is None:
+        threshold = float(np.quantile(_nearest(r, r, leave_one_out=True)[1], quantile))
+    idx, dist = _nearest(r, f)
+    flagged = dist <= threshold
+    pix_idx = corr = None
+    if real_thumbs is not None and fake_thumbs is not None:
+        rt, ft = _flat_unit(real_thumbs), _flat_unit(fake_thumbs)
+        if min_correlation is None:
+            min_correlation = float(np.quantile(1 - _nearest(rt, rt, leave_one_out=True)[1], 1 - quantile))
+        pix_idx, pix_dist = _nearest(rt, ft)
+        corr = 1 - pix_dist
+        flagged &= corr >= min_correlation
+    return Memorisation(idx, dist, threshold, pix_idx, corr, min_correlation, flagged)
+
+
+def _msssim_setup(side: int) -> tuple[int, tuple[float, ...]]:
+    """(kernel size, betas) for images of this smallest side. The default 5 scales with an 11-px window need
+    ≥ 176 px in torchmetrics; smaller images keep the 11-px window and drop the coarsest scales (the remaining
+    betas rescaled to sum to 1): 128 px → 4 scales, 64 px → 3, 32 px → 2; below 22 px it is one-scale SSIM."""
+    for scales in range(5, 0, -1):
+        div = max(1, scales - 1) ** 2  # torchmetrics' own size check
+        if side >= 2**scales and side // div > 10 and side // 2 ** (scales - 1) >= 11:
+            betas = np.array(_MSSSIM_BETAS[:scales])
+            return 11, tuple((betas / betas.sum()).tolist())
+    kernel = max(3, (side - 1) // 2 * 2 - 1)  # odd and smaller than the side, for reflect padding
+    return kernel, (1.0,)
+
+
+def ms_ssim_diversity(images: Sequence[np.ndarray], *, pairs: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Mean MS-SSIM (torchmetrics, data range 255, negative terms clipped to 0 as its default does) over random
+    pairs of distinct images; images are cropped to their common smallest size. Lower = more diverse."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
+
+    n = len(images)
+    if n < 2:
+        raise MetricSkipped(f"MS-SSIM diversity needs at least 2 images, got {n}")
+    h = min(im.shape[0] for im in images)
+    w = min(im.shape[1] for im in images)
+    stack = torch.from_numpy(np.stack([np.asarray(im)[:h, :w] for im in images])).float().unsqueeze(1)
+    rng = np.random.default_rng(seed)
+    all_pairs = n * (n - 1) // 2
+    if all_pairs <= pairs:
+        i, j = np.triu_indices(n, 1)
+    else:
+        i = rng.integers(0, n, pairs)
+        j = (i + rng.integers(1, n, pairs)) % n  # never the same image
+    kernel, betas = _msssim_setup(min(h, w))
+    values = []
+    for s in _chunks(len(i), 32):
+        values.append(
+            msssim(
+                stack[i[s]], stack[j[s]], kernel_size=kernel, betas=betas, data_range=255.0, reduction="none"
+            )
+        )
+    return {
+        "mean": float(torch.cat(values).mean()),
+        "pairs": int(len(i)),
+        "size_px": [h, w],
+        "kernel_size": kernel,
+        "scales": len(betas),
+    }
+
+
+# --- downstream utility --------------------------------------------------------------------------------------
+
+
+def multi_hot(labels: Iterable[Sequence[str]], findings: Sequence[str]) -> np.ndarray:
+    """(N, len(findings)) 0/1 from per-image finding names; unknown names are ignored."""
+    return np.array([[name in set(lab) for name in findings] for lab in labels], dtype=np.int8).reshape(
+        -1, len(findings)
+    )
+
+
+def downstream_utility(
+    train_fake: tuple[np.ndarray, np.ndarray],
+    train_real: tuple[np.ndarray, np.ndarray],
+    test_real: tuple[np.ndarray, np.ndarray],
+    *,
+    findings: Sequence[str] = FINDINGS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per finding, a standardised logistic regression on features trained on synthetic images and one trained on
+    as many real ones (both sets cut to the smaller size), each tested on held-out real images; AUROC per finding
+    and their macro mean. Each (features (N, d), labels (N, F) multi-hot) pair is one set. A finding whose
+    training or test labels are all one class gets a null AUROC and a reason."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    n = min(len(train_fake[0]), len(train_real[0]))
+    if n < 2 or len(test_real[0]) < 2:
+        raise MetricSkipped(
+            f"utility needs ≥ 2 images per set, got {len(train_fake[0])} synthetic, "
+            f"{len(train_real[0])} real train, {len(test_real[0])} real test"
+        )
+    arms = {
+        name: (x[keep], y[keep])
+        for name, (x, y) in (("synthetic", train_fake), ("real", train_real))
+        for keep in [np.sort(rng.permutation(len(x))[:n])]
+    }
+    x_test, y_test = test_real
+    out: dict[str, Any] = {"n_train": n, "n_test": int(len(x_test)), "reasons": {}}
+    for arm in arms:
+        out[arm] = {"auroc": {}, "macro_auroc": None}
+    for col, name in enumerate(findings):
+        if len(set(y_test[:, col])) < 2:
+            for arm in arms:
+                out[arm]["auroc"][name] = None
+            out["reasons"][name] = (
+                f"held-out real images are all {'positive' if y_test[0, col] else 'negative'}"
+            )
+            continue
+        for arm, (x, y) in arms.items():
+            if len(set(y[:, col])) < 2:
+                out[arm]["auroc"][name] = None
+                out["reasons"][f"{arm}:{name}"] = (
+                    f"{arm} training images are all {'positive' if y[0, col] else 'negative'}"
+                )
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+            clf.fit(x, y[:, col])
+            out[arm]["auroc"][name] = float(roc_auc_score(y_test[:, col], clf.predict_proba(x_test)[:, 1]))
+    for arm in arms:
+        scores = [v for v in out[arm]["auroc"].values() if v is not None]
+        out[arm]["macro_auroc"] = float(np.mean(scores)) if scores else None
+    return out
+
+
+# --- one pass over a stream ----------------------------------------------------------------------------------
+
+
+class _Reservoir:
+    """A uniform sample of at most `cap` items from a stream of unknown length (Vitter's algorithm R)."""
+
+    def __init__(self, cap: int, rng: np.random.Generator) -> None:
+        self.cap, self.rng, self.seen, self.items = cap, rng, 0, []
+
+    def slot(self) -> int | None:
+        """Where the next stream item goes in the sample, or None when it is not drawn."""
+        self.seen += 1
+        if len(self.items) < self.cap:
+            self.items.append(None)
+            return len(self.items) - 1
+        j = int(self.rng.integers(0, self.seen))
+        return j if j < self.cap else None
+
+
+@dataclass
+class _Pass:
+    stats: dict[str, FeatureStats]  # FID moments per metric ("fid", "fid_domain")
+    kept: _Reservoir  # (stream index, embedding features, thumbnail, labels, is_test)
+    images: _Reservoir  # shrunk images for MS-SSIM
+    n: int = 0
+
+
+def _thumb(img: np.ndarray, px: int) -> np.ndarray:
+    return cv2.resize(img, (px, px), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _shrink(img: np.ndarray, side: int) -> np.ndarray:
+    scale = side / max(img.shape)
+    if scale >= 1:
+        return img.copy()  # a copy, so the kept image does not pin the caller's batch buffer
+    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+_MISSING = object()
+
+
+def _stream_pass(
+    images: Iterable[np.ndarray],
+    labels: Iterable[Sequence[str]] | None,
+    *,
+    fid_nets: dict[str, FeatureExtractor],
+    embed: FeatureExtractor,
+    cfg: MetricsConfig,
+    rng: np.random.Generator,
+    split: bool,
+) -> _Pass:
+    out = _Pass(
+        stats={key: FeatureStats(net.dim) for key, net in fid_nets.items()},
+        kept=_Reservoir(cfg.max_features, rng),
+        images=_Reservoir(cfg.ms_ssim_max_images, rng),
+    )
+    label_iter = iter(labels) if labels is not None else None
+    for batch in batches(images, cfg.batch_size):
+        feats: dict[int, np.ndarray] = {}  # one forward per extractor, even if it serves several metrics
+        for key, net in fid_nets.items():
+            if id(net) not in feats:
+                feats[id(net)] = net(batch)
+            out.stats[key].update(feats[id(net)])
+        emb = feats[id(embed)] if id(embed) in feats else embed(batch)
+        for row, img in enumerate(batch):
+            lab = next(label_iter, _MISSING) if label_iter is not None else None
+            if lab is _MISSING:
+                raise ValueError("fewer finding labels than images")
+            is_test = split and bool(rng.uniform() < cfg.utility_test_fraction)
+            if (i := out.kept.slot()) is not None:  # thumbnails and copies only for what is kept
+                out.kept.items[i] = (out.n, emb[row].copy(), _thumb(img, cfg.thumbnail_px), lab, is_test)
+            if (i := out.images.slot()) is not None:
+                out.images.items[i] = _shrink(img, cfg.ms_ssim_max_side)
+            out.n += 1
+    if label_iter is not None and next(label_iter, None) is not None:
+        raise ValueError("more finding labels than images")
+    return out
+
+
+def _columns(p: _Pass) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, np.ndarray]:
+    items = sorted(p.kept.items, key=lambda t: t[0])
+    if not items:
+        return np.zeros(0, int), np.zeros((0, 0)), np.zeros((0, 0, 0)), [], np.zeros(0, bool)
+    index, emb, thumbs, labels, test = zip(*items, strict=True)
+    return np.array(index), np.stack(emb), np.stack(thumbs), list(labels), np.array(test)
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+
+
+def image_metrics(
+    real_images: Iterable[np.ndarray],
+    fake_images: Iterable[np.ndarray],
+    *,
+    extractor: FeatureExtractor | None,
+    domain_extractor: FeatureExtractor | None = None,
+    embedding: FeatureExtractor | None = None,
+    real_findings: Iterable[Sequence[str]] | None = None,
+    fake_findings: Iterable[Sequence[str]] | None = None,
+    config: MetricsConfig | None = None,
+    skipped: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Every image metric of a round in one pass over each stream; a JSON-ready dict with no NaN.
+
+    `extractor` gives FID (None: skipped), `domain_extractor` the domain FID. PRDC, memorisation and utility use
+    `embedding`, by default the domain extractor, else `extractor`, else `random_features()`. Memorisation looks
+    for copies of `real_images`: pass the generator's training images there to check it against them.
+    `real_findings` / `fake_findings` (finding names per image, in stream order) enable utility; a random
+    `utility_test_fraction` of the real images is held out for its tests. `skipped` carries reasons from
+    `build_extractors`."""
+    cfg = config or MetricsConfig()
+    skipped = dict(skipped or {})
+    skipped.setdefault("fid", "no FID Inception weights configured")
+    skipped.setdefault("fid_domain", "no CXR feature weights configured")
+    fid_nets = {
+        key: net for key, net in (("fid", extractor), ("fid_domain", domain_extractor)) if net is not None
+    }
+    for key in fid_nets:
+        skipped.pop(key)
+    embed = embedding or domain_extractor or extractor or random_features(seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    real = _stream_pass(
+        real_images, real_findings, fid_nets=fid_nets, embed=embed, cfg=cfg, rng=rng, split=True
+    )
+    fake = _stream_pass(
+        fake_images, fake_findings, fid_nets=fid_nets, embed=embed, cfg=cfg, rng=rng, split=False
+    )
+    report: dict[str, Any] = {
+        "n_real": real.n,
+        "n_synthetic": fake.n,
+        "config": asdict(cfg),
+        "features": {"embedding": embed.name, **{key: net.name for key, net in fid_nets.items()}},
+    }
+
+    def attempt(key: str, compute: Callable[[], Any]) -> None:
+        try:
+            report[key] = compute()
+        except MetricSkipped as exc:
+            report[key] = None
+            skipped[key] = exc.reason
+
+    for key in ("fid", "fid_domain"):
+        if key in fid_nets:
+            attempt(key, lambda key=key: _fid_or_skip(real.stats[key], fake.stats[key]))
+        else:
+            report[key] = None
+    r_idx, r_emb, r_thumb, r_lab, r_test = _columns(real)
+    f_idx, f_emb, f_thumb, f_lab, _ = _columns(fake)
+    attempt(
+        "prdc",
+        lambda: {
+            **prdc(r_emb, f_emb, k=cfg.prdc_k),
+            "k": cfg.prdc_k,
+            "n_real": len(r_emb),
+            "n_synthetic": len(f_emb),
+        },
+    )
+    attempt("ms_ssim", lambda: _ms_ssim_report(fake.images.items, real.images.items, cfg))
+    attempt("memorisation", lambda: _memorisation_report(r_idx, r_emb, r_thumb, f_idx, f_emb, f_thumb, cfg))
+    if real_findings is None or fake_findings is None:
+        report["utility"] = None
+        skipped["utility"] = "no finding labels given for real and synthetic images"
+    else:
+        y_real, y_fake = multi_hot(r_lab, cfg.findings), multi_hot(f_lab, cfg.findings)
+        attempt(
+            "utility",
+            lambda: {
+                **downstream_utility(
+                    (f_emb, y_fake),
+                    (r_emb[~r_test], y_real[~r_test]),
+                    (r_emb[r_test], y_real[r_test]),
+                    findings=cfg.findings,
+                    seed=cfg.seed,
+                ),
+                "findings": list(cfg.findings),
+            },
+        )
+    report["skipped"] = skipped
+    return _json_safe(report)
+
+
+def _fid_or_skip(real: FeatureStats, fake: FeatureStats) -> float:
+    try:
+        return fid(real, fake)
+    except ValueError as exc:
+        raise MetricSkipped(f"FID failed: {exc} (too few images for the feature dimension?)") from exc
+
+
+def _ms_ssim_report(
+    fake_imgs: list[np.ndarray], real_imgs: list[np.ndarray], cfg: MetricsConfig
+) -> dict[str, Any]:
+    fake = ms_ssim_diversity(fake_imgs, pairs=cfg.ms_ssim_pairs, seed=cfg.seed)
+    out = {"synthetic": fake.pop("mean"), "real": None, **fake}
+    if len(real_imgs) >= 2:
+        out["real"] = ms_ssim_diversity(real_imgs, pairs=cfg.ms_ssim_pairs, seed=cfg.seed)["mean"]
+    return out
+
+
+def _memorisation_report(r_idx, r_emb, r_thumb, f_idx, f_emb, f_thumb, cfg: MetricsConfig) -> dict[str, Any]:
+    m = memorisation(
+        r_emb,
+        f_emb,
+        threshold=cfg.copy_distance,
+        real_thumbs=r_thumb,
+        fake_thumbs=f_thumb,
+        min_correlation=cfg.copy_correlation,
+        quantile=cfg.copy_quantile,
+    )
+    by_features, by_pixels = m.distance <= m.threshold, m.correlation >= m.min_correlation
+    return {
+        "flagged": m.flagged_count,
+        "flagged_by_features": int(by_features.sum()),
+        "flagged_by_pixels": int(by_pixels.sum()),
+        "checked": len(f_idx),
+        "against_real": len(r_idx),
+        "distance_threshold": m.threshold,
+        "correlation_threshold": m.min_correlation,
+        "calibrated": {"distance": cfg.copy_distance is None, "correlation": cfg.copy_correlation is None},
+        "min_distance": float(m.distance.min()),
+        "median_distance": float(np.median(m.distance)),
+        "max_correlation": float(m.correlation.max()),
+        "median_correlation": float(np.median(m.correlation)),
+        "near_copies": [  # stream indices: synthetic image i looks like real image j; the closest first, 100 at most
+            {
+                "synthetic": int(f_idx[i]),
+                "real": int(r_idx[m.nearest_index[i]]),
+                "distance": float(m.distance[i]),
+                "real_by_pixels": int(r_idx[m.pixel_index[i]]),
+                "correlation": float(m.correlation[i]),
+            }
+            for i in sorted(np.flatnonzero(m.flagged), key=lambda i: m.distance[i])[:100]
+        ],
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    """numpy scalars and arrays to Python, NaN and infinities to None."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """One line per metric for a command's output: its headline value, or that it was skipped and why."""
+    headline = {
+        "fid": lambda v: f"{v:.4g}",
+        "fid_domain": lambda v: f"{v:.4g}",
+        "prdc": lambda v: ", ".join(
+            f"{k} {v[k]:.3f}" for k in ("precision", "recall", "density", "coverage")
+        ),
+        "ms_ssim": lambda v: (
+            f"synthetic {v['synthetic']:.3f}" + (f", real {v['real']:.3f}" if v["real"] is not None else "")
+        ),
+        "memorisation": lambda v: f"{v['flagged']} of {v['checked']} synthetic images flagged as near-copies",
+        "utility": lambda v: ", ".join(
+            f"{arm} macro AUROC "
+            + ("n/a" if v[arm]["macro_auroc"] is None else f"{v[arm]['macro_auroc']:.3f}")
+            for arm in ("synthetic", "real")
+        ),
+    }
+    lines = []
+    for key, show in headline.items():
+        value = report.get(key)
+        reason = report.get("skipped", {}).get(key)
+        lines.append(
+            f"{key}: " + (show(value) if value is not None else f"skipped: {reason or 'not computed'}")
+        )
+    return lines
