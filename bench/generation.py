@@ -113,7 +113,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"bare": [], "worker": []}
     loads_before = PIPELINES.loads
     for i in range(args.repeats):
-        for arm, fn in (("bare", bare), ("worker", lambda: worker(i + 1))):
+        for arm, fn in (("bare", bare), ("worker", lambda i=i: worker(i + 1))):
             synchronize(device)
             t0 = time.perf_counter()
             fn()

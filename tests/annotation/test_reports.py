@@ -84,3 +84,20 @@ def test_refresh_runs_the_report_task(labelled, django_capture_on_commit_callbac
     assert response.status_code == 302
     rnd.refresh_from_db()
     assert rnd.metrics["report"]["reader"]["pooled"]["n"] == 24
+
+
+def test_round_report_command_says_what_was_skipped(labelled):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    study, rnd, readers, admin = labelled
+    out = io.StringIO()
+    call_command("round_report", study.name, str(rnd.number), stdout=out)
+    text = out.getvalue()
+    assert "24 realism reads" in text and "skipped fid: " in text
+    out = io.StringIO()
+    call_command("round_report", study.name, str(rnd.number), "--json", "--no-images", stdout=out)
+    assert json.loads(out.getvalue())["images"] is None
+    with pytest.raises(CommandError, match="has no round 9"):
+        call_command("round_report", study.name, "9")
