@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from .stats import CONFIDENCE_RANGE
+
 MAX_COMMENT = 2000
 MAX_BOXES = 50
 CANNOT_ASSESS_REASONS = {"unreadable", "not_a_cxr", "technical", "other"}
@@ -79,7 +81,7 @@ def validate_answer(kind: str, answer: Any, *, rubric: list[dict]) -> dict:
     if kind == "realism":
         if answer.get("call") not in ("real", "synthetic"):
             raise ValidationError("call must be 'real' or 'synthetic' (or mark the case cannot_assess).")
-        return {"call": answer["call"], "confidence": _int_in(answer.get("confidence"), 1, 5, "confidence")}
+        return {"call": answer["call"], "confidence": _int_in(answer.get("confidence"), *CONFIDENCE_RANGE, "confidence")}
     if kind == "rubric":
         scores = answer.get("scores")
         if not isinstance(scores, dict):
