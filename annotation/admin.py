@@ -97,10 +97,14 @@ class StudyAdmin(StudyScopedAdmin):
 
 @admin.register(Round)
 class RoundAdmin(StudyScopedAdmin):
-    list_display = ("study", "number", "status", "labeling_opened_at", "finished_at")
+    list_display = ("study", "number", "status", "labeling_opened_at", "finished_at", "report_link")
     list_filter = ("status", ("study", admin.RelatedOnlyFieldListFilter))
     readonly_fields = ("pools", "progress", "metrics", "stage_error")
     actions = ["open_labeling", "close_labeling"]
+
+    @admin.display(description="Report")
+    def report_link(self, obj):
+        return format_html('<a href="{}">report</a>', reverse("dashboard:round-report", args=[obj.pk]))
 
     @admin.action(description="Open labeling (build reading cases)")
     def open_labeling(self, request, queryset):

@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .answers import validate_rubric_definition
@@ -167,7 +167,15 @@ def round_open_labeling(*, round: Round, actor: AbstractUser | None = None) -> R
         rnd.labeling_opened_at = timezone.now()
         rnd.save(update_fields=["pools", "labeling_opened_at"])
         rnd = round_transition(round=rnd, to=RoundStatus.LABELING, actor=actor)
+    _refresh_planner_statistics(ReadingCase._meta.db_table)
     return rnd
+
+
+def _refresh_planner_statistics(table: str) -> None:
+    """After a bulk insert the planner's row estimates are stale and it may scan the round instead of using the
+    (round, kind, slot, idx) index; ANALYZE keeps next-task flat from 1k to 100k cases (bench/portal.py)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f'ANALYZE "{table}"')
 
 
 def _build_cases(rnd: Round, images: Sequence[Image]) -> dict:
