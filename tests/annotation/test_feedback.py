@@ -1,0 +1,75 @@
+"""The feedback dataset: targets per image from current answers, pairs, catch-rule exclusions, frozen snapshot."""
+
+import hashlib
+import json
+import uuid
+
+import pytest
+from django.core.files.storage import default_storage
+
+from annotation import assignment
+from annotation.feedback import feedback_items, feedback_snapshot_freeze
+
+pytestmark = pytest.mark.django_db
+
+
+def answer_all(rnd, reader, decide):
+    queue = assignment.queue_for_reader(round=rnd, reader=reader)
+    while (task := assignment.tasks_next_for_reader(queue=queue)) is not None:
+        assignment.label_submit(reader=reader, task_token=task.token, answer=decide(task),
+                                submission_id=uuid.uuid4())
+
+
+def test_targets_pairs_and_snapshot(make_study, add_reader, stored_round):
+    study = make_study(readers_per_image=2, task_kinds=["realism", "rubric", "preference"])
+    rnd = stored_round(study, real=2, synthetic=4)
+    a, b = add_reader(study, "a"), add_reader(study, "b")
+
+    def decide_a(task):
+        if task.kind == "realism":
+            return {"call": "real", "confidence": 4}
+        if task.kind == "rubric":
+            level = 5 if task.image.seed in (0, 2) else 2
+            return {"scores": {"anatomy": level, "style": level, "artifacts": level}}
+        return {"choice": "left"}
+
+    def decide_b(task):
+        if task.kind == "realism":
+            return {"call": "synthetic", "confidence": 1}
+        if task.kind == "rubric":
+            return {"scores": {"anatomy": 3, "style": 3, "artifacts": 3}}
+        return {"cannot_assess": True}
+
+    answer_all(rnd, a, decide_a)
+    answer_all(rnd, b, decide_b)
+    data = feedback_items(rounds=[rnd])
+    items = {i["image"]: i for i in data["items"]}
+    assert len(items) == 6
+    for item in items.values():
+        assert item["reads"] == 2
+        assert item["realism"] == pytest.approx(4 / 5)  # confidence-weighted: 4 for "real", 1 for "synthetic"
+        assert set(item["criteria"]) == {"anatomy", "style", "artifacts"}
+        assert all(0 <= v <= 1 for v in item["criteria"].values())
+    sources = {p["source"] for p in data["pairs"]}
+    assert sources == {"preference", "rubric_gap"}
+    explicit = [p for p in data["pairs"] if p["source"] == "preference"]
+    assert len(explicit) == 2  # reader a chose in both pair tasks; b could not assess
+    for pair in data["pairs"]:
+        assert pair["chosen"] != pair["rejected"] and pair["chosen_key"] and pair["prompt"] is not None
+    key, digest, summary = feedback_snapshot_freeze(rounds=[rnd])
+    with default_storage.open(key) as fh:
+        payload = fh.read()
+    assert hashlib.sha256(payload).hexdigest() == digest and json.loads(payload)["items"]
+    assert summary["items"] == 6
+
+
+def test_readers_excluded_by_catch_trials_are_left_out(make_study, add_reader, stored_round):
+    study = make_study(readers_per_image=2, task_kinds=["realism"], catch_rate=0.4,
+                       catch_rule={"min_accuracy": 0.9, "action": "exclude", "min_trials": 1})
+    rnd = stored_round(study, real=5, synthetic=5, catch=4)
+    good, sloppy = add_reader(study, "good"), add_reader(study, "sloppy")
+    answer_all(rnd, good, lambda t: {"call": t.image.source, "confidence": 5})
+    answer_all(rnd, sloppy, lambda t: {"call": "real", "confidence": 5})  # fails every synthetic catch trial
+    data = feedback_items(rounds=[rnd])
+    assert data["excluded_readers"] == ["sloppy"]
+    assert all(item["reads"] == 1 for item in data["items"])
