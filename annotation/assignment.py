@@ -37,6 +37,8 @@ from .ordering import chance, derive_seed, permute, slot_for
 
 #: Candidates fetched per query while walking a reader's permutation.
 WINDOW = 32
+# Boolean filters below are written `is_catch__in=[...]`: Django renders `is_catch=False` as `NOT "is_catch"`,
+# which stops SQLite from using the rest of the (round, kind, is_catch, slot, idx) index.
 
 
 class CaseReturned(ValidationError):
@@ -115,7 +117,7 @@ def _walk(q: ReaderQueue, kind: str, slot: str, cursor: dict, n: int) -> Reading
         order = {permute(p, n, key): p for p in positions}
         candidates = sorted(
             ReadingCase.objects.filter(
-                round_id=q.round_id, kind=kind, is_catch=False, slot=slot, idx__in=list(order),
+                round_id=q.round_id, kind=kind, is_catch__in=[False], slot=slot, idx__in=list(order),
                 taken__lt=F("capacity"),
             ).only("pk", "idx", "image_id", "image_b_id", "slot"),
             key=lambda c: order[c.idx],
@@ -140,7 +142,7 @@ def _unread(q: ReaderQueue, kind: str, cases):
     mine = ReadingTask.objects.filter(
         reader_id=q.reader_id, kind=kind, image_id=OuterRef("image_id"), repeat_of__isnull=True
     ).exclude(status=TaskStatus.EXPIRED)
-    return cases.filter(round_id=q.round_id, kind=kind, is_catch=False).exclude(Exists(mine))
+    return cases.filter(round_id=q.round_id, kind=kind, is_catch__in=[False]).exclude(Exists(mine))
 
 
 def _special(q: ReaderQueue, kind: str, cursor: dict, slot: str, pools: dict, served: int) -> ReadingTask | None:
@@ -151,7 +153,7 @@ def _special(q: ReaderQueue, kind: str, cursor: dict, slot: str, pools: dict, se
         seen = cursor.get(f"catch:{slot}", 0)
         if seen < pools.get(f"catch:{slot}", 0):
             idx = permute(seen, pools[f"catch:{slot}"], derive_seed(q.seed, kind, "catch", slot))
-            case = ReadingCase.objects.get(round_id=q.round_id, kind=kind, is_catch=True, slot=slot, idx=idx)
+            case = ReadingCase.objects.get(round_id=q.round_id, kind=kind, is_catch__in=[True], slot=slot, idx=idx)
             cursor[f"catch:{slot}"] = seen + 1
             ReadingCase.objects.filter(pk=case.pk).update(taken=F("taken") + 1)
             return _create_task(q, case, kind, cursor, is_catch=True)

@@ -1055,7 +1055,7 @@ def child_check(spec):
     by_image, by_image_conc = defaultdict(set), defaultdict(set)
     conc = set(spec.get("conc_readers") or [])
     wrong_owner = 0
-    for tok, case_id, image_id, owner in rows:
+    for tok, _case_id, image_id, owner in rows:
         if owner != token_reader[tok]:
             wrong_owner += 1
         by_image[image_id].add(token_reader[tok])

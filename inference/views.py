@@ -14,9 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from PIL import Image as PILImage
 
-from .devices import pick_device
 from .errors import WeightsError
-from .services import Cleaner
 
 
 class CleanForm(forms.Form):
@@ -49,6 +47,10 @@ def _decode(upload) -> np.ndarray:
 
 @staff_member_required
 def clean_preview(request: HttpRequest) -> HttpResponse:
+    # torch loads here, not at import: web workers that never clean an image stay small
+    from .devices import pick_device
+    from .services import Cleaner
+
     form = CleanForm(request.POST or None, request.FILES or None)
     context: dict = {"form": form}
     if request.method == "POST" and form.is_valid():
