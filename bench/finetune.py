@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=12, help="interleaved A/B blocks")
     parser.add_argument("--steps", type=int, default=5, help="training steps per block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/finetune.json")
     args = parser.parse_args()
 
@@ -102,6 +103,8 @@ def main() -> None:
     from training.diffusion import normalise_rewards
     from training.finetune import BatchSampler, FinetuneConfig, FinetuneData, setup_training, train_step
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(os.environ.get("CXR_DEVICE", "auto"))
     work = Path(tempfile.mkdtemp(prefix="bench-ft-"))
     preset = TinySDConfig.sd21_base() if args.preset == "sd21-base" else TinySDConfig.tiny()

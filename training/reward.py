@@ -56,7 +56,9 @@ class RewardConfig:
     backbone: str = _opt("convnext_atto", "timm model name (built with pretrained=False; e.g. resnet18).")
     image_size: int = _opt(224, "Side the images are resized (shorter side) and centre-cropped to, px.")
     in_chans: int = _opt(1, "Backbone input channels; grayscale input is repeated when 3.")
-    pretrained_path: str | None = _opt(None, "Local backbone weights (safetensors or torch file); None: random.")
+    pretrained_path: str | None = _opt(
+        None, "Local backbone weights (safetensors or torch file); None: random."
+    )
     criteria: tuple[str, ...] = _opt(("anatomy", "style", "artifacts"), "Rubric keys, one score head each.")
     prompt_conditioning: bool = _opt(True, "Condition on the report/prompt (FiLM by a hashed bag of words).")
     text_buckets: int = _opt(4096, "Hash buckets of the word/bigram embedding table, rows.")
@@ -65,7 +67,9 @@ class RewardConfig:
     dropout: float = _opt(0.2, "Dropout of the head (kept on for MC-dropout at inference), probability.")
     lr: float = _opt(3e-4, "AdamW peak learning rate.")
     weight_decay: float = _opt(0.05, "AdamW weight decay on weight matrices (not on norms and biases).")
-    steps: int = _opt(3000, "Optimiser steps; batches cycle through reshuffled epochs of the training images.")
+    steps: int = _opt(
+        3000, "Optimiser steps; batches cycle through reshuffled epochs of the training images."
+    )
     warmup_steps: int = _opt(100, "Linear learning-rate warm-up, steps.")
     lr_schedule: str = _opt("cosine", "After warm-up: 'cosine' (to 0) or 'constant'.")
     batch_size: int = _opt(16, "Records per step.")
@@ -96,8 +100,19 @@ class RewardConfig:
     def tiny(cls, **overrides: Any) -> RewardConfig:
         """A few-second CPU job at 64 px on timm's test-size ResNet (0.4 M parameters; it learned the tests'
         pixel rules in 40 steps on every seed tried, where test_convnext needed about 60)."""
-        base = dict(backbone="test_resnet", image_size=64, text_buckets=512, text_dim=16, hidden_dim=32,
-                    lr=3e-3, weight_decay=0.01, steps=40, warmup_steps=5, batch_size=16, mc_samples=8)
+        base = dict(
+            backbone="test_resnet",
+            image_size=64,
+            text_buckets=512,
+            text_dim=16,
+            hidden_dim=32,
+            lr=3e-3,
+            weight_decay=0.01,
+            steps=40,
+            warmup_steps=5,
+            batch_size=16,
+            mc_samples=8,
+        )
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,9 +155,14 @@ class FeedbackItem:
     @classmethod
     def from_record(cls, record: dict[str, Any], image: np.ndarray) -> FeedbackItem:
         """From an item of the feedback snapshot (`annotation.feedback.feedback_items`) and its decoded image."""
-        return cls(image=image, prompt=record.get("prompt") or "", realism=record.get("realism"),
-                   criteria=dict(record.get("criteria") or {}), is_real=record.get("source") == "real",
-                   image_id=record.get("sha256") or str(record.get("image")))
+        return cls(
+            image=image,
+            prompt=record.get("prompt") or "",
+            realism=record.get("realism"),
+            criteria=dict(record.get("criteria") or {}),
+            is_real=record.get("source") == "real",
+            image_id=record.get("sha256") or str(record.get("image")),
+        )
 
 
 def resize_images(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
@@ -160,7 +180,9 @@ def resize_images(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def split_by_image(items: Sequence[FeedbackItem], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_by_image(
+    items: Sequence[FeedbackItem], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """(train, val) indices; all records of one image land on the same side."""
     keys = sorted({it.key for it in items})
     n_val = round(val_fraction * len(keys))
@@ -172,8 +194,13 @@ def split_by_image(items: Sequence[FeedbackItem], val_fraction: float, seed: int
     return [i for i, it in enumerate(items) if it.key not in val_keys], val
 
 
-def mismatch_negatives(prompts: Sequence[str], is_real: Sequence[bool], pool: Sequence[str], rate: float,
-                       rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+def mismatch_negatives(
+    prompts: Sequence[str],
+    is_real: Sequence[bool],
+    pool: Sequence[str],
+    rate: float,
+    rng: np.random.Generator,
+) -> tuple[list[str], np.ndarray]:
     """Each real image's prompt is, with probability `rate`, replaced by a different one drawn from `pool`;
     returns the prompts and a bool mask of the swapped records (their realism target becomes 0)."""
     out, swapped = list(prompts), np.zeros(len(prompts), bool)
@@ -188,8 +215,9 @@ def mismatch_negatives(prompts: Sequence[str], is_real: Sequence[bool], pool: Se
     return out, swapped
 
 
-def targets_for(items: Sequence[FeedbackItem], criteria: Sequence[str],
-                swapped: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+def targets_for(
+    items: Sequence[FeedbackItem], criteria: Sequence[str], swapped: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
     """Dense targets with masks for `reward_loss`; swapped (mismatched) records get realism 0, criteria masked."""
     n, c = len(items), len(criteria)
     realism, realism_mask = np.zeros(n, np.float32), np.zeros(n, np.float32)
@@ -207,8 +235,16 @@ def targets_for(items: Sequence[FeedbackItem], criteria: Sequence[str],
             if it.criteria.get(key) is not None:
                 scores[i, j], scores_mask[i, j] = it.criteria[key], 1.0
     weight = np.array([it.weight for it in items], np.float32)
-    return {k: torch.from_numpy(v) for k, v in dict(realism=realism, realism_mask=realism_mask, criteria=scores,
-                                                     criteria_mask=scores_mask, weight=weight).items()}
+    return {
+        k: torch.from_numpy(v)
+        for k, v in dict(
+            realism=realism,
+            realism_mask=realism_mask,
+            criteria=scores,
+            criteria_mask=scores_mask,
+            weight=weight,
+        ).items()
+    }
 
 
 # --- model -----------------------------------------------------------------------------------------------------
@@ -242,7 +278,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, in_chans: int) 
             state[k] = v.sum(dim=1, keepdim=True)
     missing = [k for k in own if k not in state]
     if missing:
-        raise ValueError(f"weights at {path} do not fit the backbone: {len(missing)} missing, e.g. {missing[:3]}")
+        raise ValueError(
+            f"weights at {path} do not fit the backbone: {len(missing)} missing, e.g. {missing[:3]}"
+        )
     backbone.load_state_dict({k: state[k] for k in own})
 
 
@@ -254,7 +292,9 @@ class RewardModel(nn.Module):
         import timm
 
         self.cfg = cfg
-        self.backbone = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, in_chans=cfg.in_chans)
+        self.backbone = timm.create_model(
+            cfg.backbone, pretrained=False, num_classes=0, in_chans=cfg.in_chans
+        )
         if cfg.pretrained_path:
             load_backbone_weights(self.backbone, cfg.pretrained_path, cfg.in_chans)
         width = self.backbone.num_features
@@ -277,7 +317,9 @@ class RewardModel(nn.Module):
         """(B, 1, H, W) in [0, 1] → pooled backbone features (B, F); resized to the configured side if needed."""
         size = self.cfg.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         x = (images - 0.5) / 0.25
         return self.backbone(x.expand(-1, self.cfg.in_chans, -1, -1) if x.shape[1] == 1 else x)
 
@@ -293,7 +335,10 @@ class RewardModel(nn.Module):
             gamma, beta = self.film(text.to(h.dtype)).chunk(2, dim=-1)
             h = h * (1 + gamma) + beta
         h = self.hidden_dropout(F.gelu(h))
-        return {"realism_logit": self.realism_head(h).squeeze(-1), "criteria": torch.sigmoid(self.criteria_head(h))}
+        return {
+            "realism_logit": self.realism_head(h).squeeze(-1),
+            "criteria": torch.sigmoid(self.criteria_head(h)),
+        }
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         feats = self.features(images)
@@ -310,12 +355,15 @@ class RewardModel(nn.Module):
 # --- loss and training -----------------------------------------------------------------------------------------
 
 
-def reward_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-                cfg: RewardConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def reward_loss(
+    outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], cfg: RewardConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted BCE-with-logits on soft realism targets + weighted MSE/Huber on the given criteria; entries without
     a target are masked and each term is averaged over the weight of the entries it sees."""
     w = targets["weight"]
-    bce = F.binary_cross_entropy_with_logits(outputs["realism_logit"].float(), targets["realism"], reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        outputs["realism_logit"].float(), targets["realism"], reduction="none"
+    )
     m = targets["realism_mask"] * w
     realism = (bce * m).sum() / m.sum().clamp_min(1e-8)
     pred, goal = outputs["criteria"].float(), targets["criteria"]
@@ -341,12 +389,14 @@ def _lr_factor(step: int, cfg: RewardConfig) -> float:
 def _optimizer(model: nn.Module, cfg: RewardConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """"auto": bf16 autocast where the device has it (fp16 would need a grad scaler), else fp32."""
+    """ "auto": bf16 autocast where the device has it (fp16 would need a grad scaler), else fp32."""
     if precision == "fp32" or device.type == "cpu" and precision == "auto":
         return None
     if precision == "bf16":
@@ -366,9 +416,14 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.n
             yield order[i : i + batch_size]
 
 
-def train_reward_model(items: Sequence[FeedbackItem], cfg: RewardConfig, *, device: str | torch.device = "cpu",
-                       precision: str = "auto", on_progress: Callable[[int, float], None] | None = None,
-                       ) -> tuple[RewardModel, dict[str, Any]]:
+def train_reward_model(
+    items: Sequence[FeedbackItem],
+    cfg: RewardConfig,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    on_progress: Callable[[int, float], None] | None = None,
+) -> tuple[RewardModel, dict[str, Any]]:
     """Train on a by-image split of `items`; returns the model (eval mode) and JSON-safe validation metrics.
     `on_progress(step, loss)` is called after every optimiser step (1-based)."""
     if not items:
@@ -391,8 +446,9 @@ def train_reward_model(items: Sequence[FeedbackItem], cfg: RewardConfig, *, devi
     for step in range(cfg.steps):
         idx = next(batches)
         batch = [train[i] for i in idx]
-        prompts, swapped = mismatch_negatives([it.prompt for it in batch], [it.is_real for it in batch], pool,
-                                              rate, rng)
+        prompts, swapped = mismatch_negatives(
+            [it.prompt for it in batch], [it.is_real for it in batch], pool, rate, rng
+        )
         targets = {k: v.to(device) for k, v in targets_for(batch, cfg.criteria, swapped).items()}
         images = pixels[idx].to(device).float() / 255
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -408,8 +464,12 @@ def train_reward_model(items: Sequence[FeedbackItem], cfg: RewardConfig, *, devi
             on_progress(step + 1, losses[-1])
     model.eval()
     metrics = evaluate_reward_model(model, [items[i] for i in val_idx], pool=pool, seed=cfg.seed)
-    metrics["train"] = {"steps": cfg.steps, "items": len(train), "images": len({it.key for it in train}),
-                        "final_loss": float(np.mean(losses[-10:]))}
+    metrics["train"] = {
+        "steps": cfg.steps,
+        "items": len(train),
+        "images": len({it.key for it in train}),
+        "final_loss": float(np.mean(losses[-10:])),
+    }
     return model, _json_safe(metrics)
 
 
@@ -437,9 +497,14 @@ def _as_tensor(images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, size: i
     return resize_images(list(images), size).float() / 255
 
 
-def predict(model: RewardModel, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
-            prompts: Sequence[str] | None, *, mc_samples: int | None = None,
-            batch_size: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def predict(
+    model: RewardModel,
+    images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+    prompts: Sequence[str] | None,
+    *,
+    mc_samples: int | None = None,
+    batch_size: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-image mean and std of the realism probability and each criterion score ({name: (N,)} each) over
     `mc_samples` MC-dropout passes of the head (default: the config's). One sample, or dropout 0, is a single
     deterministic eval pass with std 0. Images: uint8 (H, W) arrays, or a float tensor (N, 1, H, W) in [0, 1]."""
@@ -455,8 +520,13 @@ def predict(model: RewardModel, images: Sequence[np.ndarray] | np.ndarray | torc
             feats = model.features(x)
             text = model._text(None if prompts is None else prompts[i : i + bs], len(x), device)
             draws = [model.head(feats, text) for _ in range(mc)]
-            chunks.append(torch.stack([torch.cat([torch.sigmoid(d["realism_logit"])[:, None], d["criteria"]], 1)
-                                       for d in draws]).float().cpu())
+            chunks.append(
+                torch.stack(
+                    [torch.cat([torch.sigmoid(d["realism_logit"])[:, None], d["criteria"]], 1) for d in draws]
+                )
+                .float()
+                .cpu()
+            )
     samples = torch.cat(chunks, 1) if chunks else torch.zeros(mc, 0, len(model.output_names))
     mean = samples.mean(0).numpy()
     std = samples.std(0, unbiased=False).numpy()
@@ -464,8 +534,12 @@ def predict(model: RewardModel, images: Sequence[np.ndarray] | np.ndarray | torc
     return ({n: mean[:, j] for j, n in enumerate(names)}, {n: std[:, j] for j, n in enumerate(names)})
 
 
-def combine_reward(realism_prob: torch.Tensor, criteria: torch.Tensor, names: Sequence[str],
-                   weights: dict[str, float] | None = None) -> torch.Tensor:
+def combine_reward(
+    realism_prob: torch.Tensor,
+    criteria: torch.Tensor,
+    names: Sequence[str],
+    weights: dict[str, float] | None = None,
+) -> torch.Tensor:
     """Σ w·score / Σ w over "realism" and the criteria. Default: the mean of the realism probability and the mean
     criterion score (half each), or the realism probability alone when there are no criteria."""
     if weights is None:
@@ -479,15 +553,23 @@ def combine_reward(realism_prob: torch.Tensor, criteria: torch.Tensor, names: Se
     return total / sum(weights.values())
 
 
-def reward(model: RewardModel, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
-           prompts: Sequence[str] | None, *, weights: dict[str, float] | None = None) -> torch.Tensor:
+def reward(
+    model: RewardModel,
+    images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+    prompts: Sequence[str] | None,
+    *,
+    weights: dict[str, float] | None = None,
+) -> torch.Tensor:
     """One scalar per image (N,), deterministic (eval mode, no dropout); see `combine_reward` for the weights.
     A float tensor input (N, 1, H, W) in [0, 1] keeps the graph, for reward backpropagation into a generator
     (freeze the reward model with `requires_grad_(False)`); uint8 arrays are scored without gradients."""
     keep_graph = isinstance(images, torch.Tensor)
     device = next(model.parameters()).device
     x = _as_tensor(images, model.cfg.image_size).to(device)
-    with _inference_mode(model, dropout=False), torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
+    with (
+        _inference_mode(model, dropout=False),
+        torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()),
+    ):
         out = model(x, prompts)
     return combine_reward(torch.sigmoid(out["realism_logit"]), out["criteria"], model.cfg.criteria, weights)
 
@@ -499,8 +581,13 @@ def expected_calibration_error(prob: np.ndarray, target: np.ndarray, bins: int =
     """Σ over equal-width probability bins of (share of samples) × |mean prediction − mean target|; soft targets
     (shares of readers) are compared as they are, which is the usual ECE for 0/1 targets."""
     edges = np.minimum((prob * bins).astype(int), bins - 1)
-    return float(sum(abs(prob[edges == b].mean() - target[edges == b].mean()) * (edges == b).mean()
-                     for b in range(bins) if (edges == b).any()))
+    return float(
+        sum(
+            abs(prob[edges == b].mean() - target[edges == b].mean()) * (edges == b).mean()
+            for b in range(bins)
+            if (edges == b).any()
+        )
+    )
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, str | None]:
@@ -511,8 +598,9 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, str | 
     return float(roc_auc_score(labels, scores)), None
 
 
-def evaluate_reward_model(model: RewardModel, items: Sequence[FeedbackItem], *, pool: Sequence[str] = (),
-                          seed: int = 0) -> dict[str, Any]:
+def evaluate_reward_model(
+    model: RewardModel, items: Sequence[FeedbackItem], *, pool: Sequence[str] = (), seed: int = 0
+) -> dict[str, Any]:
     """Held-out metrics (deterministic predictions): realism AUROC (targets ≥ 0.5 count as real), Brier and ECE
     (10 bins) against the soft targets; per criterion Spearman and MAE; and, with prompt conditioning, the AUROC of
     true against mismatched reports on the real images (reports drawn from `pool` + the items' own)."""
@@ -527,13 +615,23 @@ def evaluate_reward_model(model: RewardModel, items: Sequence[FeedbackItem], *, 
     if has.any():
         prob, soft = mean[REALISM][has], np.array([it.realism for it in items if it.realism is not None])
         r["auroc"], r["auroc_skipped"] = _auroc(soft >= 0.5, prob)
-        r.update(positives=int((soft >= 0.5).sum()), brier=float(((prob - soft) ** 2).mean()),
-                 ece=expected_calibration_error(prob, soft), mean_prob=float(prob.mean()))
+        r.update(
+            positives=int((soft >= 0.5).sum()),
+            brier=float(((prob - soft) ** 2).mean()),
+            ece=expected_calibration_error(prob, soft),
+            mean_prob=float(prob.mean()),
+        )
     out[REALISM] = r
     out["criteria"] = {}
     for name in model.cfg.criteria:
-        got = [(mean[name][i], it.criteria[name]) for i, it in enumerate(items) if it.criteria.get(name) is not None]
-        pred, goal = (np.array(v, float) for v in zip(*got, strict=True)) if got else (np.zeros(0), np.zeros(0))
+        got = [
+            (mean[name][i], it.criteria[name])
+            for i, it in enumerate(items)
+            if it.criteria.get(name) is not None
+        ]
+        pred, goal = (
+            (np.array(v, float) for v in zip(*got, strict=True)) if got else (np.zeros(0), np.zeros(0))
+        )
         c: dict[str, Any] = {"n": len(got), "mae": float(np.abs(pred - goal).mean()) if got else None}
         if len(got) < 3 or np.ptp(goal) == 0 or np.ptp(pred) == 0:
             c["spearman"], c["spearman_skipped"] = None, "fewer than 3 labelled images or a constant column"
@@ -545,10 +643,13 @@ def evaluate_reward_model(model: RewardModel, items: Sequence[FeedbackItem], *, 
     return out
 
 
-def _mismatch_auroc(model: RewardModel, items: Sequence[FeedbackItem], pool: Sequence[str], seed: int) -> dict:
+def _mismatch_auroc(
+    model: RewardModel, items: Sequence[FeedbackItem], pool: Sequence[str], seed: int
+) -> dict:
     real = [it for it in items if it.is_real]
-    prompts, swapped = mismatch_negatives([it.prompt for it in real], [True] * len(real), pool, 1.0,
-                                          np.random.default_rng(seed))
+    prompts, swapped = mismatch_negatives(
+        [it.prompt for it in real], [True] * len(real), pool, 1.0, np.random.default_rng(seed)
+    )
     real = [it for it, s in zip(real, swapped, strict=True) if s]
     if not real:
         return {"n": 0, "auroc": None, "auroc_skipped": "no real validation images with a different report"}
@@ -575,8 +676,9 @@ def _json_safe(obj: Any) -> Any:
 # --- checkpoints -----------------------------------------------------------------------------------------------
 
 
-def save_reward_model(model: RewardModel, cfg: RewardConfig, path_dir: str | Path,
-                      metrics: dict[str, Any] | None = None) -> Path:
+def save_reward_model(
+    model: RewardModel, cfg: RewardConfig, path_dir: str | Path, metrics: dict[str, Any] | None = None
+) -> Path:
     """model.safetensors + config.json (+ metrics.json) in `path_dir`."""
     from safetensors.torch import save_model
 

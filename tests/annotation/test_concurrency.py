@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_postgres
-from stress import run_stress
+
+from tests.annotation.stress import run_stress
+from tests.support import require_postgres
 
 
 def _assert_invariants(result, *, images, k):

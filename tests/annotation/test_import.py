@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image as PILImage
-from test_ingest import PHI, dicom_bytes, make_dicom
 
 from annotation.models import AuditEvent, Image
+from tests.annotation.test_ingest import PHI, dicom_bytes, make_dicom
 
 pytestmark = pytest.mark.django_db
 

@@ -15,9 +15,9 @@ from training import diffusion as D
 from training.finetune import (
     ADAPTER_FILE,
     Batch,
+    BatchSampler,
     FinetuneConfig,
     FinetuneData,
-    BatchSampler,
     compute_loss,
     list_checkpoints,
     load_adapter_state,

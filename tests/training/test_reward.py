@@ -46,9 +46,15 @@ def grain_task(n: int, *, start: int = 1000, seed: int = 0) -> list[FeedbackItem
         if fake:
             img = img + rng.normal(0, 40, img.shape)
         img = np.clip(img, 0, 255).astype(np.uint8)
-        items.append(FeedbackItem(image=img, prompt=p.report, realism=0.0 if fake else 1.0,
-                                  criteria={"brightness": float(img.mean() / 255), "sharpness": None},
-                                  is_real=not fake))
+        items.append(
+            FeedbackItem(
+                image=img,
+                prompt=p.report,
+                realism=0.0 if fake else 1.0,
+                criteria={"brightness": float(img.mean() / 255), "sharpness": None},
+                is_real=not fake,
+            )
+        )
     return items
 
 
@@ -56,12 +62,23 @@ def tiny(**kw) -> RewardConfig:
     return RewardConfig.tiny(criteria=CRITERIA, **kw)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a shared 2-core machine two intra-op threads spin-wait on each other when a neighbour holds a core:
+    steps ran 10-40x slower than on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)
     progress = []
-    model, metrics = train_reward_model(grain_task(240), tiny(), device="cpu",
-                                        on_progress=lambda step, loss: progress.append((step, loss)))
+    model, metrics = train_reward_model(
+        grain_task(240), tiny(), device="cpu", on_progress=lambda step, loss: progress.append((step, loss))
+    )
     return model, metrics, progress
 
 
@@ -81,8 +98,13 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert RewardConfig().backbone == "convnext_atto" and RewardConfig().image_size == 224
     with pytest.raises(ValueError, match="unknown"):
         RewardConfig.from_dict({**cfg.to_dict(), "lerning_rate": 1})
-    for bad in (dict(mismatched_negative_rate=1.5), dict(criteria=("a", "a")), dict(criteria_loss="l1"),
-                dict(dropout=1.0), dict(steps=0)):
+    for bad in (
+        dict(mismatched_negative_rate=1.5),
+        dict(criteria=("a", "a")),
+        dict(criteria_loss="l1"),
+        dict(dropout=1.0),
+        dict(steps=0),
+    ):
         with pytest.raises(ValueError):
             RewardConfig(**bad)
 
@@ -113,7 +135,9 @@ def test_text_hashing_is_stable_and_sees_negation():
 def test_pretrained_backbone_weights_load_from_a_local_file(tmp_path):
     import timm
 
-    src = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=3)  # a 3-channel stem + head
+    src = timm.create_model(
+        "test_resnet", pretrained=False, num_classes=10, in_chans=3
+    )  # a 3-channel stem + head
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, tmp_path / "w.safetensors")
     model = RewardModel(tiny(pretrained_path=str(tmp_path / "w.safetensors")))
     stem = next(k for k, v in model.backbone.state_dict().items() if v.ndim == 4)
@@ -138,8 +162,10 @@ def test_loss_is_finite_and_ignores_missing_and_zero_weight_targets(batch):
     assert reward_loss(out, moved, cfg)[0] == loss
     weighted = {**targets, "weight": targets["weight"].clone(), "realism": targets["realism"].clone()}
     weighted["weight"][0], weighted["realism"][0] = 0.0, 1 - weighted["realism"][0]
-    assert torch.allclose(reward_loss(out, weighted, cfg)[0], reward_loss(
-        out, {**weighted, "realism": targets["realism"]}, cfg)[0])
+    assert torch.allclose(
+        reward_loss(out, weighted, cfg)[0],
+        reward_loss(out, {**weighted, "realism": targets["realism"]}, cfg)[0],
+    )
     empty = {**targets, "realism_mask": torch.zeros(6), "criteria_mask": torch.zeros(6, 2)}
     assert reward_loss(out, empty, cfg)[0] == 0
     huber = tiny(criteria_loss="huber")
@@ -168,7 +194,9 @@ def test_loss_decreases_on_a_fixed_batch_and_parameters_change(batch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    changed = [
+        k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
     assert any(k.startswith("backbone.") for k in changed) and "realism_head.weight" in changed
     assert "film.weight" in changed and "text.weight" in changed
 
@@ -178,7 +206,9 @@ def test_loss_decreases_on_a_fixed_batch_and_parameters_change(batch):
 
 def test_split_is_by_image_and_seeded():
     img = np.zeros((8, 8), np.uint8)
-    items = [FeedbackItem(image=img, prompt=f"p{i}", image_id=f"img{i // 3}") for i in range(90)]  # 3 per image
+    items = [
+        FeedbackItem(image=img, prompt=f"p{i}", image_id=f"img{i // 3}") for i in range(90)
+    ]  # 3 per image
     train, val = split_by_image(items, 0.2, seed=1)
     assert sorted(train + val) == list(range(90))
     assert not {items[i].key for i in train} & {items[i].key for i in val}
@@ -200,8 +230,15 @@ def test_mismatched_negatives_come_at_the_configured_rate():
     assert all(out[i] != prompts[i] for i in np.flatnonzero(swapped))
     assert all(out[i] == prompts[i] for i in np.flatnonzero(~swapped))
     assert not mismatch_negatives(["same"] * 50, [True] * 50, ["same"], 1.0, rng)[1].any()
-    items = [FeedbackItem(image=np.zeros((4, 4), np.uint8), prompt="a", realism=1.0, criteria={"brightness": 0.5},
-                          is_real=True)] * 2
+    items = [
+        FeedbackItem(
+            image=np.zeros((4, 4), np.uint8),
+            prompt="a",
+            realism=1.0,
+            criteria={"brightness": 0.5},
+            is_real=True,
+        )
+    ] * 2
     t = targets_for(items, CRITERIA, np.array([True, False]))
     assert t["realism"].tolist() == [0.0, 1.0] and t["realism_mask"].tolist() == [1.0, 1.0]
     assert t["criteria_mask"][:, 0].tolist() == [0.0, 1.0]
@@ -221,7 +258,11 @@ def test_held_out_criterion_tracks_a_pixel_function(trained):
     assert metrics["criteria"]["brightness"]["spearman"] > 0.7
     assert metrics["criteria"]["brightness"]["mae"] < 0.15
     assert metrics["criteria"]["sharpness"] == {
-        "n": 0, "mae": None, "spearman": None, "spearman_skipped": "fewer than 3 labelled images or a constant column"}
+        "n": 0,
+        "mae": None,
+        "spearman": None,
+        "spearman_skipped": "fewer than 3 labelled images or a constant column",
+    }
 
 
 def test_metrics_are_strict_json_and_progress_is_reported(trained):
@@ -260,7 +301,9 @@ def test_predict_mc_dropout_spread(trained, batch):
     assert mean["realism"].shape == (6,) and (std["realism"] > 0).all() and (std["brightness"] > 0).all()
     single_mean, single_std = predict(model, images, prompts, mc_samples=1)
     assert all((v == 0).all() for v in single_std.values())
-    assert np.allclose(single_mean["realism"], torch.sigmoid(_eval(model, images, prompts)).numpy(), atol=1e-6)
+    assert np.allclose(
+        single_mean["realism"], torch.sigmoid(_eval(model, images, prompts)).numpy(), atol=1e-6
+    )
     no_dropout = RewardModel(tiny(dropout=0.0))
     assert all((v == 0).all() for v in predict(no_dropout, images, prompts, mc_samples=8)[1].values())
 
@@ -296,7 +339,11 @@ def test_save_then_load_gives_identical_outputs(trained, batch, tmp_path):
     model, metrics, _ = trained
     _, x, prompts = batch
     save_reward_model(model, model.cfg, tmp_path / "rm", metrics=metrics)
-    assert {p.name for p in (tmp_path / "rm").iterdir()} == {"model.safetensors", "config.json", "metrics.json"}
+    assert {p.name for p in (tmp_path / "rm").iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "metrics.json",
+    }
     assert json.loads((tmp_path / "rm" / "metrics.json").read_text()) == metrics
     loaded = load_reward_model(tmp_path / "rm", device="cpu")
     assert loaded.cfg == model.cfg and not loaded.training
