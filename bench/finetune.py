@@ -90,7 +90,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=12, help="interleaved A/B blocks")
     parser.add_argument("--steps", type=int, default=5, help="training steps per block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm first")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 on CPU, so CPU time is a clean cost measure on a shared "
+                             "machine; untouched on accelerators)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/finetune.json")
     args = parser.parse_args()
 
@@ -103,9 +105,10 @@ def main() -> None:
     from training.diffusion import normalise_rewards
     from training.finetune import BatchSampler, FinetuneConfig, FinetuneData, setup_training, train_step
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = pick_device(os.environ.get("CXR_DEVICE", "auto"))
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="bench-ft-"))
     preset = TinySDConfig.sd21_base() if args.preset == "sd21-base" else TinySDConfig.tiny()
     started = time.perf_counter()
@@ -140,23 +143,31 @@ def main() -> None:
             fn()
     synchronize(device)
     per_step: dict[str, list[float]] = {name: [] for name in arms}
+    cpu_per_step: dict[str, list[float]] = {name: [] for name in arms}  # process CPU time: robust to other load
     for block in range(args.blocks):
         order = list(arms) if block % 2 == 0 else list(reversed(arms))
         for name in order:
             synchronize(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 loss = arms[name]()
             synchronize(device)
             per_step[name].append((time.perf_counter() - t0) / args.steps)
+            cpu_per_step[name].append((time.process_time() - c0) / args.steps)
             assert np.isfinite(loss), f"{name} loss is not finite"
 
     stats = {name: {"median_s": statistics.median(v), "min_s": min(v), "mean_s": statistics.fmean(v),
-                    "steps_per_s": 1.0 / statistics.median(v), "blocks_s": v} for name, v in per_step.items()}
+                    "steps_per_s": 1.0 / statistics.median(v), "blocks_s": v,
+                    "cpu_median_s": statistics.median(cpu_per_step[name]), "cpu_blocks_s": cpu_per_step[name]}
+             for name, v in per_step.items()}
     overhead_median = stats["ours"]["median_s"] / stats["bare"]["median_s"] - 1.0
     overhead_min = stats["ours"]["min_s"] / stats["bare"]["min_s"] - 1.0
     # Paired blocks (same moment, same load): the median of per-pair ratios is the most noise-robust figure.
     overhead_paired = statistics.median(a / b for a, b in zip(per_step["ours"], per_step["bare"], strict=True)) - 1
+    overhead_cpu = statistics.median(a / b for a, b in zip(cpu_per_step["ours"], cpu_per_step["bare"], strict=True)) - 1
+    # On a CPU the process's CPU time is what the step costs, whatever else the machine runs; on an accelerator
+    # the wall time (synchronised) is.
+    headline = overhead_cpu if device.type == "cpu" else overhead_paired
     report = {
         "bench": "finetune", "device": str(device), "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -165,17 +176,22 @@ def main() -> None:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None, "build_s": build_s,
         "ours": stats["ours"], "bare": stats["bare"], "overhead_ratio_paired_median": overhead_paired,
-        "overhead_ratio_median": overhead_median, "overhead_ratio_min": overhead_min, "target_overhead": 0.10,
-        "within_target": overhead_paired <= 0.10,
+        "overhead_ratio_median": overhead_median, "overhead_ratio_min": overhead_min,
+        "overhead_ratio_cpu_time_paired_median": overhead_cpu, "overhead_ratio": headline,
+        "overhead_basis": "process CPU time, paired blocks" if device.type == "cpu" else "wall time, paired blocks",
+        "target_overhead": 0.10, "within_target": headline <= 0.10,
     }
     print(f"\nfinetune step, {args.preset} @ {args.size}px, batch {args.batch}, {device} "
           f"({report['mixed_precision']}), {args.blocks} blocks x {args.steps} steps")
-    print(f"{'arm':<6} {'median s/step':>14} {'min s/step':>11} {'steps/s':>8}")
+    print(f"{'arm':<6} {'median s/step':>14} {'min s/step':>11} {'steps/s':>8} {'CPU s/step':>11}")
     for name in arms:
         s = stats[name]
-        print(f"{name:<6} {s['median_s']:>14.4f} {s['min_s']:>11.4f} {s['steps_per_s']:>8.2f}")
-    print(f"overhead (ours / bare - 1): paired median {overhead_paired:+.1%}, medians {overhead_median:+.1%}, "
-          f"minima {overhead_min:+.1%}  (target <= +10%)")
+        print(f"{name:<6} {s['median_s']:>14.4f} {s['min_s']:>11.4f} {s['steps_per_s']:>8.2f} "
+              f"{s['cpu_median_s']:>11.4f}")
+    print(f"overhead (ours / bare - 1), paired blocks: wall {overhead_paired:+.1%}, CPU time {overhead_cpu:+.1%}; "
+          f"wall medians {overhead_median:+.1%}, minima {overhead_min:+.1%}")
+    print(f"headline ({report['overhead_basis']}): {headline:+.1%}  (target <= +10%): "
+          f"{'OK' if report['within_target'] else 'OVER'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

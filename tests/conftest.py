@@ -26,6 +26,22 @@ def pytest_sessionstart(session):
         pytest.exit("; ".join(problems), returncode=3)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_persistent_connections(django_db_setup, django_db_blocker):
+    """Threads the tests start (live server, simulated readers) must not hold connections past the session, or the
+    test database cannot be dropped: don't persist them, and end any stragglers before the drop."""
+    from django.db import connections
+
+    for conn in connections.all():
+        conn.settings_dict["CONN_MAX_AGE"] = 0
+    yield
+    conn = connections["default"]
+    if conn.vendor == "postgresql":
+        with django_db_blocker.unblock(), conn.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
 @pytest.fixture(autouse=True)
 def _media(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")

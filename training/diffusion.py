@@ -85,12 +85,13 @@ def encode_images(vae, images, device: torch.device, dtype: torch.dtype, *,
     return latents * vae.config.scaling_factor
 
 
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], *, device: torch.device | None = None
+                   ) -> torch.Tensor:
     """Prompts → the text encoder's last hidden states (B, 77, D), padded to the tokenizer's maximum as in SD."""
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     with torch.no_grad():
-        return text_encoder(ids.to(text_encoder.device), return_dict=False)[0]
+        return text_encoder(ids.to(device or text_encoder.device), return_dict=False)[0]
 
 
 # --- the denoising loss ---------------------------------------------------------------------------------------

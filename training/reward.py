@@ -98,8 +98,8 @@ class RewardConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> RewardConfig:
-        """A few-second CPU job at 64 px on timm's test-size ResNet (0.4 M parameters; it learned the tests'
-        pixel rules in 40 steps on every seed tried, where test_convnext needed about 60)."""
+        """A few-second CPU job at 64 px on timm's test-size ResNet (0.4 M parameters). On the tests' pixel rules
+        it reached Spearman >= 0.9 on six seeds in 60 steps (0.69-0.94 in 40); test_convnext learned slower."""
         base = dict(
             backbone="test_resnet",
             image_size=64,
@@ -108,7 +108,7 @@ class RewardConfig:
             hidden_dim=32,
             lr=3e-3,
             weight_decay=0.01,
-            steps=40,
+            steps=60,
             warmup_steps=5,
             batch_size=16,
             mc_samples=8,
@@ -396,7 +396,7 @@ def _optimizer(model: nn.Module, cfg: RewardConfig) -> torch.optim.Optimizer:
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """ "auto": bf16 autocast where the device has it (fp16 would need a grad scaler), else fp32."""
+    """The autocast dtype: with "auto", bf16 where the device has it, else none (fp16 would need a grad scaler)."""
     if precision == "fp32" or device.type == "cpu" and precision == "auto":
         return None
     if precision == "bf16":

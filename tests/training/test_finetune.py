@@ -258,3 +258,14 @@ def test_early_stopping_on_held_out_real_loss_keeps_the_best_adapter(base, data,
     again = run_finetune(base, cfg, data, tmp_path, device=CPU)
     assert again.steps == 2 and again.losses == result.losses
     shutil.rmtree(tmp_path)
+
+
+def test_dpo_run_holds_out_all_real_images_for_validation(base, data, tmp_path):
+    seen = []
+    cfg = tiny(objective="dpo", steps=2, val_every=1, val_max_images=3)
+    result = run_finetune(base, cfg, data, tmp_path, device=CPU, on_progress=lambda *a: seen.append(a[3]))
+    assert result.steps == 2 and np.isfinite(result.losses).all()
+    assert [s for s, _ in result.val_losses] == [0, 1, 2]
+    assert {"implicit_accuracy", "model_loss", "ref_loss", "val_loss"} <= set(seen[-1])
+    state = json.loads((tmp_path / "checkpoint-2" / "state.json").read_text())
+    assert state["data_sizes"]["val_real"] == 3 and state["data_position"]["pairs"] == 2 * 2

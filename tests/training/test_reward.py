@@ -1,4 +1,4 @@
-"""Reward model: config, loss, split, negatives, MC-dropout, checkpoints, and learning a known pixel rule (CPU, ~20 s).
+"""Reward model: config, loss, split, negatives, MC-dropout, checkpoints, and learning a known pixel rule (CPU, ~15 s).
 
 The learnable task: 64-px phantoms, each darkened by a random gain; "synthetic" images carry strong pixel grain
 (Gaussian noise, σ = 40 grey levels) and readers call them fake (realism 0), clean ones are real (realism 1).
@@ -271,7 +271,7 @@ def test_metrics_are_strict_json_and_progress_is_reported(trained):
     assert {"realism", "criteria", "mismatch", "train"} <= set(json.loads(text))
     for key in ("brier", "ece", "positives"):
         assert metrics["realism"][key] is not None
-    assert [s for s, _ in progress] == list(range(1, 41)) and all(np.isfinite(v) for _, v in progress)
+    assert [s for s, _ in progress] == list(range(1, 61)) and all(np.isfinite(v) for _, v in progress)
 
 
 def test_auroc_is_null_with_a_reason_for_one_class(trained):
