@@ -60,11 +60,11 @@ def tiny_models_ensure() -> dict[str, Path]:
 def local_copy(key: str) -> Path:
     """A worker-local copy of a stored file (LoRA adapters, checkpoints), fetched once and reused."""
     target = Path(settings.CXR_CACHE_DIR) / "storage" / key
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     if not default_storage.exists(key):
         raise WeightsError(f"Stored file {key!r} does not exist.")
+    if target.exists() and target.stat().st_size == default_storage.size(key):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")
     with default_storage.open(key, "rb") as src, open(partial, "wb") as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
@@ -88,7 +88,11 @@ def model_version_default() -> ModelVersion:
 
 def model_version_register(*, name: str, parent: ModelVersion, lora_file: Path, produced_by: str,
                            config: dict | None = None) -> ModelVersion:
-    """Store a LoRA adapter and register it as a new version on the parent's base."""
+    """Store a LoRA adapter and register it as a new version on the parent's base (once: a rerun of the run that
+    produced it gets the same version back)."""
+    existing = ModelVersion.objects.filter(name=name, produced_by=produced_by).first()
+    if existing:
+        return existing
     key = default_storage.save(f"models/{name}/pytorch_lora_weights.safetensors",
                                ContentFile(Path(lora_file).read_bytes()))
     return ModelVersion.objects.create(name=name, base_path=parent.base_path, lora_key=key, parent=parent,

@@ -45,6 +45,7 @@ def _no_persistent_connections(django_db_setup, django_db_blocker):
 @pytest.fixture(autouse=True)
 def _media(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")
+    settings.CXR_CACHE_DIR = str(tmp_path / "cache")
     settings.CELERY_TASK_ALWAYS_EAGER = True
 
 

@@ -271,8 +271,10 @@ def _accelerator(cfg: FinetuneConfig, device: torch.device, mixed_precision: str
         return Accelerator(**kwargs)
 
 
-def setup_training(base_path: str | Path, cfg: FinetuneConfig, device: torch.device) -> Session:
-    """Load the base with the worker's loader, add a fresh fp32 LoRA adapter (seeded), build the optimiser."""
+def setup_training(base_path: str | Path, cfg: FinetuneConfig, device: torch.device,
+                   init_lora: str | Path | None = None) -> Session:
+    """Load the base with the worker's loader, add an fp32 LoRA adapter — fresh (seeded), or continuing the
+    parent version's adapter `init_lora` (same rank) — and build the optimiser."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -294,6 +296,8 @@ def setup_training(base_path: str | Path, cfg: FinetuneConfig, device: torch.dev
     torch.manual_seed(cfg.seed)  # the gaussian LoRA init draws from the global RNG
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if init_lora is not None:
+        _set_adapter(unet, load_adapter_state(Path(init_lora)))
     cast_training_params(unet, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -539,18 +543,20 @@ def run_finetune(
     resume: bool = True,
     on_progress: Callable[[int, int, float, dict], None] | None = None,
     keep_pipeline: bool = False,
+    init_lora: str | Path | None = None,
 ) -> FinetuneResult:
     """Train a LoRA adapter on `base_path` and write it to `out_dir`; resume from its latest checkpoint if asked.
 
     `on_progress(step, total, loss, extra)` is called after every optimiser step (after that step's checkpoint),
     on the main process; `extra` holds the objective's metrics, the LR and, when evaluated, `val_loss`. An
-    exception raised from it stops the run, which a later call with `resume=True` continues."""
+    exception raised from it stops the run, which a later call with `resume=True` continues. `init_lora` continues
+    the parent version's adapter instead of a fresh one; DPO's reference stays the base with the adapter off."""
     data = data if isinstance(data, FinetuneData) else FinetuneData(**data)
     cfg.validate()
     _check_data(cfg, data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    session = setup_training(base_path, cfg, device)
+    session = setup_training(base_path, cfg, device, init_lora)
     acc, models = session.accelerator, session.models
     train_data, val_pairs = split_validation(cfg, data)
     _check_data(cfg, train_data)

@@ -55,3 +55,73 @@ def test_a_tampered_snapshot_fails_the_run_with_a_reason(snapshot):
     assert training_run_execute(run_pk=run.pk) == "failed"
     run.refresh_from_db()
     assert "does not match its recorded sha256" in run.error_message
+
+
+@pytest.fixture
+def tiny_version(tmp_path_factory):
+    from inference.models import ModelVersion
+    from inference.tiny import build_tiny_sd
+
+    path = build_tiny_sd(tmp_path_factory.mktemp("base") / "sd")
+    return ModelVersion.objects.create(name="tiny-base", base_path=str(path))
+
+
+def _finetune_config(steps=4):
+    from training.finetune import FinetuneConfig
+
+    return FinetuneConfig.tiny().__class__.from_dict({**FinetuneConfig.tiny().as_dict(), "steps": steps,
+                                                      "checkpoint_every": 2, "val_every": 0,
+                                                      "early_stopping_patience": 0})
+
+
+def _run(kind, snapshot, version, reward_run=None, steps=4):
+    key, digest, _ = snapshot
+    return TrainingRun.objects.create(kind=kind, config=_finetune_config(steps).as_dict(), snapshot_key=key,
+                                      snapshot_sha256=digest, base_version=version, reward_run=reward_run)
+
+
+def test_reward_weighted_finetune_registers_a_child_version(snapshot, tiny_version):
+    key, digest, _ = snapshot
+    reward_run = TrainingRun.objects.create(kind="reward", config=RewardConfig.tiny(steps=4).to_dict(),
+                                            snapshot_key=key, snapshot_sha256=digest)
+    assert training_run_execute(run_pk=reward_run.pk) == "done"
+    run = _run("finetune", snapshot, tiny_version, reward_run=reward_run)
+    assert training_run_execute(run_pk=run.pk) == "done", TrainingRun.objects.get(pk=run.pk).error_message
+    run.refresh_from_db()
+    child = run.produced_version
+    assert child.parent == tiny_version and child.lora_key and child.produced_by == f"training.run:{run.pk}"
+    assert run.progress["step"] == 4 and len(run.loss_curve) == 4
+    from inference.loading import PipelineSpec, load_pipeline
+    from inference.services import local_copy
+
+    load_pipeline(PipelineSpec(base=child.base_path, lora=str(local_copy(child.lora_key))), torch.device("cpu"))
+
+
+def test_a_run_killed_mid_way_resumes_on_another_worker_exactly(snapshot, tiny_version, settings, tmp_path,
+                                                                monkeypatch):
+    from django.core.files.storage import default_storage
+
+    from inference.services import local_copy
+
+    whole = _run("domain", snapshot, tiny_version)
+    assert training_run_execute(run_pk=whole.pk) == "done"
+    whole.refresh_from_db()
+    expected = local_copy(whole.produced_version.lora_key).read_bytes()
+
+    crashed = _run("domain", snapshot, tiny_version)
+    real_call = services.Progress.__call__
+
+    def die_at_step_3(self, step, loss, *a, **k):
+        if step == 3:
+            raise RuntimeError("worker lost")
+        return real_call(self, step, loss, *a, **k)
+
+    monkeypatch.setattr(services.Progress, "__call__", die_at_step_3)
+    assert training_run_execute(run_pk=crashed.pk) == "failed"
+    monkeypatch.setattr(services.Progress, "__call__", real_call)
+    assert default_storage.exists(f"runs/{crashed.pk}/checkpoints/checkpoint-2/state.json")
+    settings.CXR_CACHE_DIR = str(tmp_path / "another-worker")  # nothing local: resume from storage
+    assert training_run_execute(run_pk=crashed.pk) == "done"
+    crashed.refresh_from_db()
+    assert local_copy(crashed.produced_version.lora_key).read_bytes() == expected
+    assert crashed.progress["step"] == 4
