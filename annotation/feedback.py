@@ -71,7 +71,7 @@ def feedback_items(*, rounds: Sequence[Round], rubric_gap: float = 1.0) -> dict:
     ids = set(realism) | set(scores) | {p[k] for p in pairs for k in ("chosen", "rejected")}
     images = {i.pk: i for i in Image.objects.filter(pk__in=ids)}
     by_prompt: dict[str, list[int]] = defaultdict(list)
-    for pk, means in raw_means.items():
+    for pk in raw_means:
         if images[pk].source == "synthetic":
             by_prompt[images[pk].prompt].append(pk)
     for members in by_prompt.values():

@@ -123,3 +123,308 @@ class SimulatedReader:
             items.append(FeedbackItem(image=image, prompt=prompt, realism=lab["realism"], criteria=lab["criteria"],
                                       image_id=f"sim-{i}"))
         return items
+
+
+# --- the experiment's configuration ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InSilicoConfig:
+    """One in-silico run (per seed). The defaults are the tuned CPU settings the slow test uses."""
+
+    reader: SimulatedReader = _opt(SimulatedReader(), "The simulated reader (calibrated on the base's images).")
+    vae_channels: tuple[int, ...] = _opt((16, 16, 32, 32), "Tiny VAE block widths (4 blocks: 8x downsampling).")
+    vae_norm_groups: int = _opt(8, "Tiny VAE GroupNorm groups.")
+    vae_steps: int = _opt(300, "Autoencoder fitting steps of the tiny VAE (shared by all seeds).")
+    vae_lr: float = _opt(2e-3, "Adam learning rate of the VAE fit.")
+    vae_images: int = _opt(256, "Images the VAE is fitted on (half phantoms, half smooth textures).")
+    vae_crop: int = _opt(32, "Side of the random crops the VAE is fitted on, px (it is convolutional).")
+    n_samples: int = _opt(96, "Images generated from the base, labelled, and used as the finetune's synthetic set.")
+    n_heldout: int = _opt(64, "Other base images on which the reward model's Spearman with the reader is measured.")
+    n_fresh: int = _opt(64, "Fresh sampling seeds shared by the base and both finetuned arms (the paired test).")
+    n_real: int = _opt(64, "Real images (phantoms with reports) in the finetune's real-data term.")
+    generation_steps: int = _opt(8, "Denoising steps per generated image.")
+    guidance_scale: float = _opt(4.0, "Classifier-free guidance scale of the sampler.")
+    reward_steps: int = _opt(60, "Reward-model optimiser steps (tiny preset).")
+    finetune_steps: int = _opt(60, "Finetune optimiser steps per arm.")
+    finetune_lr: float = _opt(1e-3, "LoRA learning rate.")
+    rank: int = _opt(8, "LoRA rank.")
+    beta: float = _opt(0.1, "Weight of the real-data loss in the reward-weighted objective.")
+    batch_size: int = _opt(8, "Images per finetune micro-batch (real and synthetic together).")
+    real_fraction: float = _opt(0.25, "Share of each micro-batch drawn from the real images.")
+    reward_normalisation: str = _opt("minmax", "How rewards become weights: 'none', 'minmax' or 'standardise'.")
+    alpha: float = _opt(0.01, "One-sided significance level the run is judged at.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InSilicoConfig:
+        data = dict(data)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown in-silico settings: {sorted(unknown)}")
+        if isinstance(data.get("reader"), dict):
+            data["reader"] = SimulatedReader(**data["reader"])
+        for key in ("vae_channels",):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["reader"]["criteria"] = list(self.reader.criteria)
+        out["vae_channels"] = list(self.vae_channels)
+        return out
+
+
+# --- the base: tiny random SD with a fitted VAE ----------------------------------------------------------------------
+
+
+def _textures(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random textures with random mean grey level and contrast, float (n, size, size) in 0–1."""
+    import cv2
+
+    out = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        noise = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), rng.uniform(1, 6))
+        out[i] = np.clip(noise / noise.std() * rng.uniform(0.03, 0.25) + rng.uniform(0.2, 0.8), 0, 1)
+    return out
+
+
+def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
+    """Fit the VAE as an autoencoder (MSE + a tiny KL) on phantoms and smooth textures; set its scaling factor so
+    the scaled latents have unit std, as SD's does. Returns the final loss and the fitted scaling factor."""
+    from inference.phantoms import generate_phantoms
+
+    rng = np.random.default_rng(seed)
+    half = cfg.vae_images // 2
+    phantoms = np.stack([p.image for p in generate_phantoms(half, seed=10_000 + seed, size=64)]) / np.float32(255)
+    pixels = torch.from_numpy(np.concatenate([phantoms, _textures(cfg.vae_images - half, 64, rng)]))[:, None] * 2 - 1
+    gen = torch.Generator().manual_seed(seed)
+    vae.requires_grad_(True).train()
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    crop, losses = cfg.vae_crop, []
+    for _ in range(cfg.vae_steps):
+        idx = torch.randint(0, len(pixels), (16,), generator=gen)
+        top, left = torch.randint(0, 64 - crop + 1, (2,), generator=gen).tolist()
+        x = pixels[idx, :, top : top + crop, left : left + crop].repeat(1, 3, 1, 1)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    vae.requires_grad_(False).eval()
+    with torch.no_grad():
+        latents = vae.encode(pixels[:64].repeat(1, 3, 1, 1)).latent_dist.mean
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    return {"final_loss": float(np.mean(losses[-20:])), "scaling_factor": scaling}
+
+
+def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None, *, seed: int = 0) -> Path:
+    """`base_dir/sd`: the tiny random SD with its VAE fitted (`fit_vae`); reused when built with the same settings."""
+    from diffusers import StableDiffusionPipeline
+
+    from inference.tiny import build_tiny_sd
+
+    cfg = cfg or InSilicoConfig()
+    path = Path(base_dir) / "sd"
+    recipe = {"vae_channels": list(cfg.vae_channels), "vae_norm_groups": cfg.vae_norm_groups, "seed": seed,
+              **{k: getattr(cfg, k) for k in ("vae_steps", "vae_lr", "vae_images", "vae_crop")}}
+    marker = path / BASE_MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe:
+        return path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        started = time.perf_counter()
+        build_tiny_sd(path, TinySDConfig(vae_block_out_channels=tuple(cfg.vae_channels),
+                                         vae_norm_groups=cfg.vae_norm_groups, seed=seed))
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, safety_checker=None,
+                                                       requires_safety_checker=False)
+        fit = fit_vae(pipe.vae, cfg, seed=seed)
+        pipe.vae.save_pretrained(str(path / "vae"))
+        marker.write_text(json.dumps({"recipe": recipe, "vae_fit": fit,
+                                      "seconds": round(time.perf_counter() - started, 1)}))
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+# --- one run --------------------------------------------------------------------------------------------------------
+
+
+def _requests(n: int, seed: int, stream: int) -> list:
+    """`n` requests with sampling seeds unique to (seed, stream); prompts cycle through the template reports."""
+    from inference.generation import Request
+
+    seeds = np.random.SeedSequence([seed, stream]).generate_state(n, dtype=np.uint32)
+    return [Request(i, TEMPLATE_REPORTS[i % len(TEMPLATE_REPORTS)], int(s) >> 1) for i, s in enumerate(seeds)]
+
+
+def _generate(pipe, requests: Sequence, cfg: InSilicoConfig, device: torch.device) -> list[np.ndarray]:
+    from inference.generation import GenerationConfig, generate
+
+    gen = replace(GenerationConfig.tiny(), steps=cfg.generation_steps, guidance_scale=cfg.guidance_scale)
+    return [image for _, image in generate(pipe, requests, gen, device=device)]
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """One-sided paired tests of "a is higher than b" over shared seeds: t-test and Wilcoxon signed-rank p-values,
+    the mean difference and Cohen's d of the differences (d_z = mean / std)."""
+    from scipy.stats import ttest_rel, wilcoxon
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = a - b
+    sd = diff.std(ddof=1)
+    return {
+        "mean_difference": float(diff.mean()),
+        "cohens_d": float(diff.mean() / sd) if sd > 0 else float("inf") * np.sign(diff.mean()),
+        "p_ttest": float(ttest_rel(a, b, alternative="greater").pvalue),
+        "p_wilcoxon": float(wilcoxon(a, b, alternative="greater").pvalue),
+        "share_higher": float((diff > 0).mean()),
+    }
+
+
+def _finetune_arm(base: Path, cfg: InSilicoConfig, seed: int, real, synthetic, out_dir: Path, device):
+    from training.finetune import FinetuneConfig, FinetuneData, run_finetune
+
+    ft = FinetuneConfig(
+        objective="reward_weighted", beta=cfg.beta, reward_normalisation=cfg.reward_normalisation,
+        real_fraction=cfg.real_fraction, lr=cfg.finetune_lr, steps=cfg.finetune_steps, batch_size=cfg.batch_size,
+        rank=cfg.rank, alpha=float(cfg.rank), resolution=64, checkpoint_every=0, keep_last=1, val_every=0,
+        early_stopping_patience=0, restore_best=False, seed=seed,
+    )
+    result = run_finetune(base, ft, FinetuneData(real=real, synthetic=synthetic), out_dir, device=device,
+                          resume=False)
+    return ft, result
+
+
+def run_insilico(
+    seed: int,
+    *,
+    base_dir: str | Path,
+    cfg: InSilicoConfig | None = None,
+    device: str | torch.device = "cpu",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The whole proof for one seed (see the module docstring); `overrides` are `InSilicoConfig` fields. Returns a
+    JSON-safe dict: the reward model's held-out Spearman with the reader, the property's mean for the base and both
+    arms on the fresh seeds, the paired comparisons (reward arm vs control, reward arm vs base) and timings."""
+    from scipy.stats import spearmanr
+
+    from inference.loading import PipelineSpec, load_pipeline
+    from inference.phantoms import generate_phantoms
+    from training.reward import RewardConfig, reward, train_reward_model
+
+    cfg = replace(cfg or InSilicoConfig(), **overrides)
+    device = torch.device(device)
+    base_dir = Path(base_dir)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = build_insilico_base(base_dir, cfg)
+        pipe = load_pipeline(PipelineSpec(base=str(base)), device)
+        lap("base")
+        train_req, held_req, fresh_req = (_requests(n, seed, k) for k, n in
+                                          enumerate((cfg.n_samples, cfg.n_heldout, cfg.n_fresh)))
+        images = _generate(pipe, train_req, cfg, device)
+        held = _generate(pipe, held_req, cfg, device)
+        fresh_base = _generate(pipe, fresh_req, cfg, device)
+        del pipe
+        lap("generate_base")
+
+        reader = cfg.reader.calibrated(images)
+        prompts = [r.prompt for r in train_req]
+        items = reader.feedback(images, prompts, np.random.default_rng([seed, 11]))
+        rcfg = RewardConfig.tiny(criteria=reader.criteria, steps=cfg.reward_steps, val_fraction=0.0, seed=seed)
+        model, _ = train_reward_model(items, rcfg, device=device)
+        held_reward = reward(model, held, [r.prompt for r in held_req]).cpu().numpy()
+        spearman = float(spearmanr(held_reward, [reader.score(im) for im in held]).statistic)
+        rewards = reward(model, images, prompts).cpu().numpy().astype(float)
+        train_spearman = float(spearmanr(rewards, [reader.score(im) for im in images]).statistic)
+        lap("reward_model")
+
+        real = [(p.image, p.report) for p in generate_phantoms(cfg.n_real, seed=100_000 + 1_000 * seed, size=64)]
+        permuted = rewards[np.random.default_rng([seed, 13]).permutation(len(rewards))]
+        arms: dict[str, dict[str, Any]] = {}
+        for name, arm_rewards in (("reward", rewards), ("control", permuted)):
+            synthetic = [(im, p, float(r)) for im, p, r in zip(images, prompts, arm_rewards, strict=True)]
+            ft, result = _finetune_arm(base, cfg, seed, real, synthetic, base_dir / f"seed{seed}-{name}", device)
+            lap(f"finetune_{name}")
+            tuned = load_pipeline(PipelineSpec(base=str(base), lora=str(result.lora_path)), device)
+            fresh = _generate(tuned, fresh_req, cfg, device)
+            del tuned
+            lap(f"generate_{name}")
+            arms[name] = {"fresh": fresh, "losses": result.losses}
+
+        measure = reader.measure
+        prop = {"base": [measure(im) for im in fresh_base],
+                **{name: [measure(im) for im in arm["fresh"]] for name, arm in arms.items()}}
+        vs_control = paired_comparison(prop["reward"], prop["control"])
+        vs_base = paired_comparison(prop["reward"], prop["base"])
+        control_vs_base = paired_comparison(prop["control"], prop["base"])
+        base_sd = float(np.std(prop["base"], ddof=1))
+        sign = 1.0 if reader.direction > 0 else -1.0
+        if sign < 0:  # "higher" in the tests means "more preferred"
+            vs_control = paired_comparison([-v for v in prop["reward"]], [-v for v in prop["control"]])
+            vs_base = paired_comparison([-v for v in prop["reward"]], [-v for v in prop["base"]])
+            control_vs_base = paired_comparison([-v for v in prop["control"]], [-v for v in prop["base"]])
+        timings["total"] = round(sum(timings.values()), 2)
+    finally:
+        torch.set_num_threads(threads)
+
+    w = np.asarray(_normalised(rewards, cfg.reward_normalisation))
+    train_prop = np.array([measure(im) for im in images])
+    return _json_safe({
+        "seed": seed,
+        "property": reader.property,
+        "direction": reader.direction,
+        "reader": asdict(reader),
+        "reward_model": {"heldout_spearman": spearman, "train_spearman": train_spearman,
+                         "heldout_images": cfg.n_heldout},
+        "training_set": {"images": cfg.n_samples, "mean_property": float(train_prop.mean()),
+                         "reward_weighted_mean_property": float((w * train_prop).sum() / w.sum()),
+                         "control_weighted_mean_property":
+                             float((np.asarray(_normalised(permuted, cfg.reward_normalisation)) * train_prop).sum()
+                                   / np.asarray(_normalised(permuted, cfg.reward_normalisation)).sum())},
+        "means": {k: float(np.mean(v)) for k, v in prop.items()},
+        "base_sd": base_sd,
+        "reward_vs_control": vs_control,
+        "reward_vs_base": vs_base,
+        "control_vs_base": control_vs_base,
+        "shift_in_base_sd": {k: (float(np.mean(prop[k])) - float(np.mean(prop["base"]))) / base_sd
+                             for k in ("reward", "control")},
+        "passed": bool(vs_control["p_ttest"] < cfg.alpha and vs_base["mean_difference"] > 0),
+        "finetune_losses": {name: [round(x, 5) for x in arm["losses"]] for name, arm in arms.items()},
+        "fresh_images": cfg.n_fresh,
+        "timings_s": timings,
+        "config": cfg.as_dict(),
+    })
+
+
+def _normalised(rewards: np.ndarray, mode: str) -> np.ndarray:
+    from training.diffusion import normalise_rewards
+
+    return normalise_rewards(rewards, mode)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer | np.bool_):
+        return obj.item()
+    return obj
