@@ -21,7 +21,6 @@ a usable, if weaker, basis for PRDC (Naeem et al. 2020, sec. 5).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from .features import (  # noqa: F401  (re-exported: the metrics API in one plac
     random_features,
     timm_features,
 )
+from .jsonable import json_safe
 
 _MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as in torchmetrics
 
@@ -527,7 +527,7 @@ def image_metrics(
             },
         )
     report["skipped"] = skipped
-    return _json_safe(report)
+    return json_safe(report)
 
 
 def _fid_or_skip(real: FeatureStats, fake: FeatureStats) -> float:
@@ -582,21 +582,6 @@ def _memorisation_report(r_idx, r_emb, r_thumb, f_idx, f_emb, f_thumb, cfg: Metr
             for i in sorted(np.flatnonzero(m.flagged), key=lambda i: m.distance[i])[:100]
         ],
     }
-
-
-def _json_safe(obj: Any) -> Any:
-    """numpy scalars and arrays to Python, NaN and infinities to None."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:

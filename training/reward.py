@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .jsonable import json_safe
+
 REALISM = "realism"
 WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
 _LOSSES = ("mse", "huber")
@@ -470,7 +472,7 @@ def train_reward_model(
         "images": len({it.key for it in train}),
         "final_loss": float(np.mean(losses[-10:])),
     }
-    return model, _json_safe(metrics)
+    return model, json_safe(metrics)
 
 
 # --- inference -------------------------------------------------------------------------------------------------
@@ -661,18 +663,6 @@ def _mismatch_auroc(
     return {"n": len(real), "auroc": auroc, "auroc_skipped": why}
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer | np.bool_):
-        return obj.item()
-    return obj
-
-
 # --- checkpoints -----------------------------------------------------------------------------------------------
 
 
@@ -688,7 +678,7 @@ def save_reward_model(
     path.mkdir(parents=True, exist_ok=True)
     save_model(model, str(path / WEIGHTS_FILE))
     (path / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    (path / METRICS_FILE).write_text(json.dumps(_json_safe(metrics or {}), indent=2, allow_nan=False))
+    (path / METRICS_FILE).write_text(json.dumps(json_safe(metrics or {}), indent=2, allow_nan=False))
     return path
 
 
