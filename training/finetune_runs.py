@@ -11,7 +11,15 @@ from django.core.files.storage import default_storage
 from inference.services import local_copy, model_version_register
 
 from .models import RunKind, TrainingRun
-from .services import Progress, _work_dir, download_dir, image_load, reward_model_load, snapshot_load, upload_dir
+from .services import (
+    Progress,
+    _work_dir,
+    download_dir,
+    image_load,
+    reward_model_load,
+    snapshot_load,
+    upload_dir,
+)
 
 OBJECTIVE = {RunKind.DOMAIN: "domain", RunKind.FINETUNE: "reward_weighted", RunKind.DPO: "dpo"}
 

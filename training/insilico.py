@@ -17,10 +17,8 @@ the fitted tiny VAE is the faithful stand-in. The UNet and text encoder stay ran
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.dispatch import Signal

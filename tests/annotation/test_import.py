@@ -147,3 +147,22 @@ def test_admin_upload_reports_per_file_errors_and_refuses_bad_zip(make_study, ad
     assert response.status_code == 400 and b"absolute path" in response.content
     assert Image.objects.filter(study=study).count() == 1
     assert len(stored_files(media)) == 2
+
+
+def test_cleaning_treats_real_and_synthetic_images_alike(make_study, stored_round):
+    from inference.phantoms import generate_phantom
+
+    from annotation import services
+
+    study = make_study(display_size=128)
+    rnd = services.round_create(study=study)
+    for i, source in enumerate(["real", "synthetic", "real", "synthetic"]):
+        phantom = generate_phantom(seed=40 + i, size=256, burn_in_text=True)
+        services.image_store(study=study, round=rnd, source=source, pixels=phantom.image, prompt=phantom.report)
+    assert services.round_clean_images(round=rnd) == 4
+    assert services.round_clean_images(round=rnd) == 0  # twice: nothing new
+    in_round = list(Image.objects.filter(round=rnd))
+    assert len(in_round) == 4 and all(i.cleaned_from_id and i.mask_key for i in in_round)
+    assert sorted(i.source for i in in_round) == ["real", "real", "synthetic", "synthetic"]
+    assert all(i.meta["mask_fraction"] > 0 for i in in_round)  # the burned-in text was found in every image
+    assert Image.objects.filter(round__isnull=True, study=study).count() == 4  # raw images kept, out of the round
