@@ -150,9 +150,8 @@ def test_admin_upload_reports_per_file_errors_and_refuses_bad_zip(make_study, ad
 
 
 def test_cleaning_treats_real_and_synthetic_images_alike(make_study, stored_round):
-    from inference.phantoms import generate_phantom
-
     from annotation import services
+    from inference.phantoms import generate_phantom
 
     study = make_study(display_size=128)
     rnd = services.round_create(study=study)
