@@ -137,6 +137,9 @@ class InSilicoConfig:
     vae_lr: float = _opt(2e-3, "Adam learning rate of the VAE fit.")
     vae_images: int = _opt(256, "Images the VAE is fitted on (half phantoms, half smooth textures).")
     vae_crop: int = _opt(32, "Side of the random crops the VAE is fitted on, px (it is convolutional).")
+    unet_steps: int = _opt(400, "Full-UNet pretraining steps on phantoms (shared by all seeds).")
+    unet_lr: float = _opt(1e-3, "AdamW learning rate of the UNet pretraining.")
+    unet_images: int = _opt(256, "Phantoms (with their reports) the UNet is pretrained on.")
     n_samples: int = _opt(96, "Images generated from the base, labelled, and used as the finetune's synthetic set.")
     n_heldout: int = _opt(64, "Other base images on which the reward model's Spearman with the reader is measured.")
     n_fresh: int = _opt(64, "Fresh sampling seeds shared by the base and both finetuned arms (the paired test).")
@@ -219,6 +222,39 @@ def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
     return {"final_loss": float(np.mean(losses[-20:])), "scaling_factor": scaling}
 
 
+def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
+    """Train the whole UNet briefly on phantoms and their reports (10% empty prompts, for guidance): the tiny
+    stand-in for a generator that was pretrained and domain-adapted. Returns the first and last losses."""
+    from diffusers import DDPMScheduler
+
+    from inference.phantoms import generate_phantoms
+    from training import diffusion as D
+
+    phantoms = list(generate_phantoms(cfg.unet_images, seed=20_000 + seed, size=64))
+    device = torch.device("cpu")
+    latents = D.encode_images(pipe.vae, D.prepare_images([p.image for p in phantoms]), device, torch.float32)
+    reports = [p.report for p in phantoms]
+    empty = D.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], device=device)
+    embeds = D.encode_prompts(pipe.tokenizer, pipe.text_encoder, reports, device=device)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet = pipe.unet.requires_grad_(True).train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(cfg.unet_steps):
+        idx = torch.randint(0, len(phantoms), (16,), generator=gen)
+        drop = torch.rand(16, generator=gen) < 0.1
+        text = torch.where(drop[:, None, None], empty, embeds[idx])
+        loss = D.diffusion_loss_per_sample(unet, scheduler, latents[idx], text, generator=gen).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    unet.requires_grad_(False).eval()
+    return {"first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-20:]))}
+
+
 def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None, *, seed: int = 0) -> Path:
     """`base_dir/sd`: the tiny random SD with its VAE fitted (`fit_vae`); reused when built with the same settings."""
     from diffusers import StableDiffusionPipeline
@@ -228,7 +264,8 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
     cfg = cfg or InSilicoConfig()
     path = Path(base_dir) / "sd"
     recipe = {"vae_channels": list(cfg.vae_channels), "vae_norm_groups": cfg.vae_norm_groups, "seed": seed,
-              **{k: getattr(cfg, k) for k in ("vae_steps", "vae_lr", "vae_images", "vae_crop")}}
+              **{k: getattr(cfg, k) for k in ("vae_steps", "vae_lr", "vae_images", "vae_crop", "unet_steps",
+                                              "unet_lr", "unet_images")}}
     marker = path / BASE_MARKER
     if marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe:
         return path
@@ -241,8 +278,10 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
         pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, safety_checker=None,
                                                        requires_safety_checker=False)
         fit = fit_vae(pipe.vae, cfg, seed=seed)
+        pretrain = pretrain_unet(pipe, cfg, seed=seed)
         pipe.vae.save_pretrained(str(path / "vae"))
-        marker.write_text(json.dumps({"recipe": recipe, "vae_fit": fit,
+        pipe.unet.save_pretrained(str(path / "unet"))
+        marker.write_text(json.dumps({"recipe": recipe, "vae_fit": fit, "unet_pretraining": pretrain,
                                       "seconds": round(time.perf_counter() - started, 1)}))
     finally:
         torch.set_num_threads(threads)
