@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -52,6 +53,14 @@ def centre_brightness(image: np.ndarray) -> float:
     return float(np.asarray(image[h // 4 : h - h // 4, w // 4 : w - w // 4], np.float64).mean() / 255.0)
 
 
+def centre_contrast(image: np.ndarray) -> float:
+    """Mean grey level of the central half (by side) minus that of the rest of the image, −1–1."""
+    h, w = image.shape[:2]
+    pixels = np.asarray(image, np.float64) / 255.0
+    centre = pixels[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    return float(centre.mean() - (pixels.sum() - centre.sum()) / (pixels.size - centre.size))
+
+
 def contrast(image: np.ndarray) -> float:
     """Standard deviation of the grey levels, 0–1."""
     return float(np.asarray(image, np.float64).std() / 255.0)
@@ -60,6 +69,7 @@ def contrast(image: np.ndarray) -> float:
 PROPERTIES: dict[str, Callable[[np.ndarray], float]] = {
     "brightness": mean_brightness,
     "centre_brightness": centre_brightness,
+    "centre_contrast": centre_contrast,
     "contrast": contrast,
 }
 
@@ -105,11 +115,13 @@ class SimulatedReader:
         }
         return {"realism": realism, "criteria": criteria}
 
-    def calibrated(self, images: Sequence[np.ndarray], *, spread: float = 1.0) -> SimulatedReader:
-        """The same reader centred on the median of `images` with `scale` = `spread` × their std, so its scores
-        use the whole 0–1 range on the images it will see."""
+    def calibrated(self, images: Sequence[np.ndarray], *, quantile: float = 0.5, spread: float = 1.0
+                   ) -> SimulatedReader:
+        """The same reader centred on the `quantile` of `images` (in the preferred direction: 0.75 likes a quarter
+        of them) with `scale` = `spread` × their std, so its scores span 0–1 on the images it will see."""
         values = np.array([self.measure(im) for im in images])
-        return replace(self, centre=float(np.median(values)), scale=float(max(values.std(), 1e-6) * spread))
+        q = quantile if self.direction > 0 else 1 - quantile
+        return replace(self, centre=float(np.quantile(values, q)), scale=float(max(values.std(), 1e-6) * spread))
 
     def feedback(self, images: Sequence[np.ndarray], prompts: Sequence[str], rng: np.random.Generator):
         """`FeedbackItem`s for the reward model, one per image."""
@@ -140,6 +152,8 @@ class InSilicoConfig:
     unet_steps: int = _opt(400, "Full-UNet pretraining steps on phantoms (shared by all seeds).")
     unet_lr: float = _opt(1e-3, "AdamW learning rate of the UNet pretraining.")
     unet_images: int = _opt(256, "Phantoms (with their reports) the UNet is pretrained on.")
+    reader_quantile: float = _opt(0.5, "Share of the base's images the calibrated reader scores below 0.5.")
+    reader_spread: float = _opt(1.0, "The reader's logistic scale, in stds of the property over the base's images.")
     n_samples: int = _opt(96, "Images generated from the base, labelled, and used as the finetune's synthetic set.")
     n_heldout: int = _opt(64, "Other base images on which the reward model's Spearman with the reader is measured.")
     n_fresh: int = _opt(64, "Fresh sampling seeds shared by the base and both finetuned arms (the paired test).")
@@ -332,9 +346,8 @@ def _finetune_arm(base: Path, cfg: InSilicoConfig, seed: int, real, synthetic, o
         rank=cfg.rank, alpha=float(cfg.rank), resolution=64, checkpoint_every=0, keep_last=1, val_every=0,
         early_stopping_patience=0, restore_best=False, seed=seed,
     )
-    result = run_finetune(base, ft, FinetuneData(real=real, synthetic=synthetic), out_dir, device=device,
-                          resume=False)
-    return ft, result
+    return run_finetune(base, ft, FinetuneData(real=real, synthetic=synthetic), out_dir, device=device,
+                        resume=False)
 
 
 def run_insilico(
@@ -380,7 +393,7 @@ def run_insilico(
         del pipe
         lap("generate_base")
 
-        reader = cfg.reader.calibrated(images)
+        reader = cfg.reader.calibrated(images, quantile=cfg.reader_quantile, spread=cfg.reader_spread)
         prompts = [r.prompt for r in train_req]
         items = reader.feedback(images, prompts, np.random.default_rng([seed, 11]))
         rcfg = RewardConfig.tiny(criteria=reader.criteria, steps=cfg.reward_steps, val_fraction=0.0, seed=seed)
@@ -394,15 +407,15 @@ def run_insilico(
         real = [(p.image, p.report) for p in generate_phantoms(cfg.n_real, seed=100_000 + 1_000 * seed, size=64)]
         permuted = rewards[np.random.default_rng([seed, 13]).permutation(len(rewards))]
         arms: dict[str, dict[str, Any]] = {}
-        for name, arm_rewards in (("reward", rewards), ("control", permuted)):
-            synthetic = [(im, p, float(r)) for im, p, r in zip(images, prompts, arm_rewards, strict=True)]
-            ft, result = _finetune_arm(base, cfg, seed, real, synthetic, base_dir / f"seed{seed}-{name}", device)
-            lap(f"finetune_{name}")
-            tuned = load_pipeline(PipelineSpec(base=str(base), lora=str(result.lora_path)), device)
-            fresh = _generate(tuned, fresh_req, cfg, device)
-            del tuned
-            lap(f"generate_{name}")
-            arms[name] = {"fresh": fresh, "losses": result.losses}
+        with tempfile.TemporaryDirectory(prefix=f"insilico-seed{seed}-", dir=base_dir) as work:
+            for name, arm_rewards in (("reward", rewards), ("control", permuted)):
+                synthetic = [(im, p, float(r)) for im, p, r in zip(images, prompts, arm_rewards, strict=True)]
+                result = _finetune_arm(base, cfg, seed, real, synthetic, Path(work) / name, device)
+                lap(f"finetune_{name}")
+                tuned = load_pipeline(PipelineSpec(base=str(base), lora=str(result.lora_path)), device)
+                arms[name] = {"fresh": _generate(tuned, fresh_req, cfg, device), "losses": result.losses}
+                del tuned
+                lap(f"generate_{name}")
 
         measure = reader.measure
         prop = {"base": [measure(im) for im in fresh_base],
