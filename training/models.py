@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from django.db import models
 
+from inference.models import JobStatus as RunStatus  # the same job life cycle as generation batches
+
 
 class RunKind(models.TextChoices):
     DOMAIN = "domain", "Domain adaptation (LoRA on real image-report pairs)"
     REWARD = "reward", "Reward model"
     FINETUNE = "finetune", "Reward-weighted LoRA finetune"
     DPO = "dpo", "Diffusion-DPO LoRA finetune"
-
-
-class RunStatus(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class TrainingRun(models.Model):
