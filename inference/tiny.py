@@ -76,16 +76,16 @@ def build_tokenizer(out_dir: Path, *, texts: list[str] | None = None, vocab_size
     tok.train_from_iterator(texts, trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.model.save(str(out_dir))
-    vocab = json.loads((out_dir / "vocab.json").read_text())
-    # CLIP's vocabulary holds every byte symbol alone and at a word's end; make sure nothing maps to <unk>.
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        for token in (symbol, symbol + "</w>"):
-            vocab.setdefault(token, len(vocab))
+    merges = [m for m in (out_dir / "merges.txt").read_text().splitlines() if m and not m.startswith("#version")]
+    # The trainer numbers tokens in no fixed order; lay the vocabulary out the way CLIP's is (byte symbols, the same
+    # at a word's end, then each merge in order, then the specials), so the same texts give the same ids every time.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for token in [*alphabet, *(a + "</w>" for a in alphabet), *(m.replace(" ", "") for m in merges),
+                  "<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    merges = (out_dir / "merges.txt").read_text().splitlines()
-    if not merges or not merges[0].startswith("#version"):
-        merges.insert(0, "#version: 0.2")
-    (out_dir / "merges.txt").write_text("\n".join(merges) + "\n")
+    (out_dir / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
     return out_dir
 
 
