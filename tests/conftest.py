@@ -44,8 +44,11 @@ def _no_persistent_connections(django_db_setup, django_db_blocker):
 
 @pytest.fixture(autouse=True)
 def _media(settings, tmp_path):
+    from django.core.cache import cache
+
     settings.MEDIA_ROOT = str(tmp_path / "media")
     settings.CXR_CACHE_DIR = str(tmp_path / "cache")
+    cache.clear()  # under CI the cache is Redis: login-throttle counters must not leak between tests or runs
     settings.CELERY_TASK_ALWAYS_EAGER = True
 
 
