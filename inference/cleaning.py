@@ -20,11 +20,13 @@ device by the caller; nothing here picks a device. No Django here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
 import cv2
 import numpy as np
+
+from .config import option
 
 __all__ = [
     "Box",
@@ -42,74 +44,70 @@ __all__ = [
 ]
 
 
-def _opt(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class CleaningConfig:
     """How an image is cleaned. Pixel sizes are at `reference_size_px` and scale with the image's short side."""
 
-    reference_size_px: int = _opt(512, "Image size at which the px values below apply, px.")
-    detector: Literal["classical", "ocr"] = _opt(
+    reference_size_px: int = option(512, "Image size at which the px values below apply, px.")
+    detector: Literal["classical", "ocr"] = option(
         "classical", "Text detector; 'ocr' needs an OCR model passed in."
     )
     # classical detector
-    background_kernel_px: int = _opt(15, "Disk for the white top-hat: wider than any stroke (1-5 px), px.")
-    highpass_sigma_px: float = _opt(1.0, "Gaussian sigma of the high-pass that measures edge sharpness, px.")
-    edge_threshold: float = _opt(
+    background_kernel_px: int = option(15, "Disk for the white top-hat: wider than any stroke (1-5 px), px.")
+    highpass_sigma_px: float = option(1.0, "Gaussian sigma of the high-pass that measures edge sharpness, px.")
+    edge_threshold: float = option(
         7.0, "Least high-pass response of a sharp stroke pixel, grey levels (0-255)."
     )
-    edge_threshold_noise: float = _opt(
+    edge_threshold_noise: float = option(
         4.5, "The same, as a multiple of the image's noise sigma; the larger wins."
     )
-    candidate_threshold: float = _opt(10.0, "Least top-hat response of a candidate pixel, grey levels.")
-    candidate_threshold_noise: float = _opt(
+    candidate_threshold: float = option(10.0, "Least top-hat response of a candidate pixel, grey levels.")
+    candidate_threshold_noise: float = option(
         6.5, "The same, as a multiple of the noise sigma; the larger wins."
     )
-    edge_gate_px: int = _opt(7, "Candidates must lie this close (disk diameter) to a sharp-edge pixel, px.")
-    group_px: tuple[int, int] = _opt(
+    edge_gate_px: int = option(7, "Candidates must lie this close (disk diameter) to a sharp-edge pixel, px.")
+    group_px: tuple[int, int] = option(
         (9, 5), "Width and height joining characters and wire pieces to a group, px."
     )
-    edge_neighbours: int = _opt(1, "Sharp 8-neighbours a sharp pixel needs to count as edge evidence, count.")
-    min_component_edges: int = _opt(2, "Sharp-edge pixels a component needs to join a group, count.")
-    min_group_edges: int = _opt(
+    edge_neighbours: int = option(1, "Sharp 8-neighbours a sharp pixel needs to count as edge evidence, count.")
+    min_component_edges: int = option(2, "Sharp-edge pixels a component needs to join a group, count.")
+    min_group_edges: int = option(
         20, "Sharp-edge pixels a group needs to be kept, count at the reference size."
     )
-    min_group_contrast: float = _opt(
+    min_group_contrast: float = option(
         20.0, "Least top-hat peak of a kept group, grey levels (and at least twice the candidate threshold)."
     )
-    min_overlay_level: float = _opt(
+    min_overlay_level: float = option(
         0.6, "Least mean intensity at a group's sharp edges, from the image's 1st (0) to 99th (1) percentile."
     )
-    contrast_window_px: int = _opt(21, "Window for an overlay's local intensity (disk diameter), px.")
-    mask_level: float = _opt(0.5, "Pixel threshold between local background (0) and overlay intensity (1).")
-    core_level: float = _opt(0.7, "Level a mask piece must reach somewhere (with a sharp edge) to be kept.")
-    box_group_px: tuple[int, int] = _opt((9, 3), "Width and height joining mask pixels into one box, px.")
-    box_pad_px: int = _opt(2, "Margin added around each box, px.")
+    contrast_window_px: int = option(21, "Window for an overlay's local intensity (disk diameter), px.")
+    mask_level: float = option(0.5, "Pixel threshold between local background (0) and overlay intensity (1).")
+    core_level: float = option(0.7, "Level a mask piece must reach somewhere (with a sharp edge) to be kept.")
+    box_group_px: tuple[int, int] = option((9, 3), "Width and height joining mask pixels into one box, px.")
+    box_pad_px: int = option(2, "Margin added around each box, px.")
     # SAM refinement
-    refine: Literal["auto", "classical", "sam", "sam_and_classical"] = _opt(
+    refine: Literal["auto", "classical", "sam", "sam_and_classical"] = option(
         "auto",
         "Final mask: the classical one, SAM's, or SAM's within the dilated classical one; 'auto' uses "
         "sam_and_classical for a SAM loaded from a checkpoint (not the tiny kind), classical otherwise.",
     )
-    sam_classical_dilate_px: int = _opt(
+    sam_classical_dilate_px: int = option(
         3, "Dilation of the classical mask that bounds SAM's in sam_and_classical, px."
     )
-    sam_batch: int = _opt(64, "Box prompts decoded per SAM call, count.")
+    sam_batch: int = option(64, "Box prompts decoded per SAM call, count.")
     # inpainting
-    inpaint_dilate_px: int = _opt(1, "Dilation of the mask before inpainting, to cover JPEG ringing, px.")
-    inpaint_radius_px: float = _opt(3.0, "Neighbourhood radius of OpenCV inpainting, px.")
-    inpaint_method: Literal["telea", "ns"] = _opt("telea", "OpenCV method when no SD pipeline is given.")
-    sd_prompt: str = _opt("chest radiograph", "Prompt for SD2-inpainting.")
-    sd_negative_prompt: str = _opt(
+    inpaint_dilate_px: int = option(1, "Dilation of the mask before inpainting, to cover JPEG ringing, px.")
+    inpaint_radius_px: float = option(3.0, "Neighbourhood radius of OpenCV inpainting, px.")
+    inpaint_method: Literal["telea", "ns"] = option("telea", "OpenCV method when no SD pipeline is given.")
+    sd_prompt: str = option("chest radiograph", "Prompt for SD2-inpainting.")
+    sd_negative_prompt: str = option(
         "text, letters, watermark", "Negative prompt for SD2-inpainting ('' for none)."
     )
-    sd_steps: int = _opt(25, "Denoising steps of SD2-inpainting.")
-    sd_guidance_scale: float = _opt(7.5, "Classifier-free guidance scale of SD2-inpainting.")
-    sd_strength: float = _opt(1.0, "Noise strength inside the mask, 0-1 (1 replaces the masked content).")
-    sd_seed: int = _opt(0, "Seed of the SD sampler's generator (a CPU generator, so devices agree).")
-    sd_resolution: int | None = _opt(
+    sd_steps: int = option(25, "Denoising steps of SD2-inpainting.")
+    sd_guidance_scale: float = option(7.5, "Classifier-free guidance scale of SD2-inpainting.")
+    sd_strength: float = option(1.0, "Noise strength inside the mask, 0-1 (1 replaces the masked content).")
+    sd_seed: int = option(0, "Seed of the SD sampler's generator (a CPU generator, so devices agree).")
+    sd_resolution: int | None = option(
         None, "Long side SD runs at, px (a multiple of 8); None pads the image to a multiple of 8 instead."
     )
 

@@ -14,11 +14,13 @@ burned-in text never changes the anatomy.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
 import numpy as np
+
+from .config import option
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural_effusion", "pneumothorax", "nodule", "consolidation")
 #: The words the report uses for each finding, for label parsers and tests.
@@ -33,31 +35,26 @@ _REFERENCE_SIZE = 512  # text heights and blur are given at this size and scaled
 _SIDE = {-1: "right", 1: "left"}  # the patient's side; -1 is the image's left half
 
 
-def _opt(default, help_text: str):
-    """A config field whose help text (with units) travels with it, e.g. into a job's stored JSON schema."""
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class PhantomConfig:
     """Everything that shapes a phantom except the seed and the per-call switches."""
 
-    size: int = _opt(512, "Output width and height, px.")
-    p_cardiomegaly: float = _opt(0.2, "Chance of cardiomegaly when findings=None.")
-    p_pleural_effusion: float = _opt(0.15, "Chance of a pleural effusion when findings=None.")
-    p_pneumothorax: float = _opt(0.08, "Chance of a pneumothorax when findings=None.")
-    p_nodule: float = _opt(0.12, "Chance of a solitary pulmonary nodule when findings=None.")
-    p_consolidation: float = _opt(0.15, "Chance of a patch of consolidation when findings=None.")
-    p_ap_view: float = _opt(0.25, "Chance of an AP portable study instead of a PA one.")
-    text_height_px: tuple[int, int] = _opt((8, 24), "Min and max height of burned-in text at 512 px, px.")
-    min_text_height_px: int = _opt(5, "Floor on the scaled text height so small images stay legible, px.")
-    max_text_items: int = _opt(4, "Most burned-in strings; at least one when text is on.")
-    p_marker: float = _opt(0.85, "Chance of a boxed R/L laterality marker besides the strings.")
-    p_ecg_leads: float = _opt(0.3, "Chance of ECG electrodes with lead wires (part of the text mask).")
-    text_intensity: tuple[int, int] = _opt((200, 255), "Grey-level range of burned-in pixels, 0-255.")
-    noise_sigma: float = _opt(0.012, "Detector noise std, fraction of full scale.")
-    blur_sigma_px: float = _opt(1.0, "Gaussian blur of the anatomy at 512 px, px; scaled with size.")
-    field_of_view_mm: float = _opt(380.0, "Physical width the image spans, mm; sizes nodules in the report.")
+    size: int = option(512, "Output width and height, px.")
+    p_cardiomegaly: float = option(0.2, "Chance of cardiomegaly when findings=None.")
+    p_pleural_effusion: float = option(0.15, "Chance of a pleural effusion when findings=None.")
+    p_pneumothorax: float = option(0.08, "Chance of a pneumothorax when findings=None.")
+    p_nodule: float = option(0.12, "Chance of a solitary pulmonary nodule when findings=None.")
+    p_consolidation: float = option(0.15, "Chance of a patch of consolidation when findings=None.")
+    p_ap_view: float = option(0.25, "Chance of an AP portable study instead of a PA one.")
+    text_height_px: tuple[int, int] = option((8, 24), "Min and max height of burned-in text at 512 px, px.")
+    min_text_height_px: int = option(5, "Floor on the scaled text height so small images stay legible, px.")
+    max_text_items: int = option(4, "Most burned-in strings; at least one when text is on.")
+    p_marker: float = option(0.85, "Chance of a boxed R/L laterality marker besides the strings.")
+    p_ecg_leads: float = option(0.3, "Chance of ECG electrodes with lead wires (part of the text mask).")
+    text_intensity: tuple[int, int] = option((200, 255), "Grey-level range of burned-in pixels, 0-255.")
+    noise_sigma: float = option(0.012, "Detector noise std, fraction of full scale.")
+    blur_sigma_px: float = option(1.0, "Gaussian blur of the anatomy at 512 px, px; scaled with size.")
+    field_of_view_mm: float = option(380.0, "Physical width the image spans, mm; sizes nodules in the report.")
 
     @classmethod
     def tiny(cls) -> PhantomConfig:

@@ -8,49 +8,46 @@ tests and the offline demo. Weights are read only from a given local path; nothi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from .config import option
 from .errors import WeightsError
 
 __all__ = ["SAM_KINDS", "SamSpec", "WeightsError", "build_sam", "build_tiny_sam", "save_sam", "sam_spec"]
-
-
-def _opt(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
 class SamSpec:
     """The architecture of one SAM kind. Defaults are the official values shared by ViT-B/L/H."""
 
-    name: str = _opt("custom", "Kind name, shown in error messages.")
-    encoder_embed_dim: int = _opt(768, "Width of the ViT image encoder (channels).")
-    encoder_depth: int = _opt(12, "Number of transformer blocks in the image encoder.")
-    encoder_num_heads: int = _opt(12, "Attention heads per encoder block.")
-    encoder_global_attn_indexes: tuple[int, ...] = _opt(
+    name: str = option("custom", "Kind name, shown in error messages.")
+    encoder_embed_dim: int = option(768, "Width of the ViT image encoder (channels).")
+    encoder_depth: int = option(12, "Number of transformer blocks in the image encoder.")
+    encoder_num_heads: int = option(12, "Attention heads per encoder block.")
+    encoder_global_attn_indexes: tuple[int, ...] = option(
         (2, 5, 8, 11), "Encoder blocks with global attention."
     )
-    image_size: int = _opt(
+    image_size: int = option(
         1024, "Side of the square encoder input, px; images are resized to it (long side)."
     )
-    patch_size: int = _opt(16, "ViT patch side, px; the image embedding is image_size / patch_size wide.")
-    window_size: int = _opt(14, "Side of the windowed-attention window, in patches.")
-    mlp_ratio: float = _opt(4.0, "Encoder MLP hidden width / embed dim.")
-    prompt_embed_dim: int = _opt(256, "Channels of the image embedding, prompt tokens and mask decoder.")
-    mask_in_chans: int = _opt(16, "Hidden channels of the dense (mask) prompt downscaler.")
-    decoder_depth: int = _opt(2, "Two-way transformer blocks in the mask decoder.")
-    decoder_mlp_dim: int = _opt(2048, "MLP width inside the mask decoder's transformer.")
-    decoder_num_heads: int = _opt(8, "Attention heads in the mask decoder's transformer.")
-    iou_head_depth: int = _opt(3, "Layers of the mask-quality (IoU) head.")
-    iou_head_hidden_dim: int = _opt(256, "Hidden width of the mask-quality head.")
-    num_multimask_outputs: int = _opt(3, "Masks proposed per prompt when multimask_output=True.")
-    pixel_mean: tuple[float, float, float] = _opt((123.675, 116.28, 103.53), "RGB normalisation mean, 0-255.")
-    pixel_std: tuple[float, float, float] = _opt((58.395, 57.12, 57.375), "RGB normalisation std, 0-255.")
+    patch_size: int = option(16, "ViT patch side, px; the image embedding is image_size / patch_size wide.")
+    window_size: int = option(14, "Side of the windowed-attention window, in patches.")
+    mlp_ratio: float = option(4.0, "Encoder MLP hidden width / embed dim.")
+    prompt_embed_dim: int = option(256, "Channels of the image embedding, prompt tokens and mask decoder.")
+    mask_in_chans: int = option(16, "Hidden channels of the dense (mask) prompt downscaler.")
+    decoder_depth: int = option(2, "Two-way transformer blocks in the mask decoder.")
+    decoder_mlp_dim: int = option(2048, "MLP width inside the mask decoder's transformer.")
+    decoder_num_heads: int = option(8, "Attention heads in the mask decoder's transformer.")
+    iou_head_depth: int = option(3, "Layers of the mask-quality (IoU) head.")
+    iou_head_hidden_dim: int = option(256, "Hidden width of the mask-quality head.")
+    num_multimask_outputs: int = option(3, "Masks proposed per prompt when multimask_output=True.")
+    pixel_mean: tuple[float, float, float] = option((123.675, 116.28, 103.53), "RGB normalisation mean, 0-255.")
+    pixel_std: tuple[float, float, float] = option((58.395, 57.12, 57.375), "RGB normalisation std, 0-255.")
 
     @classmethod
     def tiny(cls) -> SamSpec:

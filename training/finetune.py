@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.config import option
+
 from . import diffusion as D
 
 OBJECTIVES = ("reward_weighted", "dpo", "domain")
@@ -45,43 +47,39 @@ RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_last"})
 _VAL_SEED_OFFSET = 7_919  # the held-out loss uses its own fixed noise, not the training stream's
 
 
-def _opt(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One finetuning job. Defaults are the seed paper's (SD v2-1-base, LoRA, lr 1e-4, beta 0.3, 512 px)."""
 
-    objective: str = _opt("reward_weighted", "'reward_weighted' (beta·L(real) + r·L(synthetic)), 'dpo' "
+    objective: str = option("reward_weighted", "'reward_weighted' (beta·L(real) + r·L(synthetic)), 'dpo' "
                                              "(pairwise preferences) or 'domain' (real image–report pairs only).")
-    beta: float = _opt(0.3, "Weight of the real-image loss in the reward-weighted objective, unitless.")
-    reward_normalisation: str = _opt("none", "How rewards become weights, over the whole synthetic set: 'none' "
+    beta: float = option(0.3, "Weight of the real-image loss in the reward-weighted objective, unitless.")
+    reward_normalisation: str = option("none", "How rewards become weights, over the whole synthetic set: 'none' "
                                              "(as given), 'minmax' (to [0, 1]) or 'standardise' (z-scores).")
-    real_fraction: float = _opt(0.5, "Share of each reward-weighted micro-batch drawn from real images, 0–1.")
-    dpo_beta: float = _opt(2500.0, "Diffusion-DPO KL strength beta, unitless (paper: 2500 for SD 1.5).")
-    lr: float = _opt(1e-4, "AdamW learning rate for the LoRA weights, per optimiser step.")
-    lr_warmup_steps: int = _opt(0, "Linear LR warm-up, optimiser steps; constant afterwards.")
-    weight_decay: float = _opt(1e-2, "AdamW weight decay, unitless.")
-    max_grad_norm: float = _opt(1.0, "Gradient-norm clipping threshold (L2); 0 turns clipping off.")
-    steps: int = _opt(1000, "Optimiser steps to train (domain adaptation: epochs × images / (batch × accum)).")
-    batch_size: int = _opt(4, "Images per micro-batch per process (DPO: pairs per micro-batch).")
-    grad_accum: int = _opt(1, "Micro-batches accumulated per optimiser step.")
-    rank: int = _opt(4, "LoRA rank r.")
-    alpha: float = _opt(4.0, "LoRA alpha; the update is scaled by alpha / rank.")
-    resolution: int = _opt(512, "Training image side, px (images are resized on the short side and centre-cropped).")
-    mixed_precision: str = _opt("auto", "'auto' (bf16/fp16 autocast on accelerators, none on CPU), 'no', 'fp16', "
+    real_fraction: float = option(0.5, "Share of each reward-weighted micro-batch drawn from real images, 0–1.")
+    dpo_beta: float = option(2500.0, "Diffusion-DPO KL strength beta, unitless (paper: 2500 for SD 1.5).")
+    lr: float = option(1e-4, "AdamW learning rate for the LoRA weights, per optimiser step.")
+    lr_warmup_steps: int = option(0, "Linear LR warm-up, optimiser steps; constant afterwards.")
+    weight_decay: float = option(1e-2, "AdamW weight decay, unitless.")
+    max_grad_norm: float = option(1.0, "Gradient-norm clipping threshold (L2); 0 turns clipping off.")
+    steps: int = option(1000, "Optimiser steps to train (domain adaptation: epochs × images / (batch × accum)).")
+    batch_size: int = option(4, "Images per micro-batch per process (DPO: pairs per micro-batch).")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimiser step.")
+    rank: int = option(4, "LoRA rank r.")
+    alpha: float = option(4.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    resolution: int = option(512, "Training image side, px (images are resized on the short side and centre-cropped).")
+    mixed_precision: str = option("auto", "'auto' (bf16/fp16 autocast on accelerators, none on CPU), 'no', 'fp16', "
                                         "'bf16'. LoRA weights stay fp32 in every case.")
-    gradient_checkpointing: bool = _opt(False, "Recompute UNet activations in backward: less memory, ~30% slower.")
-    checkpoint_every: int = _opt(500, "Save a checkpoint every this many optimiser steps (and at the end); 0 = end only.")
-    keep_last: int = _opt(3, "Checkpoints kept on disk, newest first.")
-    val_every: int = _opt(100, "Evaluate the held-out real loss every this many optimiser steps; 0 = never.")
-    val_fraction: float = _opt(0.05, "Share of real images held out when no validation set is given, 0–1.")
-    val_max_images: int = _opt(64, "Most held-out images evaluated, images.")
-    early_stopping_patience: int = _opt(5, "Stop after this many evaluations without improvement; 0 = never stop.")
-    early_stopping_min_delta: float = _opt(0.0, "Smallest decrease of the held-out loss that counts as improvement.")
-    restore_best: bool = _opt(True, "Write the adapter of the best held-out evaluation as the final adapter.")
-    seed: int = _opt(0, "Seeds the LoRA init, data order, noise, timesteps and the validation split.")
+    gradient_checkpointing: bool = option(False, "Recompute UNet activations in backward: less memory, ~30% slower.")
+    checkpoint_every: int = option(500, "Save a checkpoint every this many optimiser steps (and at the end); 0 = end only.")
+    keep_last: int = option(3, "Checkpoints kept on disk, newest first.")
+    val_every: int = option(100, "Evaluate the held-out real loss every this many optimiser steps; 0 = never.")
+    val_fraction: float = option(0.05, "Share of real images held out when no validation set is given, 0–1.")
+    val_max_images: int = option(64, "Most held-out images evaluated, images.")
+    early_stopping_patience: int = option(5, "Stop after this many evaluations without improvement; 0 = never stop.")
+    early_stopping_min_delta: float = option(0.0, "Smallest decrease of the held-out loss that counts as improvement.")
+    restore_best: bool = option(True, "Write the adapter of the best held-out evaluation as the final adapter.")
+    seed: int = option(0, "Seeds the LoRA init, data order, noise, timesteps and the validation split.")
 
     @classmethod
     def tiny(cls) -> FinetuneConfig:

@@ -32,13 +32,14 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from inference.config import option
 from inference.tiny import TEMPLATE_REPORTS, TinySDConfig
 
 from .jsonable import json_safe
@@ -47,10 +48,6 @@ BASE_MARKER = "insilico.json"
 CRITERIA = ("anatomy", "style", "artifacts")
 # Sampling-seed streams: the labelled set, the reward model's held-out check, the paired comparison.
 _TRAIN, _HELD_OUT, _FRESH = 0, 1, 2
-
-
-def _opt(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
 
 
 # --- the simulated reader ------------------------------------------------------------------------------------------
@@ -101,14 +98,14 @@ class SimulatedReader:
     centre) / scale), in [0, 1]. `label` turns it into what real readers give: a realism share from `readers` yes/no
     votes and rubric scores on a `rubric_levels`-point scale with per-criterion noise."""
 
-    property: str = _opt("centre_contrast", f"What the reader measures: one of {sorted(PROPERTIES)}.")
-    direction: float = _opt(1.0, "+1: prefers higher values of the property; −1: lower.")
-    centre: float = _opt(0.0, "Property value scored 0.5, in the property's units.")
-    scale: float = _opt(0.02, "Property change per logistic unit of the score, in the property's units.")
-    noise: float = _opt(0.1, "Std of the per-criterion rubric noise, score units (0–1).")
-    readers: int = _opt(5, "Simulated readers voting real/fake per image (the realism share's resolution).")
-    rubric_levels: int = _opt(5, "Points of the rubric scale (5: a 1–5 Likert item).")
-    criteria: tuple[str, ...] = _opt(CRITERIA, "Rubric criteria the reader scores.")
+    property: str = option("centre_contrast", f"What the reader measures: one of {sorted(PROPERTIES)}.")
+    direction: float = option(1.0, "+1: prefers higher values of the property; −1: lower.")
+    centre: float = option(0.0, "Property value scored 0.5, in the property's units.")
+    scale: float = option(0.02, "Property change per logistic unit of the score, in the property's units.")
+    noise: float = option(0.1, "Std of the per-criterion rubric noise, score units (0–1).")
+    readers: int = option(5, "Simulated readers voting real/fake per image (the realism share's resolution).")
+    rubric_levels: int = option(5, "Points of the rubric scale (5: a 1–5 Likert item).")
+    criteria: tuple[str, ...] = option(CRITERIA, "Rubric criteria the reader scores.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))
@@ -181,56 +178,56 @@ class SimulatedReader:
 class InSilicoConfig:
     """One in-silico run (per seed). The defaults are the tuned CPU settings the slow test uses."""
 
-    reader: SimulatedReader = _opt(
+    reader: SimulatedReader = option(
         SimulatedReader(), "The simulated reader; calibrated on the base's images."
     )
-    reader_quantile: float = _opt(0.5, "Share of the base's images the calibrated reader scores below 0.5.")
-    reader_spread: float = _opt(
+    reader_quantile: float = option(0.5, "Share of the base's images the calibrated reader scores below 0.5.")
+    reader_spread: float = option(
         1.0, "The reader's logistic scale, in stds of the property over the base's images."
     )
-    vae_channels: tuple[int, ...] = _opt(
+    vae_channels: tuple[int, ...] = option(
         (16, 16, 32, 32), "Tiny VAE block widths (4 blocks: 8x downsampling)."
     )
-    vae_norm_groups: int = _opt(8, "Tiny VAE GroupNorm groups.")
-    vae_steps: int = _opt(300, "Autoencoder fitting steps of the tiny VAE, batch 16 (shared by all seeds).")
-    vae_lr: float = _opt(2e-3, "Adam learning rate of the VAE fit.")
-    vae_images: int = _opt(256, "Images the VAE is fitted on: half phantoms, half smooth random textures.")
-    vae_crop: int = _opt(32, "Side of the random crops the VAE is fitted on, px (it is convolutional).")
-    unet_steps: int = _opt(400, "Full-UNet pretraining steps on phantoms, batch 16 (shared by all seeds).")
-    unet_lr: float = _opt(1e-3, "AdamW learning rate of the UNet pretraining.")
-    unet_images: int = _opt(256, "Phantoms (with their reports) the UNet is pretrained on.")
-    n_samples: int = _opt(
+    vae_norm_groups: int = option(8, "Tiny VAE GroupNorm groups.")
+    vae_steps: int = option(300, "Autoencoder fitting steps of the tiny VAE, batch 16 (shared by all seeds).")
+    vae_lr: float = option(2e-3, "Adam learning rate of the VAE fit.")
+    vae_images: int = option(256, "Images the VAE is fitted on: half phantoms, half smooth random textures.")
+    vae_crop: int = option(32, "Side of the random crops the VAE is fitted on, px (it is convolutional).")
+    unet_steps: int = option(400, "Full-UNet pretraining steps on phantoms, batch 16 (shared by all seeds).")
+    unet_lr: float = option(1e-3, "AdamW learning rate of the UNet pretraining.")
+    unet_images: int = option(256, "Phantoms (with their reports) the UNet is pretrained on.")
+    n_samples: int = option(
         96, "Base images labelled by the reader: the reward model's and the finetune's set."
     )
-    n_heldout: int = _opt(
+    n_heldout: int = option(
         64, "Other base images on which the reward model's Spearman with the reader is measured."
     )
-    n_fresh: int = _opt(
+    n_fresh: int = option(
         64, "Fresh sampling seeds shared by the base and both finetuned arms (the paired tests)."
     )
-    n_real: int = _opt(
+    n_real: int = option(
         64, "Phantoms (with reports) in the finetune's real-data term, the same for both arms."
     )
-    generation_steps: int = _opt(8, "Denoising steps per generated image.")
-    guidance_scale: float = _opt(4.0, "Classifier-free guidance scale of the sampler.")
-    reward_steps: int = _opt(150, "Reward-model optimiser steps (otherwise `RewardConfig.tiny()`).")
-    finetune_steps: int = _opt(150, "Finetune optimiser steps per arm.")
-    finetune_lr: float = _opt(
+    generation_steps: int = option(8, "Denoising steps per generated image.")
+    guidance_scale: float = option(4.0, "Classifier-free guidance scale of the sampler.")
+    reward_steps: int = option(150, "Reward-model optimiser steps (otherwise `RewardConfig.tiny()`).")
+    finetune_steps: int = option(150, "Finetune optimiser steps per arm.")
+    finetune_lr: float = option(
         1e-3, "LoRA learning rate (5e-3 and above made both arms drift apart at random)."
     )
-    rank: int = _opt(8, "LoRA rank (alpha = rank).")
-    beta: float = _opt(
+    rank: int = option(8, "LoRA rank (alpha = rank).")
+    beta: float = option(
         0.02, "Weight of the real-data loss; at 0.1 its pull outweighed the reward in 150 steps."
     )
-    batch_size: int = _opt(8, "Images per finetune micro-batch, real and synthetic together.")
-    real_fraction: float = _opt(0.25, "Share of each finetune micro-batch drawn from the real images.")
-    reward_normalisation: str = _opt(
+    batch_size: int = option(8, "Images per finetune micro-batch, real and synthetic together.")
+    real_fraction: float = option(0.25, "Share of each finetune micro-batch drawn from the real images.")
+    reward_normalisation: str = option(
         "standardise",
         "How rewards become weights: 'none', 'minmax' or 'standardise'. Standardised weights also push away from "
         "low-reward samples: over these 150 steps that moved the property 1.5-1.8 base SDs (minmax: 0.1-0.25, too "
         "close to the base to count as moved on every tokenizer/base build).",
     )
-    significance: float = _opt(0.01, "One-sided level at which a run counts as passed.")
+    significance: float = option(0.01, "One-sided level at which a run counts as passed.")
 
     @classmethod
     def from_dict(cls, data: dict) -> InSilicoConfig:

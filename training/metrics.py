@@ -22,13 +22,14 @@ a usable, if weaker, basis for PRDC (Naeem et al. 2020, sec. 5).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
+from inference.config import option
 from inference.phantoms import FINDINGS
 
 from .features import (  # noqa: F401  (re-exported: the metrics API in one place)
@@ -49,45 +50,41 @@ from .jsonable import json_safe
 _MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as in torchmetrics
 
 
-def _opt(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class MetricsConfig:
     """How the round's image metrics are computed; stored with the report."""
 
-    batch_size: int = _opt(32, "Images per forward pass of a feature extractor.")
-    max_features: int = _opt(
+    batch_size: int = option(32, "Images per forward pass of a feature extractor.")
+    max_features: int = option(
         5000,
         "Most feature vectors kept per image set for PRDC, memorisation and utility "
         "(a uniform sample beyond that); FID always uses every image.",
     )
-    prdc_k: int = _opt(5, "Nearest neighbours that set each real/synthetic sample's radius in PRDC.")
-    ms_ssim_pairs: int = _opt(100, "Random image pairs per set for MS-SSIM diversity.")
-    ms_ssim_max_images: int = _opt(200, "Images kept per set (uniform sample) to draw MS-SSIM pairs from.")
-    ms_ssim_max_side: int = _opt(256, "Images are shrunk to at most this side before MS-SSIM, px.")
-    thumbnail_px: int = _opt(32, "Side of the thumbnails compared pixel-wise for memorisation, px.")
-    copy_distance: float | None = _opt(
+    prdc_k: int = option(5, "Nearest neighbours that set each real/synthetic sample's radius in PRDC.")
+    ms_ssim_pairs: int = option(100, "Random image pairs per set for MS-SSIM diversity.")
+    ms_ssim_max_images: int = option(200, "Images kept per set (uniform sample) to draw MS-SSIM pairs from.")
+    ms_ssim_max_side: int = option(256, "Images are shrunk to at most this side before MS-SSIM, px.")
+    thumbnail_px: int = option(32, "Side of the thumbnails compared pixel-wise for memorisation, px.")
+    copy_distance: float | None = option(
         None,
         "Flag a synthetic image as a near-copy at or under this cosine "
         "distance to a real one (features centred on the real mean); None: "
         "calibrated on the real images, see copy_quantile.",
     )
-    copy_correlation: float | None = _opt(
+    copy_correlation: float | None = option(
         None,
         "... or at or over this Pearson correlation of its thumbnail with "
         "a real one; None: calibrated, see copy_quantile.",
     )
-    copy_quantile: float = _opt(
+    copy_quantile: float = option(
         0.01,
         "Calibrated thresholds: the share of real images that sit that close to "
         "another real image (so at most about this share of a non-copying "
         "generator's images is flagged by chance).",
     )
-    utility_test_fraction: float = _opt(0.3, "Share of real images held out to test the utility classifiers.")
-    findings: tuple[str, ...] = _opt(FINDINGS, "Finding names the utility classifiers predict (multi-label).")
-    seed: int = _opt(0, "Seed for every sample, split and pair drawn.")
+    utility_test_fraction: float = option(0.3, "Share of real images held out to test the utility classifiers.")
+    findings: tuple[str, ...] = option(FINDINGS, "Finding names the utility classifiers predict (multi-label).")
+    seed: int = option(0, "Seed for every sample, split and pair drawn.")
 
     @classmethod
     def tiny(cls) -> MetricsConfig:

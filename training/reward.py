@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.config import option
+
 from .jsonable import json_safe
 
 REALISM = "realism"
@@ -47,43 +49,39 @@ _LOSSES = ("mse", "huber")
 _SCHEDULES = ("cosine", "constant")
 
 
-def _opt(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class RewardConfig:
     """One reward-model training job; stored as config.json beside the weights."""
 
-    backbone: str = _opt("convnext_atto", "timm model name (built with pretrained=False; e.g. resnet18).")
-    image_size: int = _opt(224, "Side the images are resized (shorter side) and centre-cropped to, px.")
-    in_chans: int = _opt(1, "Backbone input channels; grayscale input is repeated when 3.")
-    pretrained_path: str | None = _opt(
+    backbone: str = option("convnext_atto", "timm model name (built with pretrained=False; e.g. resnet18).")
+    image_size: int = option(224, "Side the images are resized (shorter side) and centre-cropped to, px.")
+    in_chans: int = option(1, "Backbone input channels; grayscale input is repeated when 3.")
+    pretrained_path: str | None = option(
         None, "Local backbone weights (safetensors or torch file); None: random."
     )
-    criteria: tuple[str, ...] = _opt(("anatomy", "style", "artifacts"), "Rubric keys, one score head each.")
-    prompt_conditioning: bool = _opt(True, "Condition on the report/prompt (FiLM by a hashed bag of words).")
-    text_buckets: int = _opt(4096, "Hash buckets of the word/bigram embedding table, rows.")
-    text_dim: int = _opt(128, "Width of the text embedding.")
-    hidden_dim: int = _opt(256, "Width of the head's hidden layer.")
-    dropout: float = _opt(0.2, "Dropout of the head (kept on for MC-dropout at inference), probability.")
-    lr: float = _opt(3e-4, "AdamW peak learning rate.")
-    weight_decay: float = _opt(0.05, "AdamW weight decay on weight matrices (not on norms and biases).")
-    steps: int = _opt(
+    criteria: tuple[str, ...] = option(("anatomy", "style", "artifacts"), "Rubric keys, one score head each.")
+    prompt_conditioning: bool = option(True, "Condition on the report/prompt (FiLM by a hashed bag of words).")
+    text_buckets: int = option(4096, "Hash buckets of the word/bigram embedding table, rows.")
+    text_dim: int = option(128, "Width of the text embedding.")
+    hidden_dim: int = option(256, "Width of the head's hidden layer.")
+    dropout: float = option(0.2, "Dropout of the head (kept on for MC-dropout at inference), probability.")
+    lr: float = option(3e-4, "AdamW peak learning rate.")
+    weight_decay: float = option(0.05, "AdamW weight decay on weight matrices (not on norms and biases).")
+    steps: int = option(
         3000, "Optimiser steps; batches cycle through reshuffled epochs of the training images."
     )
-    warmup_steps: int = _opt(100, "Linear learning-rate warm-up, steps.")
-    lr_schedule: str = _opt("cosine", "After warm-up: 'cosine' (to 0) or 'constant'.")
-    batch_size: int = _opt(16, "Records per step.")
-    max_grad_norm: float = _opt(1.0, "Gradient clipping, global L2 norm.")
-    criteria_loss: str = _opt("mse", "'mse' or 'huber' on the criterion scores.")
-    huber_delta: float = _opt(0.1, "Huber threshold, in normalised score units.")
-    criteria_weight: float = _opt(1.0, "Weight of the criteria loss against the realism BCE.")
-    mismatched_negative_rate: float = _opt(0.25, "Share of real images shown with a wrong report, target 0.")
-    val_fraction: float = _opt(0.2, "Share of distinct images held out for validation metrics.")
-    mc_samples: int = _opt(20, "MC-dropout forward passes of the head per image in predict().")
-    eval_batch_size: int = _opt(64, "Images per forward pass outside training.")
-    seed: int = _opt(0, "Seed of weights, split, batches and negatives.")
+    warmup_steps: int = option(100, "Linear learning-rate warm-up, steps.")
+    lr_schedule: str = option("cosine", "After warm-up: 'cosine' (to 0) or 'constant'.")
+    batch_size: int = option(16, "Records per step.")
+    max_grad_norm: float = option(1.0, "Gradient clipping, global L2 norm.")
+    criteria_loss: str = option("mse", "'mse' or 'huber' on the criterion scores.")
+    huber_delta: float = option(0.1, "Huber threshold, in normalised score units.")
+    criteria_weight: float = option(1.0, "Weight of the criteria loss against the realism BCE.")
+    mismatched_negative_rate: float = option(0.25, "Share of real images shown with a wrong report, target 0.")
+    val_fraction: float = option(0.2, "Share of distinct images held out for validation metrics.")
+    mc_samples: int = option(20, "MC-dropout forward passes of the head per image in predict().")
+    eval_batch_size: int = option(64, "Images per forward pass outside training.")
+    seed: int = option(0, "Seed of weights, split, batches and negatives.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))
