@@ -4,3 +4,15 @@ from django.apps import AppConfig
 class AnnotationConfig(AppConfig):
     name = "annotation"
     verbose_name = "Reading studies"
+
+    def ready(self) -> None:
+        # Rounds learn that their generation batch or training run ended from the lower layers' signals.
+        from inference.services import batch_finished
+        from training.services import run_finished
+
+        from .rounds import on_job_finished
+
+        batch_finished.connect(lambda sender, batch, **_: on_job_finished(batch.owner), weak=False,
+                               dispatch_uid="round-batch-finished")
+        run_finished.connect(lambda sender, run, **_: on_job_finished(run.owner), weak=False,
+                             dispatch_uid="round-run-finished")

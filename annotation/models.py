@@ -72,6 +72,11 @@ class Study(models.Model):
     catch_rule = models.JSONField(
         default=default_catch_rule, help_text="min_accuracy, action (flag | exclude), min_trials.")
     revealed_at = models.DateTimeField(null=True, blank=True, help_text="When readers were shown the truth.")
+    current_version = models.ForeignKey(
+        "inference.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The model version the next round samples from (changed by promotion, roll-back or an admin).")
+    round_defaults = models.JSONField(default=dict, blank=True,
+                                      help_text="RoundConfig fields every new round of the study starts from.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -94,6 +99,7 @@ class StudyMembership(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices)
     pseudonym = models.CharField(max_length=32, help_text="How exports name this reader to non-admins.")
     is_simulated = models.BooleanField(default=False, help_text="A virtual reader driven by code.")
+    simulation = models.JSONField(default=dict, blank=True, help_text="A simulated reader's profile (SimulatedProfile).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -125,6 +131,25 @@ class Round(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     #: Sizes of the case pools, written once when labeling opens: {kind: {slot: n}}.
     pools = models.JSONField(default=dict, blank=True)
+    #: RoundConfig as JSON, fixed at launch.
+    config = models.JSONField(default=dict, blank=True)
+    failed_stage = models.CharField(max_length=20, blank=True, help_text="The stage a retry restarts.")
+    model_version = models.ForeignKey("inference.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="+", help_text="The version this round sampled from.")
+    generation_batch = models.ForeignKey("inference.GenerationBatch", null=True, blank=True,
+                                         on_delete=models.PROTECT, related_name="+")
+    reward_run = models.ForeignKey("training.TrainingRun", null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    finetune_run = models.ForeignKey("training.TrainingRun", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+")
+    produced_version = models.ForeignKey("inference.ModelVersion", null=True, blank=True,
+                                         on_delete=models.PROTECT, related_name="+",
+                                         help_text="The version the round's finetune registered.")
+    #: Which generated images went to readers and why: {"strategy", "seed", "chosen": [batch index], ...}.
+    selection = models.JSONField(default=dict, blank=True)
+    #: Written by the round's own stages (cleaning, simulated reading, evaluating) while they work; the reconciler
+    #: re-enqueues a stage whose heartbeat is older than CXR_STAGE_TIMEOUT_S.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     labeling_opened_at = models.DateTimeField(null=True, blank=True)
     labeling_closed_at = models.DateTimeField(null=True, blank=True)

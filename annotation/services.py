@@ -270,7 +270,7 @@ def _remove(keys: Iterable[str]) -> None:
 # --- cleaning ------------------------------------------------------------------------------------------------------
 
 
-def round_clean_images(*, round: Round) -> int:
+def round_clean_images(*, round: Round, on_cleaned=None) -> int:
     """Run text/marker removal on every image of the round, real and synthetic alike, so cleaning cannot become
     a tell. Each image is replaced in the round by its cleaned copy (`cleaned_from` links back to the raw one; the
     mask is stored). Safe to run twice: images already cleaned are skipped. Returns how many were cleaned."""
@@ -304,4 +304,6 @@ def round_clean_images(*, round: Round) -> int:
             )
             Image.objects.filter(pk=image.pk).update(round=None)
         cleaned += stored.created
+        if on_cleaned is not None:
+            on_cleaned()
     return cleaned

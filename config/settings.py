@@ -165,9 +165,23 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Above the longest GPU task's time limit, so a running task is never handed to a second worker.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 6 * 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_ROUTES = {"inference.tasks.*": {"queue": "gpu"}, "training.tasks.*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "inference.tasks.*": {"queue": "gpu"},
+    "training.tasks.*": {"queue": "gpu"},
+    "annotation.tasks.round_clean": {"queue": "gpu"},
+    "annotation.tasks.round_evaluate": {"queue": "gpu"},
+}
+#: Hard limit of one GPU task (generation batch, training run, cleaning, evaluating); below the visibility timeout.
+CXR_GPU_TASK_TIME_LIMIT_S = env_int("CXR_GPU_TASK_TIME_LIMIT_S", 5 * 3600)
+CELERY_TASK_ANNOTATIONS = {name: {"time_limit": CXR_GPU_TASK_TIME_LIMIT_S} for name in (
+    "inference.tasks.generation_batch_run", "training.tasks.training_run_execute", "annotation.tasks.round_clean",
+    "annotation.tasks.round_evaluate")}
+#: A running stage whose heartbeat is older than this is sent again by the reconciler (lost message, dead worker).
+CXR_STAGE_TIMEOUT_S = env_int("CXR_STAGE_TIMEOUT_S", 15 * 60)
+CXR_RECONCILE_EVERY_S = env_int("CXR_RECONCILE_EVERY_S", 60)
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-claims": {"task": "annotation.tasks.claims_expire_stale", "schedule": 60.0},
+    "reconcile-rounds": {"task": "annotation.tasks.rounds_reconcile", "schedule": float(CXR_RECONCILE_EVERY_S)},
 }
 
 # --- REST ------------------------------------------------------------------------------------------------------

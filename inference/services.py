@@ -105,8 +105,15 @@ def pipeline_spec(version: ModelVersion, *, scheduler: str | None = None) -> Pip
                         single_file_config=settings.CXR_SINGLE_FILE_CONFIG or None, scheduler=scheduler)
 
 
+def is_tiny_version(version: ModelVersion) -> bool:
+    """Whether the version sits on one of the tiny bases built on this machine (CXR_MODELS_DIR/tiny*): those get
+    the tiny generation and training presets."""
+    base, models = Path(version.base_path).resolve(), Path(settings.CXR_MODELS_DIR).resolve()
+    return base.is_relative_to(models) and base.relative_to(models).parts[0].startswith("tiny")
+
+
 def generation_config_default(version: ModelVersion) -> GenerationConfig:
-    if version.base_path.startswith(str(tiny_models_dir())):
+    if is_tiny_version(version):
         return GenerationConfig.tiny()
     return GenerationConfig(**settings.CXR_GENERATION)
 
@@ -127,6 +134,15 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
                                            seed=seed, owner=owner, config=config.as_dict(), clean=clean)
     transaction.on_commit(lambda: generation_batch_run.delay(batch_pk=batch.pk))
     return batch
+
+
+def generation_batch_requeue(*, batch: GenerationBatch) -> None:
+    """Send the batch's message again (a lost message or a dead worker); the run resumes where the stored images
+    end. The heartbeat is stamped so a reconciler does not send it again before the stage timeout."""
+    from .tasks import generation_batch_run
+
+    GenerationBatch.objects.filter(pk=batch.pk).exclude(status=JobStatus.DONE).update(heartbeat_at=timezone.now())
+    transaction.on_commit(lambda: generation_batch_run.delay(batch_pk=batch.pk))
 
 
 def _png(gray8: np.ndarray) -> bytes:

@@ -106,7 +106,13 @@ def execute_finetune(run: TrainingRun) -> None:
     device = pick_device(settings.CXR_DEVICE)
     out_dir = _work_dir(run) / "finetune"
     out_dir.mkdir(parents=True, exist_ok=True)
+    from .finetune import list_checkpoints
+
     restore_latest_checkpoint(run, out_dir)
+    local = list_checkpoints(out_dir)
+    resumed = local[-1].name if local else None  # from storage (another worker) or this worker's own copy
+    if resumed:
+        TrainingRun.objects.filter(pk=run.pk).update(progress={**run.progress, "resumed_from": resumed})
     mirror = CheckpointMirror(run, out_dir, cfg.keep_last)
     progress = Progress(run, cfg.steps)
 
@@ -125,7 +131,7 @@ def execute_finetune(run: TrainingRun) -> None:
     )
     TrainingRun.objects.filter(pk=run.pk).update(
         artifact_key=version.lora_key, produced_version=version,
-        metrics={"steps": result.steps, "final_loss": result.losses[-1] if result.losses else None,
+        metrics={"steps": result.steps, "resumed_from": resumed, "final_loss": result.losses[-1] if result.losses else None,
                  "val_losses": [list(v) for v in result.val_losses], "stopped_early": result.stopped_early,
                  "best_step": result.best_step},
     )

@@ -50,6 +50,15 @@ def training_run_create(*, kind: str, owner: str = "", config: dict, snapshot_ke
     return run
 
 
+def training_run_requeue(*, run: TrainingRun) -> None:
+    """Send the run's message again (a lost message, a dead worker, an admin's retry); it resumes from its last
+    checkpoint in storage. The heartbeat is stamped so a reconciler does not send it again before its timeout."""
+    from .tasks import training_run_execute
+
+    TrainingRun.objects.filter(pk=run.pk).exclude(status=RunStatus.DONE).update(heartbeat_at=timezone.now())
+    transaction.on_commit(lambda: training_run_execute.delay(run_pk=run.pk))
+
+
 # --- inputs ---------------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,27 @@
+"""The one tiny-round preset the round tests share: a small study on phantoms, simulated readers, tiny models."""
+
+from __future__ import annotations
+
+TINY_ROUND = {
+    "reward": {"steps": 12},
+    "finetune": {"steps": 6, "checkpoint_every": 2, "val_every": 0},
+    "eval_samples": 4,
+    "image_metrics": False,
+}
+
+
+def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, images: int = 8, **kw):
+    from annotation import services
+    from annotation.simulated import simulated_readers_ensure
+    from inference.phantoms import generate_phantom
+
+    kw.setdefault("display_size", 64)
+    kw.setdefault("task_kinds", ["realism", "rubric"])
+    study = services.study_create(name=name, title=f"Study {name}", images_per_round=images,
+                                  readers_per_image=readers, **kw)
+    for i in range(real_pool):
+        phantom = generate_phantom(seed=500 + i, size=64)
+        services.image_store(study=study, source="real", pixels=phantom.image, prompt=phantom.report,
+                             findings=list(phantom.findings))
+    simulated_readers_ensure(study=study, count=readers)
+    return study
