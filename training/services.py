@@ -91,6 +91,8 @@ class Progress:
         self.curve: list[list[float]] = list(run.loss_curve)
 
     def __call__(self, step: int, loss: float, *_, **__) -> None:
+        while self.curve and self.curve[-1][0] >= step:  # resumed from a checkpoint older than the stored curve
+            self.curve.pop()
         self.curve.append([int(step), float(loss)])
         now = time.monotonic()
         if now - self._last >= HEARTBEAT_EVERY_S or step >= self.total:
