@@ -53,14 +53,16 @@ def select_generated(rnd: Round, *, budget: int, strategy: str, seed: int, uncer
     elif strategy == "random":
         order = sorted(int(k) for k in np.random.default_rng(seed).choice(keys, size=wanted, replace=False))
     else:
-        order, extra = _active(rnd, items, groups, keys, wanted, uncertainty_weight)
+        order, extra = _active(rnd, items, groups, keys, wanted, uncertainty_weight, seed)
         record.update(extra)
     record["groups"] = [int(k) for k in order]
     record["chosen"] = sorted(item.index for k in order for item in groups[k])
     return record
 
 
-def _active(rnd: Round, items, groups, keys, wanted: int, weight: float) -> tuple[list[int], dict]:
+def _active(rnd: Round, items, groups, keys, wanted: int, weight: float, seed: int) -> tuple[list[int], dict]:
+    import torch
+
     from inference.devices import pick_device
     from training.reward import predict
     from training.services import image_load, reward_model_load
@@ -70,7 +72,9 @@ def _active(rnd: Round, items, groups, keys, wanted: int, weight: float) -> tupl
     extra: dict = {"uncertainty_weight": weight, "reward_run": run.pk if run else None}
     if run is not None:
         model = reward_model_load(run, pick_device(settings.CXR_DEVICE))
-        _, std = predict(model, [pixels[i.index] for i in items], [i.prompt for i in items])
+        with torch.random.fork_rng(devices=[]):  # MC-dropout masks from the round's seed: reproducible
+            torch.manual_seed(seed)
+            _, std = predict(model, [pixels[i.index] for i in items], [i.prompt for i in items])
         per_image = np.mean(np.stack(list(std.values())), axis=0)
         uncertainty = {item.index: float(u) for item, u in zip(items, per_image, strict=True)}
     else:
