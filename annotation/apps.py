@@ -10,9 +10,12 @@ class AnnotationConfig(AppConfig):
         from inference.services import batch_finished
         from training.services import run_finished
 
+        from .domain import on_domain_finished
         from .rounds import on_job_finished
 
         batch_finished.connect(lambda sender, batch, **_: on_job_finished(batch.owner), weak=False,
                                dispatch_uid="round-batch-finished")
         run_finished.connect(lambda sender, run, **_: on_job_finished(run.owner), weak=False,
                              dispatch_uid="round-run-finished")
+        run_finished.connect(lambda sender, run, **_: on_domain_finished(run), weak=False,
+                             dispatch_uid="study-domain-finished")

@@ -110,3 +110,17 @@ def feedback_snapshot_freeze(*, rounds: Sequence[Round]) -> tuple[str, str, dict
     summary = {"items": len(data["items"]), "pairs": len(data["pairs"]),
                "excluded_readers": len(data["excluded_readers"])}
     return key, digest, summary
+
+
+def domain_snapshot_freeze(*, study) -> tuple[str, str, dict]:
+    """The study's real image–report pairs (what domain adaptation learns from) as a frozen snapshot."""
+    from .models import Source
+
+    images = Image.objects.filter(study=study, source=Source.REAL, is_catch=False).exclude(prompt="").order_by("pk")
+    data = {"version": SNAPSHOT_VERSION, "rounds": [], "pairs": [], "excluded_readers": [], "items": [
+        {"image": i.pk, "key": i.storage_key, "sha256": i.sha256, "source": "real", "prompt": i.prompt,
+         "findings": i.findings, "reads": 0, "realism": None, "criteria": {}, "model_version": None}
+        for i in images]}
+    payload = json.dumps(data, sort_keys=True).encode()
+    key = default_storage.save(f"snapshots/{uuid.uuid4().hex}.json", ContentFile(payload))
+    return key, hashlib.sha256(payload).hexdigest(), {"items": len(data["items"])}

@@ -150,6 +150,8 @@ def study_versions(study: Study) -> list[ModelVersion]:
     starts = [study.current_version] if study.current_version_id else []
     for rnd in study.rounds.select_related("model_version", "produced_version"):
         starts += [v for v in (rnd.model_version, rnd.produced_version) if v is not None]
+    starts += [run.produced_version for run in TrainingRun.objects.filter(
+        owner=f"annotation.study:{study.pk}", produced_version__isnull=False).select_related("produced_version")]
     for version in starts:
         while version is not None and version.pk not in seen:
             seen[version.pk] = version

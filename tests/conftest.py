@@ -156,7 +156,7 @@ def celery_worker_process(transactional_db, tmp_path, settings):
          "--loglevel=INFO"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    previous = (app.conf.broker_url, app.conf.result_backend, app.conf.task_always_eager)
+    previous = (app.conf.broker_url, app.conf.result_backend)
     app.conf.broker_url = app.conf.result_backend = redis_url
     app.conf.task_always_eager = False
     try:
@@ -166,7 +166,8 @@ def celery_worker_process(transactional_db, tmp_path, settings):
                 raise RuntimeError("Celery worker did not start:\n" + (tmp_path / "worker.log").read_text()[-3000:])
         yield app
     finally:
-        app.conf.broker_url, app.conf.result_backend, app.conf.task_always_eager = previous
+        app.conf.broker_url, app.conf.result_backend = previous
+        app.conf.changes.pop("task_always_eager", None)  # back to reading the Django setting
         worker.terminate()
         try:
             worker.wait(timeout=20)

@@ -99,9 +99,9 @@ def live_worker(_round_worker, transactional_db, settings):
         _round_worker.start()
     settings.MEDIA_ROOT = _round_worker.media_root
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    previous, app.conf.task_always_eager = app.conf.task_always_eager, False
+    app.conf.task_always_eager = False
     yield _round_worker
-    app.conf.task_always_eager = previous
+    app.conf.changes.pop("task_always_eager", None)  # back to reading the Django setting
 
 
 def wait_for(predicate, *, timeout: float, worker: WorkerHandle | None = None, every: float = 0.2,
