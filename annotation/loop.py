@@ -29,7 +29,8 @@ def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
     seed = 100_000 + Image.objects.filter(study=study, source=Source.REAL).count()
     added = 0
     while have + added < unused:
-        phantom = generate_phantom(seed=seed, size=size, burn_in_text=seed % 4 == 0)
+        # burned-in text only where the cleaning stage can find it again (it is tuned from 256 px up)
+        phantom = generate_phantom(seed=seed, size=size, burn_in_text=size >= 256 and seed % 4 == 0)
         stored = services.image_store(study=study, source=Source.REAL, pixels=phantom.image, prompt=phantom.report,
                                       findings=list(phantom.findings), original_name=f"phantom-{seed}.png")
         added += stored.created

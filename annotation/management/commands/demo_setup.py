@@ -11,6 +11,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, images: int, **options):
         study = demo_study_ensure(images=images)
-        self.stdout.write(f"Demo study '{study.name}' ready: {study.images.count()} images.")
+        rnd = study.rounds.order_by("-number").first()
+        self.stdout.write(f"Demo study '{study.name}' ready: round {rnd.number} is {rnd.status}, sampled from "
+                          f"{rnd.model_version}; {study.images.count()} images stored.")
         for user, password in DEMO_USERS.items():
             self.stdout.write(f"  login: {user} / {password}")
