@@ -94,3 +94,42 @@ def lines(series: dict[str, Sequence[tuple[float, float]]], *, title: str, y_max
         parts.append(f'<text x="{LEFT + i * 120}" y="{H - 9}" class="tick" fill="{colour}">{escape(name[:16])}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def points_with_ci(series: dict[str, Sequence[tuple[float, float | None, float | None, float | None]]], *,
+                   title: str, y_max: float = 1.0, reference: float | None = None) -> str:
+    """Per series, (x, value, ci_low, ci_high) points joined by a line, with whiskers for the interval: a statistic
+    across rounds. Missing values break nothing: they are left out."""
+    present = {name: [p for p in pts if p[1] is not None] for name, pts in series.items()}
+    xs = [p[0] for pts in present.values() for p in pts]
+    if not xs:
+        return bars_with_ci([], title=f"{title} (no data yet)", reference=None)
+    x_min, x_max = min(xs), max(xs)
+    span = (x_max - x_min) or 1.0
+    parts = _frame(title, y_max, [y_max * i / 4 for i in range(5)], "{:.2f}")
+    if reference is not None:
+        y = _y(reference, y_max)
+        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="reference"/>')
+
+    def x_of(x: float) -> float:
+        pad = 18
+        return LEFT + pad + (W - LEFT - RIGHT - 2 * pad) * ((x - x_min) / span if x_max > x_min else 0.5)
+
+    for x in sorted(set(xs)):
+        parts.append(f'<text x="{x_of(x):.1f}" y="{H - BOTTOM + 16}" class="tick" text-anchor="middle">'
+                     f'{x:g}</text>')
+    for i, (name, pts) in enumerate(present.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        if len(pts) > 1:
+            coords = " ".join(f"{x_of(x):.1f},{_y(v, y_max):.1f}" for x, v, _, _ in pts)
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for x, v, low, high in pts:
+            cx, cy = x_of(x), _y(v, y_max)
+            if low is not None and high is not None:
+                parts.append(f'<path d="M{cx:.1f} {_y(low, y_max):.1f}V{_y(high, y_max):.1f}" stroke="{colour}" '
+                             f'stroke-width="1.5"/>')
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{colour}"><title>{escape(name)} '
+                         f'{x:g}: {v:.3f}</title></circle>')
+        parts.append(f'<text x="{LEFT + i * 130}" y="{H - 9}" class="tick" fill="{colour}">{escape(name[:18])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
