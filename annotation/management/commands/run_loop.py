@@ -11,7 +11,13 @@ import math
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.loop import embedded_worker_start, loop_study_ensure, round_summary, round_wait, worker_answers
+from annotation.loop import (
+    embedded_worker_start,
+    loop_study_ensure,
+    round_summary,
+    round_wait,
+    worker_answers,
+)
 from annotation.models import RoundStatus
 from annotation.rounds import round_launch
 
