@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 from inference.models import GeneratedImage, ModelVersion
 
 from . import plots, rounds
-from .models import Image, ReaderQueue, Role, Round, RoundStatus, Study, StudyMembership
+from .models import Image, ReaderQueue, ReadingCase, Role, Round, RoundStatus, Study, StudyMembership
 from .services import IllegalTransition, audit
 
 
@@ -76,7 +76,9 @@ def round_progress(rnd: Round, *, names: bool = True) -> dict:
         "generation": None if batch is None else {"done": (batch.progress or {}).get("generated", 0),
                                                   "total": batch.count, "status": batch.status},
         "cleaning": {"done": progress.get("cleaned", 0), "total": progress.get("to_clean", 0)},
-        "labeling": {**rounds.labeling_share(rnd), "readers": readers} if rnd.labeling_opened_at else None,
+        "labeling": {**rounds.labeling_share(rnd), "readers": readers,
+                     "cases": ReadingCase.objects.filter(round=rnd, is_catch=False).count()}
+        if rnd.labeling_opened_at else None,
         "reward": _run_progress(rnd.reward_run),
         "finetune": _run_progress(rnd.finetune_run),
         "heartbeat_at": rnd.heartbeat_at.isoformat() if rnd.heartbeat_at else None,

@@ -58,9 +58,18 @@ def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "
         from .rounds import study_version
 
         if base == "domain":
-            from .domain import domain_adapt
+            from .domain import domain_adapt, on_domain_finished
 
-            domain_adapt(study=study)
+            run = domain_adapt(study=study)
+            deadline = time.monotonic() + 3600
+            while run.status not in ("done", "failed"):  # on the worker (inline when tasks are eager)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Domain adaptation run {run.pk} did not finish within an hour.")
+                time.sleep(0.5)
+                run.refresh_from_db()
+            if run.status == "failed":
+                raise RuntimeError(f"Domain adaptation run {run.pk} failed: {run.error_message}")
+            on_domain_finished(run)  # in case the signal was sent before the study was read
             study.refresh_from_db()
         if study.current_version_id is None:
             study_version(study)

@@ -130,6 +130,6 @@ def points_with_ci(series: dict[str, Sequence[tuple[float, float | None, float |
                              f'stroke-width="1.5"/>')
             parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{colour}"><title>{escape(name)} '
                          f'{x:g}: {v:.3f}</title></circle>')
-        parts.append(f'<text x="{LEFT + i * 130}" y="{H - 9}" class="tick" fill="{colour}">{escape(name[:18])}</text>')
+        parts.append(f'<text x="{LEFT + i * 150}" y="{H - 9}" class="tick" fill="{colour}">{escape(name[:24])}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -15,7 +15,7 @@
     if (p.labeling) {
       setBar(root, "labeling", p.labeling.answered, p.labeling.planned);
       (p.labeling.readers || []).forEach(function (r) {
-        setBar(root, "reader-" + r.reader, r.answered, p.labeling.planned / Math.max(1, p.labeling.readers.length));
+        setBar(root, "reader-" + r.reader, r.answered, p.labeling.cases);  // a reader reads each case once at most
       });
     }
     ["reward", "finetune"].forEach(function (name) {

@@ -59,7 +59,10 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
         summaries = []
         try:
-            the_study = loop_study_ensure(name=study, readers=simulated_readers, images=images, base=base)
+            try:
+                the_study = loop_study_ensure(name=study, readers=simulated_readers, images=images, base=base)
+            except RuntimeError as exc:
+                raise CommandError(str(exc)) from None
             for _ in range(rounds):
                 from annotation.loop import real_pool_ensure
 

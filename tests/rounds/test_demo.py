@@ -1,0 +1,27 @@
+"""The quick start's demo: the tiny base adapted to the demo's phantoms (cached), and a first round generated from
+that adapted version, cleaned and waiting for the demo reader."""
+
+import pytest
+
+from annotation.demo import demo_study_ensure
+from annotation.models import Image, Round
+from training.models import TrainingRun
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_demo_round_samples_from_the_domain_adapted_model_and_waits_for_the_reader(client):
+    study = demo_study_ensure(images=4)
+    domain = TrainingRun.objects.get(kind="domain", owner=f"annotation.study:{study.pk}")
+    assert domain.status == "done" and domain.progress["step"] == domain.progress["total"] == 40
+    adapted = domain.produced_version
+    assert adapted.parent.name == "tiny-domain" and adapted.lora_key
+    rnd = Round.objects.get(study=study)
+    assert rnd.status == "labeling" and rnd.model_version == adapted
+    assert Image.objects.filter(round=rnd, source="synthetic", model_version=adapted).count() == 4
+    assert Image.objects.filter(round=rnd, source="real").count() == 4
+    assert demo_study_ensure(images=4) == study and Round.objects.count() == 1  # idempotent
+    assert TrainingRun.objects.filter(kind="domain").count() == 1
+    assert client.login(username="reader", password="reader-demo-pw")
+    home = client.get("/portal/")
+    assert home.status_code == 200 and b"Demo: synthetic chest X-rays" in home.content
