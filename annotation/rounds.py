@@ -267,7 +267,7 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
         rnd = round_transition(round=rnd, to=RoundStatus.TRAINING_REWARD if train else RoundStatus.DONE,
                                actor=actor)
         audit(actor=actor, action="round.close_labeling", study=rnd.study, obj=rnd, **share)
-    _enqueue_advance(rnd)
+    advance_later(rnd)
     return rnd
 
 
@@ -463,7 +463,8 @@ def _has_simulated_work(rnd: Round) -> bool:
 # --- messages -----------------------------------------------------------------------------------------------------
 
 
-def _enqueue_advance(rnd: Round) -> None:
+def advance_later(rnd: Round) -> None:
+    """Drive the round on from a worker, after the current transaction commits."""
     from .tasks import round_advance as task
 
     transaction.on_commit(lambda: task.delay(round_pk=rnd.pk))

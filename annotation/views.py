@@ -112,6 +112,11 @@ def image(request: HttpRequest, token: str) -> HttpResponse:
 @require_GET
 def done(request: HttpRequest, token: str) -> HttpResponse:
     queue = _queue(request, token)
+    if queue.round.status == RoundStatus.LABELING:
+        from .rounds import advance_later, labeling_complete
+
+        if labeling_complete(queue.round):  # the last reader finished: training starts now, not at the next beat
+            advance_later(queue.round)
     return render(request, "portal/done.html", {
         "queue": queue, "study": queue.round.study, "progress": selectors.queue_progress(queue=queue),
         "closed": queue.round.status != RoundStatus.LABELING,

@@ -76,8 +76,10 @@ def one_thread():
 def trained():
     torch.manual_seed(0)
     progress = []
+    # 100 steps, not the preset's 60: at 60 the held-out Spearman is 0.37-0.86 depending on the seed and the
+    # machine's numerics; at 100 it is 0.89-0.94 on seeds 0-2 (and 0.93-0.97 at 150).
     model, metrics = train_reward_model(
-        grain_task(240), tiny(), device="cpu", on_progress=lambda step, loss: progress.append((step, loss))
+        grain_task(240), tiny(steps=100), device="cpu", on_progress=lambda step, loss: progress.append((step, loss))
     )
     return model, metrics, progress
 
@@ -271,7 +273,7 @@ def test_metrics_are_strict_json_and_progress_is_reported(trained):
     assert {"realism", "criteria", "mismatch", "train"} <= set(json.loads(text))
     for key in ("brier", "ece", "positives"):
         assert metrics["realism"][key] is not None
-    assert [s for s, _ in progress] == list(range(1, 61)) and all(np.isfinite(v) for _, v in progress)
+    assert [s for s, _ in progress] == list(range(1, 101)) and all(np.isfinite(v) for _, v in progress)
 
 
 def test_auroc_is_null_with_a_reason_for_one_class(trained):
