@@ -85,7 +85,7 @@ def selection_from(params: dict, *, study: Study, is_admin: bool) -> Selection:
         updated_at = updated if isinstance(updated, datetime) else parse_datetime(str(updated))
         if updated_at is None:
             raise ValidationError("updated_after must be an ISO 8601 date-time, e.g. 2026-11-26T12:00:00Z.")
-    identities = params.get("identities") or ("username" if is_admin else "pseudonym")
+    identities = params.get("identities") or "pseudonym"  # usernames only when a study admin asks for them
     if identities not in ("pseudonym", "username"):
         raise ValidationError("identities must be 'pseudonym' or 'username'.")
     if identities == "username" and not is_admin:

@@ -267,6 +267,9 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
         rnd = round_transition(round=rnd, to=RoundStatus.TRAINING_REWARD if train else RoundStatus.DONE,
                                actor=actor)
         audit(actor=actor, action="round.close_labeling", study=rnd.study, obj=rnd, **share)
+        from .tasks import round_snapshot_freeze
+
+        transaction.on_commit(lambda: round_snapshot_freeze.delay(round_pk=rnd.pk))
     advance_later(rnd)
     return rnd
 

@@ -149,6 +149,10 @@ def round_transition(*, round: Round, to: str, actor: AbstractUser | None = None
             rnd.labeling_closed_at = now
         rnd.save()
         audit(actor=actor, action=f"round.{to}", study=rnd.study, obj=rnd, previous=previous)
+        from .webhooks import emit
+
+        emit(study=rnd.study_id, event="round.status", payload={"round": rnd.number, "round_id": rnd.pk,
+                                                                "status": to, "previous": previous})
     return rnd
 
 

@@ -61,3 +61,39 @@ def rounds_reconcile() -> int:
 def ping() -> str:
     """Answered by any worker consuming the default queue (run_loop checks for one with it)."""
     return "pong"
+
+
+# --- exports and webhooks ------------------------------------------------------------------------------------------
+
+
+@shared_task(name="annotation.tasks.export_job_run", acks_late=True, reject_on_worker_lost=True)
+def export_job_run(*, job_pk: int) -> str:
+    from .api.jobs import export_job_run as run
+
+    return run(job_pk)
+
+
+@shared_task(name="annotation.tasks.webhook_deliver", bind=True, max_retries=None)
+def webhook_deliver(self, *, delivery_pk: int) -> str:
+    """One attempt; a failure is retried with exponential backoff until CXR_WEBHOOK_MAX_ATTEMPTS."""
+    from django.conf import settings
+
+    from .models import WebhookDelivery
+    from .webhooks import backoff_s, deliver
+
+    delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_pk)
+    if delivery.status != "pending":
+        return delivery.status
+    if deliver(delivery):
+        return "delivered"
+    if delivery.attempts >= settings.CXR_WEBHOOK_MAX_ATTEMPTS:
+        return "failed"
+    raise self.retry(countdown=backoff_s(delivery.attempts))
+
+
+@shared_task(name="annotation.tasks.round_snapshot_freeze")
+def round_snapshot_freeze(*, round_pk: int) -> int:
+    from .api.jobs import round_snapshot_freeze as freeze
+    from .models import Round
+
+    return freeze(Round.objects.get(pk=round_pk))["rows"]

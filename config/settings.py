@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "annotation",
     "training",
     "inference",
@@ -179,6 +180,12 @@ CELERY_TASK_ANNOTATIONS = {name: {"time_limit": CXR_GPU_TASK_TIME_LIMIT_S} for n
 #: A running stage whose heartbeat is older than this is sent again by the reconciler (lost message, dead worker).
 CXR_STAGE_TIMEOUT_S = env_int("CXR_STAGE_TIMEOUT_S", 15 * 60)
 CXR_RECONCILE_EVERY_S = env_int("CXR_RECONCILE_EVERY_S", 60)
+#: Webhook deliveries: attempts before giving up, first retry delay (doubling), per-request timeout.
+CXR_WEBHOOK_MAX_ATTEMPTS = env_int("CXR_WEBHOOK_MAX_ATTEMPTS", 6)
+CXR_WEBHOOK_BACKOFF_S = float(env("CXR_WEBHOOK_BACKOFF_S", "10"))
+CXR_WEBHOOK_TIMEOUT_S = float(env("CXR_WEBHOOK_TIMEOUT_S", "10"))
+#: Exports up to this many labels stream directly from the API; larger (and Parquet / image-folder) run as jobs.
+CXR_EXPORT_STREAM_MAX = env_int("CXR_EXPORT_STREAM_MAX", 200_000)
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-claims": {"task": "annotation.tasks.claims_expire_stale", "schedule": 60.0},
     "reconcile-rounds": {"task": "annotation.tasks.rounds_reconcile", "schedule": float(CXR_RECONCILE_EVERY_S)},
@@ -193,8 +200,13 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"login": "10/min"},
+    "URL_FORMAT_OVERRIDE": None,  # ?format= selects an export format, not a renderer
 }
-SPECTACULAR_SETTINGS = {"TITLE": "cxr-loop API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "cxr-loop API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False,
+    # the docs UI's assets come from drf-spectacular-sidecar's static files: no CDN
+    "SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR",
+}
 
 # --- models ----------------------------------------------------------------------------------------------------
 #: "auto" picks xpu → cuda → mps → cpu; or name one.

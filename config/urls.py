@@ -12,5 +12,6 @@ urlpatterns = [
     path("portal/", include("annotation.urls")),
     path("tools/", include("inference.urls")),
     path("dashboard/", include("annotation.dashboard_urls")),
+    path("api/v1/", include("annotation.api.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -38,3 +38,17 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+try:  # how the OpenAPI schema describes the token (drf-spectacular finds subclasses of this on import)
+    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+    class ApiTokenScheme(OpenApiAuthenticationExtension):
+        target_class = "annotation.api.auth.ApiTokenAuthentication"
+        name = "bearerToken"
+
+        def get_security_definition(self, auto_schema):
+            return {"type": "http", "scheme": "bearer",
+                    "description": "An API token (`cxr_…`) with scope read, export or admin."}
+except ImportError:  # pragma: no cover - drf-spectacular is a pinned dependency
+    pass

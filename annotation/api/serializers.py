@@ -1,0 +1,175 @@
+"""API v1 representations. Reader-facing ones carry no provenance (source, prompt, model, round)."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from inference.models import ModelVersion
+
+from ..exports import FORMATS
+from ..models import ExportJob, Image, Label, ReadingTask, Round, Study, Webhook, WebhookDelivery
+
+
+class DetailSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class StudySerializer(serializers.ModelSerializer):
+    current_version = serializers.CharField(source="current_version.name", default=None, read_only=True)
+
+    class Meta:
+        model = Study
+        fields = ["id", "name", "title", "description", "images_per_round", "real_fraction", "readers_per_image",
+                  "task_kinds", "rubric", "display_size", "catch_rate", "repeat_rate", "equivalence_margin",
+                  "revealed_at", "current_version", "round_defaults", "created_at"]
+
+
+class RoundSerializer(serializers.ModelSerializer):
+    study = serializers.PrimaryKeyRelatedField(read_only=True)
+    model_version = serializers.CharField(source="model_version.name", default=None, read_only=True)
+    produced_version = serializers.CharField(source="produced_version.name", default=None, read_only=True)
+
+    class Meta:
+        model = Round
+        fields = ["id", "study", "number", "status", "failed_stage", "stage_error", "config", "model_version",
+                  "produced_version", "progress", "metrics", "selection", "created_at", "labeling_opened_at",
+                  "labeling_closed_at", "finished_at"]
+
+
+class LaunchSerializer(serializers.Serializer):
+    study = serializers.IntegerField()
+    config = serializers.DictField(required=False, default=dict, help_text="RoundConfig fields.")
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    round = serializers.IntegerField(source="round.number", default=None, read_only=True)
+    model_version = serializers.CharField(source="model_version.name", default=None, read_only=True)
+    file = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = ["id", "study", "round", "source", "sha256", "width", "height", "prompt", "findings", "seed",
+                  "generator", "model_version", "cleaned_from", "is_catch", "meta", "created_at", "file"]
+
+    def get_file(self, obj) -> str:
+        return reverse("api:image-file", args=[obj.pk])
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    study = serializers.IntegerField(source="task.round.study_id", read_only=True)
+    round = serializers.IntegerField(source="task.round.number", read_only=True)
+    kind = serializers.CharField(source="task.kind", read_only=True)
+    image = serializers.IntegerField(source="task.image_id", read_only=True)
+    image_b = serializers.IntegerField(source="task.image_b_id", read_only=True, allow_null=True)
+    source = serializers.CharField(source="task.image.source", read_only=True)
+    model_version = serializers.SerializerMethodField()
+    reader = serializers.SerializerMethodField()
+    reader_simulated = serializers.SerializerMethodField()
+    superseded = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Label
+        fields = ["id", "task", "study", "round", "kind", "image", "image_b", "source", "model_version", "reader",
+                  "reader_simulated", "revision", "superseded", "answer", "time_spent_ms", "created_at"]
+
+    def _member(self, obj):
+        return self.context.get("pseudonyms", {}).get((obj.task.round.study_id, obj.reader_id))
+
+    def get_reader(self, obj) -> str:
+        member = self._member(obj)
+        return member[0] if member else f"user-{obj.reader_id}"
+
+    def get_reader_simulated(self, obj) -> bool:
+        member = self._member(obj)
+        return bool(member and member[1])
+
+    def get_superseded(self, obj) -> bool:
+        return obj.task.current_label_id != obj.pk
+
+    def get_model_version(self, obj) -> str | None:
+        image = obj.task.image
+        return image.model_version.name if image.model_version_id else None
+
+
+class ReaderTaskSerializer(serializers.ModelSerializer):
+    """Blinded: what the reader's own portal shows, nothing more."""
+
+    token = serializers.CharField(read_only=True)
+    images = serializers.SerializerMethodField()
+    answer = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ReadingTask
+        fields = ["token", "kind", "position", "status", "images", "answer", "claimed_at", "answered_at"]
+
+    def get_images(self, obj) -> list[str]:
+        tokens = [obj.token] if obj.token_b is None else ([obj.token_b, obj.token] if obj.swap
+                                                          else [obj.token, obj.token_b])
+        return [reverse("portal:image", args=[t]) for t in tokens]
+
+    def get_answer(self, obj) -> dict | None:
+        answer = obj.current_label.answer if obj.current_label_id else None
+        return {k: v for k, v in answer.items() if k != "preferred"} if answer else None
+
+
+class AdminTaskSerializer(serializers.ModelSerializer):
+    round = serializers.IntegerField(source="round.number", read_only=True)
+    study = serializers.IntegerField(source="round.study_id", read_only=True)
+
+    class Meta:
+        model = ReadingTask
+        fields = ["id", "study", "round", "reader", "kind", "image", "image_b", "position", "status", "is_catch",
+                  "repeat_of", "revisions", "current_label", "claimed_at", "answered_at"]
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    parent = serializers.CharField(source="parent.name", default=None, read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "base_path", "lora_key", "parent", "produced_by", "config", "load_error",
+                  "created_at"]
+
+
+class ExportRequestSerializer(serializers.Serializer):
+    study = serializers.IntegerField()
+    format = serializers.ChoiceField(choices=FORMATS)
+    rounds = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
+    since_round = serializers.IntegerField(required=False, allow_null=True)
+    updated_after = serializers.DateTimeField(required=False, allow_null=True)
+    include_simulated = serializers.BooleanField(required=False, default=False)
+    include_superseded = serializers.BooleanField(required=False, default=True)
+    identities = serializers.ChoiceField(choices=["pseudonym", "username"], required=False, default="pseudonym")
+
+
+class ExportJobSerializer(serializers.ModelSerializer):
+    download = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExportJob
+        fields = ["id", "study", "format", "selection", "status", "progress", "manifest", "error_message",
+                  "created_at", "finished_at", "download"]
+
+    def get_download(self, obj) -> str | None:
+        return reverse("api:export-download", args=[obj.pk]) if obj.status == "done" else None
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    secret = serializers.CharField(required=False, write_only=True, help_text="Generated when left out.")
+    events = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "study", "url", "secret", "events", "active", "created_at"]
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(read_only=True)
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event", "payload", "status", "attempts", "response_code", "last_error", "log",
+                  "created_at", "delivered_at"]

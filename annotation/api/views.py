@@ -1,0 +1,458 @@
+"""REST API v1 for API clients: studies, rounds (with admin actions), images, labels, reading tasks, model
+versions, round reports, exports and webhooks.
+
+Who sees what: a study admin (or superuser) sees the study's data through a session or a token of scope `export`
+(read-only) or `admin` (read + actions + webhooks). A reader sees only their own reading tasks, blinded (opaque
+tokens, no source, prompt or model), through a session or a `read` token. Readers are named by pseudonym unless the
+caller administers the study. Lists use cursor pagination ordered by id, so a page never shifts while labels are
+being added.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.files.storage import default_storage
+from django.db.models import Q
+from django.http import FileResponse, StreamingHttpResponse
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+
+from .. import exports, rounds
+from ..models import (
+    ExportJob,
+    Image,
+    Label,
+    ReadingTask,
+    Role,
+    Round,
+    Study,
+    StudyMembership,
+    TokenScope,
+    Webhook,
+    WebhookDelivery,
+)
+from ..services import IllegalTransition, audit
+from ..webhooks import EVENTS
+from . import serializers as s
+
+# --- who may do what ------------------------------------------------------------------------------------------------
+
+
+def _scope(request) -> str:
+    """The token's scope, or 'session' for a logged-in browser."""
+    token = getattr(request, "auth", None)
+    return getattr(token, "scope", "session")
+
+
+def admin_study_ids(request) -> set[int] | None:
+    """Studies the caller may read as an admin (None: all, for superusers); empty for `read` tokens."""
+    if _scope(request) == TokenScope.READ:
+        return set()
+    if request.user.is_superuser:
+        return None
+    return set(StudyMembership.objects.filter(user=request.user, role=Role.ADMIN).values_list("study_id", flat=True))
+
+
+def require_admin_action(request, study_id: int) -> None:
+    if _scope(request) not in ("session", TokenScope.ADMIN):
+        raise PermissionDenied("This needs a token with the admin scope.")
+    allowed = admin_study_ids(request)
+    if allowed is not None and study_id not in allowed:
+        raise NotFound("No such study.")
+
+
+def _in(qs, field: str, request):
+    allowed = admin_study_ids(request)
+    return qs if allowed is None else qs.filter(**{f"{field}__in": allowed})
+
+
+class ByIdCursor(CursorPagination):
+    ordering = "pk"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+# --- filters -------------------------------------------------------------------------------------------------------
+
+
+def _int(request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError({name: "must be a whole number."}) from None
+
+
+def _time(request, name: str):
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise ValidationError({name: "must be an ISO 8601 date-time, e.g. 2026-11-26T12:00:00Z."})
+    return parsed
+
+
+def _choice(request, name: str, choices) -> str | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    if value not in choices:
+        raise ValidationError({name: f"must be one of {', '.join(choices)}."})
+    return value
+
+
+def _filter_common(qs, request, *, study: str, round_: str | None = None, created: str = "created_at"):
+    if (value := _int(request, "study")) is not None:
+        qs = qs.filter(**{study: value})
+    if round_ and (value := _int(request, "round")) is not None:
+        qs = qs.filter(**{round_: value})
+    if (value := _time(request, "created_after")) is not None:
+        qs = qs.filter(**{f"{created}__gt": value})
+    if (value := _time(request, "created_before")) is not None:
+        qs = qs.filter(**{f"{created}__lt": value})
+    return qs
+
+
+COMMON = [OpenApiParameter("study", int), OpenApiParameter("created_after", str),
+          OpenApiParameter("created_before", str)]
+
+
+# --- studies -------------------------------------------------------------------------------------------------------
+
+
+class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Study.objects.none()  # for the schema; get_queryset scopes it
+    serializer_class = s.StudySerializer
+    pagination_class = ByIdCursor
+
+    def get_queryset(self):
+        return _in(Study.objects.select_related("current_version"), "pk", self.request)
+
+    @extend_schema(parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv", "pairs"]),
+                               OpenApiParameter("round", str), OpenApiParameter("since_round", int),
+                               OpenApiParameter("updated_after", str), OpenApiParameter("include_simulated", bool),
+                               OpenApiParameter("include_superseded", bool)],
+                   responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"], url_path="export")
+    def export(self, request, pk=None):
+        """Stream labels as JSONL or CSV (flat memory, any size), or preference pairs as JSONL."""
+        study = self.get_object()
+        fmt = request.query_params.get("format", "jsonl")
+        if fmt not in ("jsonl", "csv", "pairs"):
+            raise ValidationError({"format": "stream jsonl, csv or pairs here; parquet and imagefolder are jobs "
+                                             "(POST /api/v1/exports/)."})
+        try:
+            sel = exports.selection_from(dict(request.query_params.items()), study=study, is_admin=True)
+        except DjangoValidationError as exc:
+            raise ValidationError({"selection": exc.messages}) from None
+        audit(actor=request.user, action="export.stream", study=study, obj=study, format=fmt)
+        if fmt == "pairs":
+            import json
+
+            from ..feedback import feedback_items
+
+            rnds = Round.objects.filter(study=study, labeling_opened_at__isnull=False)
+            if sel.rounds:
+                rnds = rnds.filter(number__in=sel.rounds)
+            pairs = feedback_items(rounds=list(rnds))["pairs"]
+            body = (json.dumps({k: p[k] for k in ("chosen", "rejected", "prompt", "source")}) + "\n" for p in pairs)
+            response = StreamingHttpResponse((line.encode() for line in body), content_type="application/jsonl")
+        elif fmt == "jsonl":
+            response = StreamingHttpResponse(exports.jsonl_chunks(sel), content_type="application/jsonl")
+        else:
+            response = StreamingHttpResponse(exports.csv_chunks(sel), content_type="text/csv; charset=utf-8")
+        ext = "csv" if fmt == "csv" else "jsonl"
+        response["Content-Disposition"] = f'attachment; filename="{study.name}-{fmt}.{ext}"'
+        return response
+
+
+# --- rounds --------------------------------------------------------------------------------------------------------
+
+
+class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    queryset = Round.objects.none()  # for the schema; get_queryset scopes it
+    serializer_class = s.RoundSerializer
+    pagination_class = ByIdCursor
+
+    def get_queryset(self):
+        qs = _in(Round.objects.select_related("study", "model_version", "produced_version"), "study_id",
+                 self.request)
+        qs = _filter_common(qs, self.request, study="study_id")
+        if (value := self.request.query_params.get("status")):
+            qs = qs.filter(status=value)
+        return qs
+
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("status", str)])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=s.LaunchSerializer, responses={201: s.RoundSerializer})
+    def create(self, request, *args, **kwargs):
+        """Launch a round of a study (admin scope)."""
+        body = s.LaunchSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        study = Study.objects.filter(pk=body.validated_data["study"]).first()
+        if study is None:
+            raise NotFound("No such study.")
+        require_admin_action(request, study.pk)
+        try:
+            rnd = rounds.round_launch(study=study, actor=request.user, config=body.validated_data.get("config"))
+        except DjangoValidationError as exc:
+            raise ValidationError({"config": exc.messages}) from None
+        return Response(s.RoundSerializer(rnd).data, status=status.HTTP_201_CREATED)
+
+    def _act(self, request, fn):
+        rnd = self.get_object()
+        require_admin_action(request, rnd.study_id)
+        try:
+            fn(round=rnd, actor=request.user)
+        except IllegalTransition as exc:
+            return Response({"detail": " ".join(exc.messages)}, status=status.HTTP_409_CONFLICT)
+        return Response(s.RoundSerializer(Round.objects.get(pk=rnd.pk)).data)
+
+    @extend_schema(request=None, responses={200: s.RoundSerializer, 409: s.DetailSerializer})
+    @action(detail=True, methods=["post"])
+    def close(self, request, pk=None):
+        """Close labeling now (the share answered is recorded) and start training."""
+        return self._act(request, rounds.round_close_labeling)
+
+    @extend_schema(request=None, responses={200: s.RoundSerializer, 409: s.DetailSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Restart a failed round at the stage that failed."""
+        return self._act(request, rounds.round_retry)
+
+    @extend_schema(request=None, responses={200: s.RoundSerializer, 409: s.DetailSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._act(request, rounds.round_cancel)
+
+    @extend_schema(responses={200: dict, 404: s.DetailSerializer})
+    @action(detail=True, methods=["get"])
+    def report(self, request, pk=None):
+        """The round report (reader statistics with CIs, image metrics), as computed."""
+        rnd = self.get_object()
+        report = (rnd.metrics or {}).get("report")
+        if report is None:
+            raise NotFound("No report computed for this round yet.")
+        return Response(report)
+
+
+# --- images, labels, tasks, versions ---------------------------------------------------------------------------------
+
+
+class ImageViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Image.objects.none()  # for the schema; get_queryset scopes it
+    serializer_class = s.ImageSerializer
+    pagination_class = ByIdCursor
+
+    def get_queryset(self):
+        qs = _in(Image.objects.select_related("round", "model_version"), "study_id", self.request)
+        qs = _filter_common(qs, self.request, study="study_id")
+        if (value := _int(self.request, "round")) is not None:
+            qs = qs.filter(round__number=value)
+        if (value := _choice(self.request, "source", ("real", "synthetic"))):
+            qs = qs.filter(source=value)
+        if (value := _int(self.request, "model_version")) is not None:
+            qs = qs.filter(model_version_id=value)
+        return qs
+
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("round", int), OpenApiParameter("source", str),
+                               OpenApiParameter("model_version", int)])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(responses={(200, "image/png"): bytes})
+    @action(detail=True, methods=["get"])
+    def file(self, request, pk=None):
+        """The stored full-resolution image (PNG)."""
+        image = self.get_object()
+        return FileResponse(default_storage.open(image.storage_key, "rb"), content_type="image/png")
+
+
+class LabelViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Label.objects.none()  # for the schema; get_queryset scopes it
+    serializer_class = s.LabelSerializer
+    pagination_class = ByIdCursor
+
+    def get_queryset(self):
+        request = self.request
+        qs = _in(Label.objects.select_related("task__round", "task__image__model_version", "reader"),
+                 "task__round__study_id", request)
+        qs = _filter_common(qs, request, study="task__round__study_id")
+        if (value := _int(request, "round")) is not None:
+            qs = qs.filter(task__round__number=value)
+        if (value := _choice(request, "kind", ("realism", "rubric", "preference"))):
+            qs = qs.filter(task__kind=value)
+        if (value := _choice(request, "source", ("real", "synthetic"))):
+            qs = qs.filter(task__image__source=value)
+        if (value := _int(request, "model_version")) is not None:
+            qs = qs.filter(task__image__model_version_id=value)
+        if (value := request.query_params.get("reader")):
+            qs = qs.filter(Q(reader__memberships__pseudonym=value) | Q(reader__username=value)).distinct()
+        if request.query_params.get("include_simulated", "").lower() not in ("1", "true", "yes"):
+            qs = qs.exclude(reader__memberships__is_simulated=True)
+        return qs
+
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("round", int), OpenApiParameter("kind", str),
+                               OpenApiParameter("source", str), OpenApiParameter("model_version", int),
+                               OpenApiParameter("reader", str), OpenApiParameter("include_simulated", bool)])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def get_serializer_context(self):
+        ctx = super().get_serializer_context()
+        members = StudyMembership.objects.filter(role=Role.READER)
+        allowed = admin_study_ids(self.request)
+        if allowed is not None:
+            members = members.filter(study_id__in=allowed)
+        ctx["pseudonyms"] = {(m.study_id, m.user_id): (m.pseudonym, m.is_simulated) for m in members}
+        return ctx
+
+
+class TaskViewSet(viewsets.ReadOnlyModelViewSet):
+    """A reader's own tasks, blinded; a study admin's view of the study's tasks, with provenance."""
+
+    queryset = ReadingTask.objects.none()  # for the schema; get_queryset scopes it
+
+    pagination_class = ByIdCursor
+
+    def _admin_view(self) -> bool:
+        return _scope(self.request) != TokenScope.READ and self.request.query_params.get("mine") != "1"
+
+    def get_serializer_class(self):
+        if getattr(self, "swagger_fake_view", False):
+            return s.AdminTaskSerializer
+        return s.AdminTaskSerializer if self._admin_view() else s.ReaderTaskSerializer
+
+    def get_queryset(self):
+        qs = ReadingTask.objects.select_related("round", "current_label")
+        if self._admin_view():
+            allowed = admin_study_ids(self.request)
+            qs = qs if allowed is None else qs.filter(Q(round__study_id__in=allowed) | Q(reader=self.request.user))
+        else:
+            qs = qs.filter(reader=self.request.user)
+        qs = _filter_common(qs, self.request, study="round__study_id", created="claimed_at")
+        if (value := _choice(self.request, "kind", ("realism", "rubric", "preference"))):
+            qs = qs.filter(kind=value)
+        return qs
+
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("kind", str), OpenApiParameter("mine", int)])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    lookup_value_regex = r"\d+"
+    serializer_class = s.ModelVersionSerializer
+    pagination_class = ByIdCursor
+
+    def get_queryset(self):
+        from inference.models import ModelVersion
+
+        allowed = admin_study_ids(self.request)
+        if allowed is None:
+            return ModelVersion.objects.all()
+        ids: set[int] = set()
+        for study in Study.objects.filter(pk__in=allowed):
+            ids |= {v.pk for v in rounds.study_versions(study)}
+        return ModelVersion.objects.filter(pk__in=ids)
+
+
+# --- exports ------------------------------------------------------------------------------------------------------
+
+
+class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    queryset = ExportJob.objects.none()  # for the schema; get_queryset scopes it
+    serializer_class = s.ExportJobSerializer
+    pagination_class = ByIdCursor
+
+    def get_queryset(self):
+        return _in(ExportJob.objects.select_related("study"), "study_id", self.request)
+
+    @extend_schema(request=s.ExportRequestSerializer, responses={202: s.ExportJobSerializer})
+    def create(self, request, *args, **kwargs):
+        """Start an export job (any format); poll it, then download. Export or admin scope."""
+        from django.db import transaction
+
+        from ..tasks import export_job_run
+
+        body = s.ExportRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        study = Study.objects.filter(pk=body.validated_data["study"]).first()
+        allowed = admin_study_ids(request)
+        if study is None or (allowed is not None and study.pk not in allowed):
+            raise NotFound("No such study.")
+        params = {k: v for k, v in body.validated_data.items() if k not in ("study", "format")}
+        try:
+            sel = exports.selection_from(params, study=study, is_admin=True)
+        except DjangoValidationError as exc:
+            raise ValidationError({"selection": exc.messages}) from None
+        job = ExportJob.objects.create(study=study, requested_by=request.user, format=body.validated_data["format"],
+                                       selection=sel.as_dict())
+        audit(actor=request.user, action="export.job", study=study, obj=job, format=job.format)
+        transaction.on_commit(lambda: export_job_run.delay(job_pk=job.pk))
+        return Response(s.ExportJobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes, 409: s.DetailSerializer})
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        job = self.get_object()
+        if job.status != "done":
+            return Response({"detail": f"The export is {job.status}."}, status=status.HTTP_409_CONFLICT)
+        response = FileResponse(default_storage.open(job.file_key, "rb"), as_attachment=True,
+                                filename=job.file_key.rsplit("/", 1)[-1])
+        response["X-Content-SHA256"] = next(iter(job.manifest.get("files", {}).values()), {}).get("sha256", "")
+        return response
+
+
+# --- webhooks ------------------------------------------------------------------------------------------------------
+
+
+class WebhookViewSet(viewsets.ModelViewSet):
+    queryset = Webhook.objects.none()  # for the schema; get_queryset scopes it
+    serializer_class = s.WebhookSerializer
+    pagination_class = ByIdCursor
+    http_method_names = ["get", "post", "patch", "delete"]
+
+    def get_queryset(self):
+        if _scope(self.request) not in ("session", TokenScope.ADMIN):
+            return Webhook.objects.none()
+        return _in(Webhook.objects.all(), "study_id", self.request)
+
+    def perform_create(self, serializer):
+        study = serializer.validated_data["study"]
+        require_admin_action(self.request, study.pk)
+        events = serializer.validated_data.get("events") or []
+        unknown = set(events) - set(EVENTS)
+        if unknown:
+            raise ValidationError({"events": f"unknown events {sorted(unknown)}; known: {list(EVENTS)}."})
+        hook = serializer.save(created_by=self.request.user,
+                               secret=serializer.validated_data.get("secret") or secrets.token_urlsafe(24))
+        audit(actor=self.request.user, action="webhook.create", study=study, obj=hook, url=hook.url)
+
+    def perform_update(self, serializer):
+        require_admin_action(self.request, serializer.instance.study_id)
+        serializer.save()
+
+    def perform_destroy(self, instance):
+        require_admin_action(self.request, instance.study_id)
+        instance.delete()
+
+    @extend_schema(responses={200: s.DeliverySerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def deliveries(self, request, pk=None):
+        hook = self.get_object()
+        items = WebhookDelivery.objects.filter(webhook=hook).order_by("-pk")[:200]
+        return Response(s.DeliverySerializer(items, many=True).data)
