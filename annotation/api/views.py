@@ -268,7 +268,7 @@ class ImageViewSet(viewsets.ReadOnlyModelViewSet):
             qs = qs.filter(model_version_id=value)
         return qs
 
-    @extend_schema(parameters=[*COMMON, OpenApiParameter("round", int), OpenApiParameter("source", str),
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("round", int), OpenApiParameter("source", str, enum=["real", "synthetic"]),
                                OpenApiParameter("model_version", int)])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
@@ -305,8 +305,8 @@ class LabelViewSet(viewsets.ReadOnlyModelViewSet):
             qs = qs.exclude(reader__memberships__is_simulated=True)
         return qs
 
-    @extend_schema(parameters=[*COMMON, OpenApiParameter("round", int), OpenApiParameter("kind", str),
-                               OpenApiParameter("source", str), OpenApiParameter("model_version", int),
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("round", int), OpenApiParameter("kind", str, enum=["realism", "rubric", "preference"]),
+                               OpenApiParameter("source", str, enum=["real", "synthetic"]), OpenApiParameter("model_version", int),
                                OpenApiParameter("reader", str), OpenApiParameter("include_simulated", bool)])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
@@ -348,7 +348,7 @@ class TaskViewSet(viewsets.ReadOnlyModelViewSet):
             qs = qs.filter(kind=value)
         return qs
 
-    @extend_schema(parameters=[*COMMON, OpenApiParameter("kind", str), OpenApiParameter("mine", int)])
+    @extend_schema(parameters=[*COMMON, OpenApiParameter("kind", str, enum=["realism", "rubric", "preference"]), OpenApiParameter("mine", int)])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
