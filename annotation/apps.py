@@ -7,8 +7,8 @@ class AnnotationConfig(AppConfig):
 
     def ready(self) -> None:
         # Rounds learn that their generation batch or training run ended from the lower layers' signals.
-        from inference.services import batch_finished
-        from training.services import run_finished
+        from inference.signals import batch_finished  # light modules: web processes must not load torch
+        from training.signals import run_finished
 
         from .domain import on_domain_finished
         from .rounds import on_job_finished

@@ -71,14 +71,19 @@ def selection_from(params: dict, *, study: Study, is_admin: bool) -> Selection:
     for value in raw if isinstance(raw, list | tuple) else str(raw).split(","):
         if str(value).strip():
             try:
-                rounds.append(int(value))
+                number = int(value)
             except ValueError:
                 raise ValidationError(f"round must be a round number, not {value!r}.") from None
+            if not 0 < number < 2**31:
+                raise ValidationError(f"round must be a round number, not {value!r}.")
+            rounds.append(number)
     since = params.get("since_round")
     try:
         since = int(since) if since not in (None, "") else None
     except ValueError:
         raise ValidationError("since_round must be a round number.") from None
+    if since is not None and not 0 <= since < 2**31:
+        raise ValidationError("since_round must be a round number.")
     updated = params.get("updated_after")
     updated_at = None
     if updated not in (None, ""):
@@ -141,45 +146,82 @@ def label_rows(sel: Selection) -> Iterator[dict]:
         yield row
 
 
-def _raw_rows(sel: Selection) -> Iterator[dict]:
+def _tuples(sel: Selection) -> Iterator[tuple]:
+    """Raw rows, keyset-paginated, straight from the database cursor (no ORM conversion per value: that is most
+    of the cost at a million rows): (pk, task, round, kind, image, image_b, source, version, generator, prompt,
+    seed, reader_id, revision, current_label, is_catch, repeat_of, time_spent_ms, created_at, answer_text)."""
+    from django.db import connection
     from django.db.models import TextField
     from django.db.models.functions import Cast
 
     study = Study.objects.get(name=sel.study)
-    names = _names(sel, study)
     qs = _labels(sel, study).annotate(answer_text=Cast("answer", TextField()))
     fields = [f if f != "answer" else "answer_text" for f in _FIELDS]
     last = 0
-    while True:
-        chunk = list(qs.filter(pk__gt=last).order_by("pk").values_list(*fields)[:CHUNK])
-        if not chunk:
-            return
-        for (pk, task_id, round_no, kind, image_id, image_b_id, source, version, generator, prompt, seed, reader_id,
-             revision, current_id, is_catch, repeat_of, spent, created, answer) in chunk:
-            name, simulated = names.get(reader_id, (f"user-{reader_id}", False))
-            yield {
-                "label_id": pk, "task_id": task_id, "study": sel.study, "round": round_no, "kind": kind,
-                "image_id": image_id, "image_b_id": image_b_id, "source": source,
-                "model_version": version or (generator or None) if source == "synthetic" else None,
-                "prompt": prompt, "seed": seed, "reader": name, "reader_simulated": simulated,
-                "revision": revision, "superseded": current_id != pk, "is_catch": is_catch,
-                "repeat_of": repeat_of, "time_spent_ms": spent,
-                "created_at": created.isoformat() if isinstance(created, datetime) else str(created),
-                "answer": answer,
-            }
-        last = chunk[-1][0]
+    with connection.cursor() as cursor:
+        while True:
+            sql, params = qs.filter(pk__gt=last).order_by("pk").values_list(*fields)[:CHUNK].query.sql_with_params()
+            cursor.execute(sql, params)
+            chunk = cursor.fetchall()
+            if not chunk:
+                return
+            yield from chunk
+            last = chunk[-1][0]
+
+
+def _iso(value) -> str:
+    """created_at as ISO 8601 with its UTC offset, from a datetime (PostgreSQL) or SQLite's stored text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value).replace(" ", "T", 1)
+    return text if text.endswith(("Z", "+00:00")) else text + "+00:00"
+
+
+def _raw_rows(sel: Selection) -> Iterator[dict]:
+    names = _names(sel, Study.objects.get(name=sel.study))
+    for (pk, task_id, round_no, kind, image_id, image_b_id, source, version, generator, prompt, seed, reader_id,
+         revision, current_id, is_catch, repeat_of, spent, created, answer) in _tuples(sel):
+        name, simulated = names.get(reader_id, (f"user-{reader_id}", False))
+        yield {
+            "label_id": pk, "task_id": task_id, "study": sel.study, "round": round_no, "kind": kind,
+            "image_id": image_id, "image_b_id": image_b_id, "source": source,
+            "model_version": (version or generator or None) if source == "synthetic" else None,
+            "prompt": prompt, "seed": seed, "reader": name, "reader_simulated": bool(simulated),
+            "revision": revision, "superseded": current_id != pk, "is_catch": bool(is_catch),
+            "repeat_of": repeat_of, "time_spent_ms": spent, "created_at": _iso(created), "answer": answer,
+        }
 
 
 def jsonl_chunks(sel: Selection) -> Iterator[bytes]:
-    """JSONL bytes, a chunk of lines at a time; the stored answer text is passed through undecoded."""
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    """JSONL bytes, a chunk of lines at a time. Lines are formatted from the raw row: numbers as they are, text
+    through the JSON encoder (memoised: prompts, names and versions repeat), the stored answer text passed
+    through undecoded."""
+    from functools import lru_cache
+
+    encode = lru_cache(maxsize=65536)(json.JSONEncoder(ensure_ascii=False).encode)
+    names = {uid: (encode(name), "true" if sim else "false")
+             for uid, (name, sim) in _names(sel, Study.objects.get(name=sel.study)).items()}
+    study = encode(sel.study)
+
+    def num(value) -> str:
+        return "null" if value is None else str(value)
+
     buffer: list[str] = []
-    for row in _raw_rows(sel):
-        answer = row.pop("answer")
+    for (pk, task_id, round_no, kind, image_id, image_b_id, source, version, generator, prompt, seed, reader_id,
+         revision, current_id, is_catch, repeat_of, spent, created, answer) in _tuples(sel):
+        name, simulated = names.get(reader_id) or (encode(f"user-{reader_id}"), "false")
+        model = (version or generator or None) if source == "synthetic" else None
         if not isinstance(answer, str):
-            answer = dumps(answer)
-        buffer.append(dumps(row)[:-1] + ',"answer":' + answer + "}\n")
-        if len(buffer) >= 1000:
+            answer = json.dumps(answer)
+        buffer.append(
+            f'{{"label_id":{pk},"task_id":{task_id},"study":{study},"round":{round_no},"kind":"{kind}",'
+            f'"image_id":{image_id},"image_b_id":{num(image_b_id)},"source":"{source}",'
+            f'"model_version":{encode(model) if model else "null"},"prompt":{encode(prompt)},"seed":{num(seed)},'
+            f'"reader":{name},"reader_simulated":{simulated},"revision":{revision},'
+            f'"superseded":{"false" if current_id == pk else "true"},"is_catch":{"true" if is_catch else "false"},'
+            f'"repeat_of":{num(repeat_of)},"time_spent_ms":{spent},"created_at":"{_iso(created)}",'
+            f'"answer":{answer}}}\n')
+        if len(buffer) >= 2000:
             yield "".join(buffer).encode()
             buffer.clear()
     if buffer:

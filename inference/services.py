@@ -14,7 +14,6 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.dispatch import Signal
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -23,11 +22,10 @@ from .errors import WeightsError
 from .generation import GenerationConfig, generate, plan_requests
 from .loading import PIPELINES, PipelineSpec
 from .models import GeneratedImage, GenerationBatch, JobStatus, ModelVersion
+from .signals import batch_finished  # noqa: F401 - re-exported: the layers above connect to it
 
 log = logging.getLogger("cxr.inference")
 
-#: Sent when a batch finishes (status done or failed); the layers above listen. kwargs: batch.
-batch_finished = Signal()
 
 
 # --- local caches ---------------------------------------------------------------------------------------------------

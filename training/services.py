@@ -15,18 +15,16 @@ import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.dispatch import Signal
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from inference.services import local_copy
 
 from .models import RunKind, RunStatus, TrainingRun
+from .signals import run_finished  # noqa: F401 - re-exported: the round orchestration connects to it
 
 log = logging.getLogger("cxr.training")
 
-#: Sent when a run ends (done or failed); the round orchestration listens. kwargs: run.
-run_finished = Signal()
 
 HEARTBEAT_EVERY_S = 2.0
 

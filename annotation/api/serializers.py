@@ -37,8 +37,11 @@ class RoundSerializer(serializers.ModelSerializer):
                   "labeling_closed_at", "finished_at"]
 
 
+ID = {"min_value": 1, "max_value": 2**63 - 1}
+
+
 class LaunchSerializer(serializers.Serializer):
-    study = serializers.IntegerField()
+    study = serializers.IntegerField(**ID)
     config = serializers.DictField(required=False, default=dict, help_text="RoundConfig fields.")
 
 
@@ -133,10 +136,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class ExportRequestSerializer(serializers.Serializer):
-    study = serializers.IntegerField()
+    study = serializers.IntegerField(**ID)
     format = serializers.ChoiceField(choices=FORMATS)
-    rounds = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
-    since_round = serializers.IntegerField(required=False, allow_null=True)
+    rounds = serializers.ListField(child=serializers.IntegerField(**ID), required=False, default=list,
+                                   max_length=10_000)
+    since_round = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31)
     updated_after = serializers.DateTimeField(required=False, allow_null=True)
     include_simulated = serializers.BooleanField(required=False, default=False)
     include_superseded = serializers.BooleanField(required=False, default=True)
@@ -155,7 +159,20 @@ class ExportJobSerializer(serializers.ModelSerializer):
         return reverse("api:export-download", args=[obj.pk]) if obj.status == "done" else None
 
 
+class BoundedPK(serializers.PrimaryKeyRelatedField):
+    """A primary key that must fit the database's integers before it is looked up."""
+
+    def to_internal_value(self, data):
+        try:
+            if not 1 <= int(data) <= 2**63 - 1:
+                self.fail("does_not_exist", pk_value=data)
+        except (TypeError, ValueError):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
 class WebhookSerializer(serializers.ModelSerializer):
+    study = BoundedPK(queryset=Study.objects.all())
     secret = serializers.CharField(required=False, write_only=True, help_text="Generated when left out.")
     events = serializers.ListField(child=serializers.CharField(), required=False, default=list)
 

@@ -73,6 +73,10 @@ def _in(qs, field: str, request):
     return qs if allowed is None else qs.filter(**{f"{field}__in": allowed})
 
 
+MAX_ID = 2**63 - 1
+ID = r"[0-9]{1,18}"  # path ids: anything longer cannot be a row, and would overflow the database's integers
+
+
 class ByIdCursor(CursorPagination):
     ordering = "pk"
     page_size = 100
@@ -88,9 +92,12 @@ def _int(request, name: str) -> int | None:
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ValidationError({name: "must be a whole number."}) from None
+    if not -MAX_ID <= number <= MAX_ID:
+        raise ValidationError({name: "is out of range."})
+    return number
 
 
 def _time(request, name: str):
@@ -132,6 +139,7 @@ COMMON = [OpenApiParameter("study", int), OpenApiParameter("created_after", str)
 
 
 class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+    lookup_value_regex = ID
     queryset = Study.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.StudySerializer
     pagination_class = ByIdCursor
@@ -181,6 +189,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    lookup_value_regex = ID
     queryset = Round.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.RoundSerializer
     pagination_class = ByIdCursor
@@ -253,6 +262,7 @@ class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
 
 class ImageViewSet(viewsets.ReadOnlyModelViewSet):
+    lookup_value_regex = ID
     queryset = Image.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.ImageSerializer
     pagination_class = ByIdCursor
@@ -282,6 +292,7 @@ class ImageViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class LabelViewSet(viewsets.ReadOnlyModelViewSet):
+    lookup_value_regex = ID
     queryset = Label.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.LabelSerializer
     pagination_class = ByIdCursor
@@ -324,6 +335,7 @@ class LabelViewSet(viewsets.ReadOnlyModelViewSet):
 class TaskViewSet(viewsets.ReadOnlyModelViewSet):
     """A reader's own tasks, blinded; a study admin's view of the study's tasks, with provenance."""
 
+    lookup_value_regex = ID
     queryset = ReadingTask.objects.none()  # for the schema; get_queryset scopes it
 
     pagination_class = ByIdCursor
@@ -354,7 +366,7 @@ class TaskViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
-    lookup_value_regex = r"\d+"
+    lookup_value_regex = ID
     serializer_class = s.ModelVersionSerializer
     pagination_class = ByIdCursor
 
@@ -374,6 +386,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    lookup_value_regex = ID
     queryset = ExportJob.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.ExportJobSerializer
     pagination_class = ByIdCursor
@@ -421,6 +434,7 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
 
 class WebhookViewSet(viewsets.ModelViewSet):
+    lookup_value_regex = ID
     queryset = Webhook.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.WebhookSerializer
     pagination_class = ByIdCursor

@@ -11,7 +11,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 EXAMPLES = 6
 
 
-def test_no_operation_answers_with_a_server_error(labelled):
+@pytest.fixture
+def keep_test_connection():
+    """Schemathesis calls the WSGI app directly: like Django's test client, keep request_started/finished from closing the
+    test's database connection (which holds the test transaction)."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    for signal in (signals.request_started, signals.request_finished):
+        signal.disconnect(close_old_connections)
+    yield
+    for signal in (signals.request_started, signals.request_finished):
+        signal.connect(close_old_connections)
+
+
+def test_no_operation_answers_with_a_server_error(labelled, keep_test_connection):
     from annotation.api.auth import token_issue
     from config.wsgi import application
 
