@@ -192,40 +192,76 @@ def _raw_rows(sel: Selection) -> Iterator[dict]:
         }
 
 
+#: One JSON line per label, built by the database itself (json_object on SQLite, json_build_object on
+#: PostgreSQL): the Python side only joins text.
+_JSONL_KEYS = (
+    ("label_id", "l.id"), ("task_id", "l.task_id"), ("study", "%(study)s"), ("round", "r.number"),
+    ("kind", "t.kind"), ("image_id", "t.image_id"), ("image_b_id", "t.image_b_id"), ("source", "i.source"),
+    ("model_version", "CASE WHEN i.source = 'synthetic' THEN COALESCE(mv.name, NULLIF(i.generator, '')) END"),
+    ("prompt", "i.prompt"), ("seed", "i.seed"), ("reader", "%(reader)s"),
+    ("reader_simulated", "%(simulated)s"), ("revision", "l.revision"),
+    ("superseded", "%(superseded)s"), ("is_catch", "%(is_catch)s"), ("repeat_of", "t.repeat_of_id"),
+    ("time_spent_ms", "l.time_spent_ms"), ("created_at", "%(created)s"), ("answer", "%(answer)s"),
+)
+
+
+def _jsonl_sql(sel: Selection, study: Study, vendor: str) -> tuple[str, list]:
+    """The keyset-paginated query of JSON lines; params[2] is the last label id seen."""
+    sqlite = vendor == "sqlite"
+    reader = "COALESCE(u.username, '')" if sel.identities == "username" else "COALESCE(m.pseudonym, '')"
+    parts = {
+        "study": "%s", "reader": reader,
+        "simulated": ("json(CASE WHEN m.is_simulated THEN 'true' ELSE 'false' END)" if sqlite
+                      else "COALESCE(m.is_simulated, false)"),
+        "superseded": ("json(CASE WHEN t.current_label_id = l.id THEN 'false' ELSE 'true' END)" if sqlite
+                       else "(t.current_label_id IS DISTINCT FROM l.id)"),
+        "is_catch": "json(CASE WHEN t.is_catch THEN 'true' ELSE 'false' END)" if sqlite else "t.is_catch",
+        "created": ("replace(l.created_at, ' ', 'T') || '+00:00'" if sqlite
+                    else "to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"),
+        "answer": "json(l.answer)" if sqlite else "l.answer::json",
+    }
+    pairs = ", ".join(f"'{key}', {expr % parts}" for key, expr in _JSONL_KEYS)
+    line = f"json_object({pairs})" if sqlite else f"json_build_object({pairs})::text"
+    where, params = ["r.study_id = %s", "l.id > %s"], [sel.study, study.pk, 0]
+    if sel.rounds:
+        where.append(f"r.number IN ({', '.join(['%s'] * len(sel.rounds))})")
+        params += list(sel.rounds)
+    if sel.since_round is not None:
+        where.append("r.number > %s")
+        params.append(sel.since_round)
+    if sel.updated_after is not None:
+        where.append("l.created_at > %s")
+        params.append(sel.updated_after)
+    if not sel.include_simulated:
+        where.append("NOT COALESCE(m.is_simulated, %s)" % ("0" if sqlite else "false"))
+    if not sel.include_superseded:
+        where.append("t.current_label_id = l.id")
+    sql = (f"SELECT l.id, {line} FROM annotation_label l "
+           "JOIN annotation_readingtask t ON t.id = l.task_id "
+           "JOIN annotation_round r ON r.id = t.round_id "
+           "JOIN annotation_image i ON i.id = t.image_id "
+           "LEFT JOIN inference_modelversion mv ON mv.id = i.model_version_id "
+           "LEFT JOIN annotation_studymembership m ON m.study_id = r.study_id AND m.user_id = l.reader_id "
+           "AND m.role = 'reader' "
+           "LEFT JOIN auth_user u ON u.id = l.reader_id "
+           f"WHERE {' AND '.join(where)} ORDER BY l.id LIMIT {CHUNK}")
+    return sql, params
+
+
 def jsonl_chunks(sel: Selection) -> Iterator[bytes]:
-    """JSONL bytes, a chunk of lines at a time. Lines are formatted from the raw row: numbers as they are, text
-    through the JSON encoder (memoised: prompts, names and versions repeat), the stored answer text passed
-    through undecoded."""
-    from functools import lru_cache
+    """JSONL bytes, a chunk of rows at a time (keyset pagination on the label id: flat memory at any size)."""
+    from django.db import connection
 
-    encode = lru_cache(maxsize=65536)(json.JSONEncoder(ensure_ascii=False).encode)
-    names = {uid: (encode(name), "true" if sim else "false")
-             for uid, (name, sim) in _names(sel, Study.objects.get(name=sel.study)).items()}
-    study = encode(sel.study)
-
-    def num(value) -> str:
-        return "null" if value is None else str(value)
-
-    buffer: list[str] = []
-    for (pk, task_id, round_no, kind, image_id, image_b_id, source, version, generator, prompt, seed, reader_id,
-         revision, current_id, is_catch, repeat_of, spent, created, answer) in _tuples(sel):
-        name, simulated = names.get(reader_id) or (encode(f"user-{reader_id}"), "false")
-        model = (version or generator or None) if source == "synthetic" else None
-        if not isinstance(answer, str):
-            answer = json.dumps(answer)
-        buffer.append(
-            f'{{"label_id":{pk},"task_id":{task_id},"study":{study},"round":{round_no},"kind":"{kind}",'
-            f'"image_id":{image_id},"image_b_id":{num(image_b_id)},"source":"{source}",'
-            f'"model_version":{encode(model) if model else "null"},"prompt":{encode(prompt)},"seed":{num(seed)},'
-            f'"reader":{name},"reader_simulated":{simulated},"revision":{revision},'
-            f'"superseded":{"false" if current_id == pk else "true"},"is_catch":{"true" if is_catch else "false"},'
-            f'"repeat_of":{num(repeat_of)},"time_spent_ms":{spent},"created_at":"{_iso(created)}",'
-            f'"answer":{answer}}}\n')
-        if len(buffer) >= 2000:
-            yield "".join(buffer).encode()
-            buffer.clear()
-    if buffer:
-        yield "".join(buffer).encode()
+    study = Study.objects.get(name=sel.study)
+    sql, params = _jsonl_sql(sel, study, connection.vendor)
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(sql, params)
+            chunk = cursor.fetchall()
+            if not chunk:
+                return
+            yield ("\n".join(line for _, line in chunk) + "\n").encode()
+            params[2] = chunk[-1][0]
 
 
 def answer_columns(study: Study) -> list[str]:
