@@ -184,8 +184,6 @@ CXR_RECONCILE_EVERY_S = env_int("CXR_RECONCILE_EVERY_S", 60)
 CXR_WEBHOOK_MAX_ATTEMPTS = env_int("CXR_WEBHOOK_MAX_ATTEMPTS", 6)
 CXR_WEBHOOK_BACKOFF_S = float(env("CXR_WEBHOOK_BACKOFF_S", "10"))
 CXR_WEBHOOK_TIMEOUT_S = float(env("CXR_WEBHOOK_TIMEOUT_S", "10"))
-#: Exports up to this many labels stream directly from the API; larger (and Parquet / image-folder) run as jobs.
-CXR_EXPORT_STREAM_MAX = env_int("CXR_EXPORT_STREAM_MAX", 200_000)
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-claims": {"task": "annotation.tasks.claims_expire_stale", "schedule": 60.0},
     "reconcile-rounds": {"task": "annotation.tasks.rounds_reconcile", "schedule": float(CXR_RECONCILE_EVERY_S)},
