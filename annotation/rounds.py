@@ -193,6 +193,7 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
     from inference.services import generation_batch_create, generation_config_default
     from inference.tiny import TEMPLATE_REPORTS
 
+    study = Study.objects.get(pk=study.pk)  # its current version may have changed since the caller read it
     cfg = RoundConfig.from_dict({**(study.round_defaults or {}), **(config or {})})
     synthetic, real = cfg.budget(study)
     busy = Round.objects.filter(study=study, status__in=ACTIVE).exclude(pk=getattr(round, "pk", None)).first()

@@ -1,0 +1,238 @@
+"""Load test: 64 concurrent simulated readers against gunicorn + PostgreSQL over HTTP, then the invariants.
+
+Each reader is a thread with its own HTTP client and session, doing what the portal's JavaScript does: GET the next
+case, POST the answer (with a client-generated submission id), until its queue is empty or the time budget ends.
+Reports throughput and p50 / p99 latency of next-task and submit, then checks the database: no acknowledged label
+lost, none stored twice, no case read by more than K readers, every reader's queue balanced (each block of 10
+realism cases within ±1 of the study's real:synthetic ratio). Only 127.0.0.1; bounded in cases and seconds.
+
+    python bench/load.py                                   # 64 readers, 2,000 images, K = 2, PostgreSQL
+    python bench/load.py --readers 16 --images 400 --db sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+PG_DB = "cxr_bench_load"
+CSRF = "loadtest" * 4  # a 32-character CSRF secret, sent as cookie and header
+
+SETUP = r"""
+import json, sys
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+from annotation import assignment, services
+from annotation.models import Image
+readers, images, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+study = services.study_create(name="load", title="load", readers_per_image=k, task_kinds=["realism"],
+                              display_size=64, real_fraction=0.5)
+rnd = services.round_create(study=study)
+Image.objects.bulk_create([Image(study=study, round=rnd, source="real" if i % 2 else "synthetic",
+                                 storage_key=f"k{i}", display_key=f"d{i}", sha256=f"s{i}", width=64, height=64)
+                           for i in range(images)])
+rnd = services.round_open_labeling(round=rnd)
+out = []
+for i in range(readers):
+    user = get_user_model().objects.create_user(f"load-{i}")
+    services.membership_add(study=study, user=user, role="reader")
+    session = SessionStore()
+    session["_auth_user_id"] = str(user.pk)
+    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.create()
+    queue = assignment.queue_for_reader(round=rnd, reader=user)
+    out.append({"user": user.pk, "session": session.session_key, "queue": queue.token})
+print("SETUP " + json.dumps(out))
+"""
+
+CHECK = r"""
+import json, sys
+from collections import Counter, defaultdict
+from annotation.models import Label, ReadingCase, ReadingTask
+acked = set(json.load(open(sys.argv[1])))
+k = int(sys.argv[2])
+labels = list(Label.objects.filter(task__round__study__name="load").values_list("submission_id", "task__case_id",
+                                                                                 "reader_id"))
+stored = Counter(str(s) for s, _, _ in labels)
+per_case = defaultdict(set)
+for _, case, reader in labels:
+    per_case[case].add(reader)
+blocks_off = 0
+blocks = 0
+for reader in {r for _, _, r in labels}:
+    slots = list(ReadingTask.objects.filter(reader_id=reader, round__study__name="load", is_catch=False,
+                                            repeat_of__isnull=True).order_by("position").values_list("slot", flat=True))
+    for start in range(0, len(slots) - len(slots) % 10, 10):
+        blocks += 1
+        blocks_off += abs(slots[start:start + 10].count("real") - 5) > 1
+print("CHECK " + json.dumps({
+    "acknowledged": len(acked), "stored": len(labels),
+    "lost": len(acked - set(stored)), "stored_twice": sum(1 for n in stored.values() if n > 1),
+    "cases_over_k": sum(1 for readers in per_case.values() if len(readers) > k),
+    "cases_taken_over_capacity": ReadingCase.objects.filter(round__study__name="load", taken__gt=k).count(),
+    "unbalanced_blocks": blocks_off, "blocks": blocks,
+}))
+"""
+
+
+def _script(env: dict, code: str, *argv: str) -> str:
+    prelude = f"import sys, django; sys.path.insert(0, {str(ROOT)!r}); django.setup()\n"
+    done = subprocess.run([sys.executable, "-c", prelude + code, *argv], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench step failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readers", type=int, default=64)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
+    args = parser.parse_args()
+    import httpx
+
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"cxr-load-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")}
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", CXR_VAR_DIR=str(work), CXR_CLAIM_TIMEOUT_S="3600")
+    if args.db == "postgres":
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB}")
+            conn.execute(f"CREATE DATABASE {PG_DB}")
+        env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{PG_DB}"
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT,
+                   check=True)
+    readers = json.loads(_script(env, SETUP, str(args.readers), str(args.images), str(args.k))
+                         .split("SETUP ", 1)[1])
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "config.wsgi", "-b",
+                               f"127.0.0.1:{port}", "-w", str(args.workers), "--threads", str(args.threads), "-k",
+                               "gthread", "--log-level", "warning"], env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/accounts/login/", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    sys.exit("gunicorn did not start")
+                time.sleep(0.3)
+        lat_next, lat_submit, acked, errors = [], [], [], []
+        lock = threading.Lock()
+        barrier = threading.Barrier(len(readers))
+        stop_at = [0.0]
+
+        def reader_loop(r: dict) -> None:
+            client = httpx.Client(base_url=base, timeout=30,
+                                  cookies={"sessionid": r["session"], "csrftoken": CSRF},
+                                  headers={"X-CSRFToken": CSRF, "Referer": base + "/portal/"})
+            mine_next, mine_submit, mine_acked = [], [], []
+            barrier.wait()
+            try:
+                while time.monotonic() < stop_at[0]:
+                    t0 = time.perf_counter()
+                    nxt = client.get("/portal/api/next", params={"queue": r["queue"]})
+                    mine_next.append(time.perf_counter() - t0)
+                    nxt.raise_for_status()
+                    data = nxt.json()
+                    if data.get("done"):
+                        break
+                    sid = str(uuid.uuid4())
+                    body = {"task": data["task"], "answer": {"call": "real", "confidence": 3}, "submission_id": sid,
+                            "time_spent_ms": 1000}
+                    t0 = time.perf_counter()
+                    sub = client.post("/portal/api/submit", json=body)
+                    mine_submit.append(time.perf_counter() - t0)
+                    if sub.status_code == 200:
+                        mine_acked.append(sid)
+                    else:
+                        with lock:
+                            errors.append(f"submit {sub.status_code}: {sub.text[:200]}")
+            except Exception as exc:  # recorded: the result says how many readers hit errors
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                client.close()
+                with lock:
+                    lat_next.extend(mine_next)
+                    lat_submit.extend(mine_submit)
+                    acked.extend(mine_acked)
+
+        threads = [threading.Thread(target=reader_loop, args=(r,)) for r in readers]
+        started = time.perf_counter()
+        stop_at[0] = time.monotonic() + args.max_seconds
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    acked_file = work / "acked.json"
+    acked_file.write_text(json.dumps(acked))
+    check = json.loads(_script(env, CHECK, str(acked_file), str(args.k)).split("CHECK ", 1)[1])
+    ms = 1000.0
+    result = {
+        "benchmark": "load", "date": time.strftime("%Y-%m-%d"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "settings": vars(args),
+        "rows": [{"db": args.db, "readers": args.readers, "images": args.images, "k": args.k,
+                  "labels": len(acked), "wall_s": round(wall, 1), "labels_per_s": round(len(acked) / wall, 1),
+                  "next_p50_ms": round(_percentile(lat_next, 0.5) * ms, 1),
+                  "next_p99_ms": round(_percentile(lat_next, 0.99) * ms, 1),
+                  "submit_p50_ms": round(_percentile(lat_submit, 0.5) * ms, 1),
+                  "submit_p99_ms": round(_percentile(lat_submit, 0.99) * ms, 1),
+                  "errors": len(errors), **check}],
+        "errors_sample": errors[:10],
+        "mean_next_ms": round(statistics.mean(lat_next) * ms, 1) if lat_next else None,
+    }
+    row = result["rows"][0]
+    print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    ok = (check["lost"] == 0 and check["stored_twice"] == 0 and check["cases_over_k"] == 0
+          and check["cases_taken_over_capacity"] == 0 and check["unbalanced_blocks"] == 0 and not errors)
+    print("invariants: " + ("all hold" if ok else "VIOLATED"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
