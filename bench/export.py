@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _django import django_script
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_DB = "cxr_bench_export"
@@ -121,16 +123,6 @@ def _manage(env: dict, *args: str, capture: bool = False) -> str:
     return done.stdout if capture else ""
 
 
-def _script(env: dict, code: str, *argv: str) -> str:
-    """Run `code` as a script in a fresh process with Django set up (module scope, so comprehensions work)."""
-    prelude = f"import sys, django; sys.path.insert(0, {str(ROOT)!r}); django.setup()\n"
-    done = subprocess.run([sys.executable, "-c", prelude + code, *argv], env=env, cwd=ROOT, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        sys.exit(f"bench step failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
 def _pg_reset() -> None:
     import psycopg
 
@@ -151,12 +143,12 @@ def run_db(db: str, sizes: list[int], work: Path) -> list[dict]:
     rows = []
     for size in sizes:
         started = time.perf_counter()
-        out = _script(env, POPULATE, str(size))
+        out = django_script(env, POPULATE, str(size))
         populated = time.perf_counter() - started
         labels = int(out.split("LABELS ", 1)[1].split()[0])
         for fmt in ("jsonl", "csv"):
             target = work / db / f"export-{size}.{fmt}"
-            res = _script(env, EXPORT, fmt, str(target))
+            res = django_script(env, EXPORT, fmt, str(target))
             result = json.loads(res.split("RESULT ", 1)[1].splitlines()[0])
             target.unlink()
             row = {"db": db, "labels": labels, "format": fmt, **result,

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from _django import django_script, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -88,21 +89,6 @@ print("CHECK " + json.dumps({
 """
 
 
-def _script(env: dict, code: str, *argv: str) -> str:
-    prelude = f"import sys, django; sys.path.insert(0, {str(ROOT)!r}); django.setup()\n"
-    done = subprocess.run([sys.executable, "-c", prelude + code, *argv], env=env, cwd=ROOT, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        sys.exit(f"bench step failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -136,9 +122,9 @@ def main() -> None:
         env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{PG_DB}"
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT,
                    check=True)
-    readers = json.loads(_script(env, SETUP, str(args.readers), str(args.images), str(args.k))
+    readers = json.loads(django_script(env, SETUP, str(args.readers), str(args.images), str(args.k))
                          .split("SETUP ", 1)[1])
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "config.wsgi", "-b",
                                f"127.0.0.1:{port}", "-w", str(args.workers), "--threads", str(args.threads), "-k",
                                "gthread", "--log-level", "warning"], env=env, cwd=ROOT)
@@ -207,7 +193,7 @@ def main() -> None:
         server.wait(timeout=30)
     acked_file = work / "acked.json"
     acked_file.write_text(json.dumps(acked))
-    check = json.loads(_script(env, CHECK, str(acked_file), str(args.k)).split("CHECK ", 1)[1])
+    check = json.loads(django_script(env, CHECK, str(acked_file), str(args.k)).split("CHECK ", 1)[1])
     ms = 1000.0
     result = {
         "benchmark": "load", "date": time.strftime("%Y-%m-%d"),
