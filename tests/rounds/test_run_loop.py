@@ -36,10 +36,10 @@ def test_run_loop_runs_two_rounds_on_a_real_worker_and_ends_with_json(live_worke
 
 
 def test_a_failing_stage_exits_non_zero_with_a_sentence():
-    with pytest.raises(CommandError, match=r"Round 1 of dpo-cli failed: training_reward: DPO needs preference "
-                                           r"pairs"):
-        call_command("run_loop", study="dpo-cli", rounds=1, simulated_readers=2, images=8, base="tiny",
-                     config=json.dumps({**TINY_ROUND, "objective": "dpo"}), stdout=io.StringIO())
+    with pytest.raises(CommandError, match=r"Round 1 of bad-cli failed: training_reward: reward settings: "
+                                           r"steps, batch_size"):
+        call_command("run_loop", study="bad-cli", rounds=1, simulated_readers=2, images=8, base="tiny",
+                     config=json.dumps({**TINY_ROUND, "reward": {"steps": 0}}), stdout=io.StringIO())
     with pytest.raises(CommandError, match="--config is not valid JSON"):
         call_command("run_loop", study="x", config="{nope", stdout=io.StringIO())
     with pytest.raises(CommandError, match="Unknown round settings: stepz"):
