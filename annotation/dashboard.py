@@ -64,9 +64,9 @@ def round_progress(rnd: Round, *, names: bool = True) -> dict:
     batch = rnd.generation_batch
     readers = []
     if rnd.labeling_opened_at:
+        members = {m.user_id: m for m in StudyMembership.objects.filter(study_id=rnd.study_id, role=Role.READER)}
         for q in ReaderQueue.objects.filter(round=rnd).select_related("reader").order_by("pk"):
-            member = StudyMembership.objects.filter(study_id=rnd.study_id, user_id=q.reader_id,
-                                                    role=Role.READER).first()
+            member = members.get(q.reader_id)  # one query for all readers: this endpoint is polled every 2 s
             readers.append({"reader": q.reader.get_username() if names else (member.pseudonym if member else "?"),
                             "answered": q.done_count, "simulated": bool(member and member.is_simulated)})
     progress = rnd.progress or {}

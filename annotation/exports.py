@@ -398,8 +398,9 @@ def _write_parquet(sel: Selection, path: Path, on_progress) -> int:
     return rows
 
 
-def _write_pairs(sel: Selection, path: Path) -> int:
-    """Explicit pairwise answers (current labels), plus rubric-gap pairs as the training snapshot derives them."""
+def pairs_lines(sel: Selection) -> Iterator[bytes]:
+    """Preference pairs as JSONL: explicit pairwise answers (current labels), plus rubric-gap pairs as the training
+    snapshot derives them (`feedback.feedback_items`), over the selection's rounds."""
     from .feedback import feedback_items
 
     study = Study.objects.get(name=sel.study)
@@ -408,12 +409,15 @@ def _write_pairs(sel: Selection, path: Path) -> int:
         rounds = rounds.filter(number__in=sel.rounds)
     if sel.since_round is not None:
         rounds = rounds.filter(number__gt=sel.since_round)
-    data = feedback_items(rounds=list(rounds.order_by("number")))
+    for pair in feedback_items(rounds=list(rounds.order_by("number")))["pairs"]:
+        yield (json.dumps({k: pair[k] for k in ("chosen", "rejected", "prompt", "source")}) + "\n").encode()
+
+
+def _write_pairs(sel: Selection, path: Path) -> int:
     n = 0
-    with open(path, "w") as handle:
-        for pair in data["pairs"]:
-            handle.write(json.dumps({"chosen": pair["chosen"], "rejected": pair["rejected"], "prompt": pair["prompt"],
-                                     "source": pair["source"]}) + "\n")
+    with open(path, "wb") as handle:
+        for line in pairs_lines(sel):
+            handle.write(line)
             n += 1
     return n
 

@@ -166,16 +166,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
             raise ValidationError({"selection": exc.messages}) from None
         audit(actor=request.user, action="export.stream", study=study, obj=study, format=fmt)
         if fmt == "pairs":
-            import json
-
-            from ..feedback import feedback_items
-
-            rnds = Round.objects.filter(study=study, labeling_opened_at__isnull=False)
-            if sel.rounds:
-                rnds = rnds.filter(number__in=sel.rounds)
-            pairs = feedback_items(rounds=list(rnds))["pairs"]
-            body = (json.dumps({k: p[k] for k in ("chosen", "rejected", "prompt", "source")}) + "\n" for p in pairs)
-            response = StreamingHttpResponse((line.encode() for line in body), content_type="application/jsonl")
+            response = StreamingHttpResponse(exports.pairs_lines(sel), content_type="application/jsonl")
         elif fmt == "jsonl":
             response = StreamingHttpResponse(exports.jsonl_chunks(sel), content_type="application/jsonl")
         else:
