@@ -64,12 +64,19 @@ def test_targets_pairs_and_snapshot(make_study, add_reader, stored_round):
 
 
 def test_readers_excluded_by_catch_trials_are_left_out(make_study, add_reader, stored_round):
-    study = make_study(readers_per_image=2, task_kinds=["realism"], catch_rate=0.4,
-                       catch_rule={"min_accuracy": 0.9, "action": "exclude", "min_trials": 1})
-    rnd = stored_round(study, real=5, synthetic=5, catch=4)
-    good, sloppy = add_reader(study, "good"), add_reader(study, "sloppy")
-    answer_all(rnd, good, lambda t: {"call": t.image.source, "confidence": 5})
-    answer_all(rnd, sloppy, lambda t: {"call": "real", "confidence": 5})  # fails every synthetic catch trial
+    from annotation.models import ReadingTask
+
+    # Whether a reader's queue draws a catch trial depends on seeds derived from row ids, which differ between
+    # databases and test orders; take the first study seed under which the sloppy reader meets one (P(none) ≈ 8%).
+    for seed in range(10):
+        study = make_study(f"catch{seed}", seed=seed, readers_per_image=2, task_kinds=["realism"], catch_rate=0.4,
+                           catch_rule={"min_accuracy": 0.9, "action": "exclude", "min_trials": 1})
+        rnd = stored_round(study, real=5, synthetic=5, catch=4)
+        good, sloppy = add_reader(study, f"good{seed}"), add_reader(study, f"sloppy{seed}")
+        answer_all(rnd, good, lambda t: {"call": t.image.source, "confidence": 5})
+        answer_all(rnd, sloppy, lambda t: {"call": "real", "confidence": 5})  # fails every synthetic catch trial
+        if ReadingTask.objects.filter(reader=sloppy, is_catch=True).exists():
+            break
     data = feedback_items(rounds=[rnd])
-    assert data["excluded_readers"] == ["sloppy"]
+    assert data["excluded_readers"] == [sloppy.username]
     assert all(item["reads"] == 1 for item in data["items"])
