@@ -29,9 +29,9 @@ from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.db.models import F, Q
+from django.db.models import Q
 
-from .models import Image, Label, ReadingTask, Round, Study, StudyMembership
+from .models import Image, ReadingTask, Round, Study, StudyMembership
 
 FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs")
 CHUNK = 5000
@@ -111,26 +111,17 @@ def selection_from(params: dict, *, study: Study, is_admin: bool) -> Selection:
 
 # --- rows ----------------------------------------------------------------------------------------------------------
 
-_FIELDS = ("pk", "task_id", "task__round__number", "task__kind", "task__image_id", "task__image_b_id",
-           "task__image__source", "task__image__model_version__name", "task__image__generator",
-           "task__image__prompt", "task__image__seed", "reader_id", "revision", "task__current_label_id",
-           "task__is_catch", "task__repeat_of_id", "time_spent_ms", "created_at", "answer")
-
-
-def _labels(sel: Selection, study: Study):
-    qs = Label.objects.filter(task__round__study=study)
+def _scope(sel: Selection, study: Study) -> tuple[dict[int, int], list[int]]:
+    """The selected rounds (id → number) and the simulated readers to leave out, resolved once per export so the
+    row query joins only labels and tasks."""
+    rounds = Round.objects.filter(study=study)
     if sel.rounds:
-        qs = qs.filter(task__round__number__in=sel.rounds)
+        rounds = rounds.filter(number__in=sel.rounds)
     if sel.since_round is not None:
-        qs = qs.filter(task__round__number__gt=sel.since_round)
-    if sel.updated_after is not None:
-        qs = qs.filter(created_at__gt=sel.updated_after)
-    if not sel.include_simulated:
-        simulated = StudyMembership.objects.filter(study=study, is_simulated=True).values("user_id")
-        qs = qs.exclude(reader_id__in=simulated)
-    if not sel.include_superseded:
-        qs = qs.filter(task__current_label_id=F("pk"))
-    return qs
+        rounds = rounds.filter(number__gt=sel.since_round)
+    simulated = [] if sel.include_simulated else list(
+        StudyMembership.objects.filter(study=study, is_simulated=True).values_list("user_id", flat=True))
+    return dict(rounds.values_list("pk", "number")), simulated
 
 
 def _names(sel: Selection, study: Study) -> dict[int, tuple[str, bool]]:
@@ -139,129 +130,130 @@ def _names(sel: Selection, study: Study) -> dict[int, tuple[str, bool]]:
             for m in members}
 
 
-def label_rows(sel: Selection) -> Iterator[dict]:
-    """Every selected label as a dict (answer decoded), in label order, CHUNK rows per query."""
-    for row in _raw_rows(sel):
-        row["answer"] = json.loads(row["answer"]) if isinstance(row["answer"], str) else row["answer"]
-        yield row
-
-
-def _tuples(sel: Selection) -> Iterator[tuple]:
-    """Raw rows, keyset-paginated, straight from the database cursor (no ORM conversion per value: that is most
-    of the cost at a million rows): (pk, task, round, kind, image, image_b, source, version, generator, prompt,
-    seed, reader_id, revision, current_label, is_catch, repeat_of, time_spent_ms, created_at, answer_text)."""
-    from django.db import connection
-    from django.db.models import TextField
-    from django.db.models.functions import Cast
-
-    study = Study.objects.get(name=sel.study)
-    qs = _labels(sel, study).annotate(answer_text=Cast("answer", TextField()))
-    fields = [f if f != "answer" else "answer_text" for f in _FIELDS]
-    last = 0
-    with connection.cursor() as cursor:
-        while True:
-            sql, params = qs.filter(pk__gt=last).order_by("pk").values_list(*fields)[:CHUNK].query.sql_with_params()
-            cursor.execute(sql, params)
-            chunk = cursor.fetchall()
-            if not chunk:
-                return
-            yield from chunk
-            last = chunk[-1][0]
-
-
-def _iso(value) -> str:
-    """created_at as ISO 8601 with its UTC offset, from a datetime (PostgreSQL) or SQLite's stored text."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    text = str(value).replace(" ", "T", 1)
-    return text if text.endswith(("Z", "+00:00")) else text + "+00:00"
-
-
-def _raw_rows(sel: Selection) -> Iterator[dict]:
-    names = _names(sel, Study.objects.get(name=sel.study))
-    for (pk, task_id, round_no, kind, image_id, image_b_id, source, version, generator, prompt, seed, reader_id,
-         revision, current_id, is_catch, repeat_of, spent, created, answer) in _tuples(sel):
-        name, simulated = names.get(reader_id, (f"user-{reader_id}", False))
-        yield {
-            "label_id": pk, "task_id": task_id, "study": sel.study, "round": round_no, "kind": kind,
-            "image_id": image_id, "image_b_id": image_b_id, "source": source,
-            "model_version": (version or generator or None) if source == "synthetic" else None,
-            "prompt": prompt, "seed": seed, "reader": name, "reader_simulated": bool(simulated),
-            "revision": revision, "superseded": current_id != pk, "is_catch": bool(is_catch),
-            "repeat_of": repeat_of, "time_spent_ms": spent, "created_at": _iso(created), "answer": answer,
-        }
-
-
-#: One JSON line per label, built by the database itself (json_object on SQLite, json_build_object on
-#: PostgreSQL): the Python side only joins text.
-_JSONL_KEYS = (
-    ("label_id", "l.id"), ("task_id", "l.task_id"), ("study", "%(study)s"), ("round", "r.number"),
-    ("kind", "t.kind"), ("image_id", "t.image_id"), ("image_b_id", "t.image_b_id"), ("source", "i.source"),
-    ("model_version", "CASE WHEN i.source = 'synthetic' THEN COALESCE(mv.name, NULLIF(i.generator, '')) END"),
-    ("prompt", "i.prompt"), ("seed", "i.seed"), ("reader", "%(reader)s"),
-    ("reader_simulated", "%(simulated)s"), ("revision", "l.revision"),
-    ("superseded", "%(superseded)s"), ("is_catch", "%(is_catch)s"), ("repeat_of", "t.repeat_of_id"),
-    ("time_spent_ms", "l.time_spent_ms"), ("created_at", "%(created)s"), ("answer", "%(answer)s"),
-)
-
-
-def _jsonl_sql(sel: Selection, study: Study, vendor: str) -> tuple[str, list]:
-    """The keyset-paginated query of JSON lines; params[2] is the last label id seen."""
+def _label_sql(sel: Selection, round_ids: list[int], simulated: list[int], vendor: str) -> tuple[str, list]:
+    """The keyset-paginated label query; params[0] is the last label id seen. Columns: (id, task, round id, kind,
+    image, image_b, reader, revision, current label, is_catch, repeat_of, time_spent_ms, created_at as ISO text
+    without its offset (stored in UTC), answer as JSON text)."""
     sqlite = vendor == "sqlite"
-    reader = "COALESCE(u.username, '')" if sel.identities == "username" else "COALESCE(m.pseudonym, '')"
-    parts = {
-        "study": "%s", "reader": reader,
-        "simulated": ("json(CASE WHEN m.is_simulated THEN 'true' ELSE 'false' END)" if sqlite
-                      else "COALESCE(m.is_simulated, false)"),
-        "superseded": ("json(CASE WHEN t.current_label_id = l.id THEN 'false' ELSE 'true' END)" if sqlite
-                       else "(t.current_label_id IS DISTINCT FROM l.id)"),
-        "is_catch": "json(CASE WHEN t.is_catch THEN 'true' ELSE 'false' END)" if sqlite else "t.is_catch",
-        "created": ("replace(l.created_at, ' ', 'T') || '+00:00'" if sqlite
-                    else "to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"),
-        "answer": "json(l.answer)" if sqlite else "l.answer::json",
-    }
-    pairs = ", ".join(f"'{key}', {expr % parts}" for key, expr in _JSONL_KEYS)
-    line = f"json_object({pairs})" if sqlite else f"json_build_object({pairs})::text"
-    where, params = ["r.study_id = %s", "l.id > %s"], [sel.study, study.pk, 0]
-    if sel.rounds:
-        where.append(f"r.number IN ({', '.join(['%s'] * len(sel.rounds))})")
-        params += list(sel.rounds)
-    if sel.since_round is not None:
-        where.append("r.number > %s")
-        params.append(sel.since_round)
+    created = ("replace(l.created_at, ' ', 'T')" if sqlite
+               else "to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
+    answer = "l.answer" if sqlite else "l.answer::text"
+    where, params = ["l.id > %s", f"t.round_id IN ({', '.join(['%s'] * len(round_ids))})"], [0, *round_ids]
     if sel.updated_after is not None:
         where.append("l.created_at > %s")
         params.append(sel.updated_after)
-    if not sel.include_simulated:
-        where.append("NOT COALESCE(m.is_simulated, %s)" % ("0" if sqlite else "false"))
+    if simulated:
+        where.append(f"l.reader_id NOT IN ({', '.join(['%s'] * len(simulated))})")
+        params += simulated
     if not sel.include_superseded:
         where.append("t.current_label_id = l.id")
-    sql = (f"SELECT l.id, {line} FROM annotation_label l "
-           "JOIN annotation_readingtask t ON t.id = l.task_id "
-           "JOIN annotation_round r ON r.id = t.round_id "
-           "JOIN annotation_image i ON i.id = t.image_id "
-           "LEFT JOIN inference_modelversion mv ON mv.id = i.model_version_id "
-           "LEFT JOIN annotation_studymembership m ON m.study_id = r.study_id AND m.user_id = l.reader_id "
-           "AND m.role = 'reader' "
-           "LEFT JOIN auth_user u ON u.id = l.reader_id "
+    sql = ("SELECT l.id, l.task_id, t.round_id, t.kind, t.image_id, t.image_b_id, l.reader_id, l.revision, "
+           f"t.current_label_id, t.is_catch, t.repeat_of_id, l.time_spent_ms, {created}, {answer} "
+           "FROM annotation_label l JOIN annotation_readingtask t ON t.id = l.task_id "
            f"WHERE {' AND '.join(where)} ORDER BY l.id LIMIT {CHUNK}")
     return sql, params
 
 
-def jsonl_chunks(sel: Selection) -> Iterator[bytes]:
-    """JSONL bytes, a chunk of rows at a time (keyset pagination on the label id: flat memory at any size)."""
+class _Images:
+    """Image columns for the labels of a chunk, one query per chunk for the images not yet seen; bounded, so memory
+    stays flat however many images a study holds."""
+
+    LIMIT = 100_000
+
+    def __init__(self):
+        self.seen: dict[int, tuple] = {}
+
+    def fetch(self, ids) -> dict[int, tuple]:
+        from django.db import connection
+
+        ids = set(ids)
+        missing = [pk for pk in ids if pk not in self.seen]
+        if len(self.seen) + len(missing) > self.LIMIT:
+            self.seen.clear()
+            missing = list(ids)
+        for start in range(0, len(missing), 900):  # SQLite allows 999 parameters
+            part = missing[start:start + 900]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT i.id, i.source, CASE WHEN i.source = 'synthetic' THEN COALESCE(mv.name, "
+                    "NULLIF(i.generator, '')) END, i.prompt, i.seed FROM annotation_image i LEFT JOIN "
+                    "inference_modelversion mv ON mv.id = i.model_version_id "
+                    f"WHERE i.id IN ({', '.join(['%s'] * len(part))})", part)
+                for pk, *values in cursor.fetchall():
+                    self.seen[pk] = tuple(values)
+        return self.seen
+
+
+def _chunks(sel: Selection) -> Iterator[tuple[list[tuple], dict[int, tuple], dict[int, int]]]:
+    """Label rows straight from the database cursor, CHUNK at a time in label order (keyset pagination: flat memory
+    at any size), with the image columns (source, model version, prompt, seed) of the chunk and the round numbers.
+    No ORM conversion per value: that was most of the cost at a million rows."""
     from django.db import connection
 
     study = Study.objects.get(name=sel.study)
-    sql, params = _jsonl_sql(sel, study, connection.vendor)
+    rounds, simulated = _scope(sel, study)
+    if not rounds:
+        return
+    sql, params = _label_sql(sel, sorted(rounds), simulated, connection.vendor)
+    images = _Images()
     with connection.cursor() as cursor:
         while True:
             cursor.execute(sql, params)
             chunk = cursor.fetchall()
             if not chunk:
                 return
-            yield ("\n".join(line for _, line in chunk) + "\n").encode()
-            params[2] = chunk[-1][0]
+            yield chunk, images.fetch(row[4] for row in chunk), rounds
+            params[0] = chunk[-1][0]
+
+
+def label_rows(sel: Selection) -> Iterator[dict]:
+    """Every selected label as a dict (answer decoded), in label order, CHUNK rows per query."""
+    names = _names(sel, Study.objects.get(name=sel.study))
+    for chunk, images, rounds in _chunks(sel):
+        for (pk, task_id, round_id, kind, image_id, image_b_id, reader_id, revision, current_id, is_catch,
+             repeat_of, spent, created, answer) in chunk:
+            source, version, prompt, seed = images[image_id]
+            name, simulated = names.get(reader_id, (f"user-{reader_id}", False))
+            yield {
+                "label_id": pk, "task_id": task_id, "study": sel.study, "round": rounds[round_id], "kind": kind,
+                "image_id": image_id, "image_b_id": image_b_id, "source": source, "model_version": version,
+                "prompt": prompt, "seed": seed, "reader": name, "reader_simulated": bool(simulated),
+                "revision": revision, "superseded": current_id != pk, "is_catch": bool(is_catch),
+                "repeat_of": repeat_of, "time_spent_ms": spent, "created_at": created + "+00:00",
+                "answer": json.loads(answer) if isinstance(answer, str) else answer,
+            }
+
+
+def jsonl_chunks(sel: Selection) -> Iterator[bytes]:
+    """JSONL bytes, a chunk of rows at a time. Lines are formatted from the raw columns: the answer is already JSON
+    text in the database, and the image and reader parts are encoded once per image and reader, not per label."""
+    dumps = json.dumps
+    study_json = dumps(sel.study)
+    readers = {pk: f'"reader":{dumps(name)},"reader_simulated":{"true" if simulated else "false"}'
+               for pk, (name, simulated) in _names(sel, Study.objects.get(name=sel.study)).items()}
+    parts: dict[int, str] = {}
+    for chunk, images, rounds in _chunks(sel):
+        if len(parts) > _Images.LIMIT:
+            parts.clear()
+        lines = []
+        add = lines.append
+        for (pk, task_id, round_id, kind, image_id, image_b_id, reader_id, revision, current_id, is_catch,
+             repeat_of, spent, created, answer) in chunk:
+            image = parts.get(image_id)
+            if image is None:
+                source, version, prompt, seed = images[image_id]
+                image = parts[image_id] = (f'"source":{dumps(source)},"model_version":{dumps(version)},'
+                                           f'"prompt":{dumps(prompt)},"seed":{dumps(seed)}')
+            reader = readers.get(reader_id)
+            if reader is None:
+                reader = readers[reader_id] = f'"reader":"user-{reader_id}","reader_simulated":false'
+            add(f'{{"label_id":{pk},"task_id":{task_id},"study":{study_json},"round":{rounds[round_id]},'
+                f'"kind":"{kind}","image_id":{image_id},"image_b_id":{"null" if image_b_id is None else image_b_id},'
+                f'{image},{reader},"revision":{revision},"superseded":{"false" if current_id == pk else "true"},'
+                f'"is_catch":{"true" if is_catch else "false"},'
+                f'"repeat_of":{"null" if repeat_of is None else repeat_of},"time_spent_ms":{spent},'
+                f'"created_at":"{created}+00:00","answer":{answer}}}\n')
+        yield "".join(lines).encode()
 
 
 def answer_columns(study: Study) -> list[str]:
@@ -273,19 +265,28 @@ def answer_columns(study: Study) -> list[str]:
     return cols
 
 
-def flatten(row: dict, columns: list[str]) -> dict:
-    answer = row["answer"] or {}
-    flat = {k: v for k, v in row.items() if k != "answer"}
-    for col in columns:
-        path = col.split(".")[1:]
+def _answer_cells(answer: dict, paths: list[tuple[str, list[str]]], image_id, image_b_id) -> list:
+    cells = []
+    for col, path in paths:
         value = answer
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if col == "answer.preferred_image" and answer.get("preferred") in ("a", "b"):
-            value = row["image_id"] if answer["preferred"] == "a" else row["image_b_id"]
+            value = image_id if answer["preferred"] == "a" else image_b_id
         if isinstance(value, list | dict):
             value = json.dumps(value, separators=(",", ":"))
-        flat[col] = value
+        cells.append(value)
+    return cells
+
+
+def _paths(columns: list[str]) -> list[tuple[str, list[str]]]:
+    return [(col, col.split(".")[1:]) for col in columns]
+
+
+def flatten(row: dict, columns: list[str]) -> dict:
+    flat = {k: v for k, v in row.items() if k != "answer"}
+    flat.update(zip(columns, _answer_cells(row["answer"] or {}, _paths(columns), row["image_id"], row["image_b_id"]),
+                    strict=True))
     return flat
 
 
@@ -293,20 +294,23 @@ def csv_chunks(sel: Selection, counter: dict | None = None) -> Iterator[bytes]:
     """CSV bytes with a header; `counter["rows"]` counts rows (fields may hold newlines, so lines do not)."""
     study = Study.objects.get(name=sel.study)
     columns = answer_columns(study)
-    header = list(COLUMNS) + columns
+    paths = _paths(columns)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(COLUMNS) + columns)
     n = 0
-    for row in label_rows(sel):
-        writer.writerow(flatten(row, columns))
+    for row in label_rows(sel):  # dicts in COLUMNS order, then the answer
+        answer = row.pop("answer") or {}
+        writer.writerow([*row.values(), *_answer_cells(answer, paths, row["image_id"], row["image_b_id"])])
         n += 1
-        if counter is not None:
-            counter["rows"] = n
-        if n % 1000 == 0:
+        if n % 5000 == 0:
+            if counter is not None:
+                counter["rows"] = n
             yield out.getvalue().encode()
             out.seek(0)
             out.truncate()
+    if counter is not None:
+        counter["rows"] = n
     yield out.getvalue().encode()
 
 

@@ -2,12 +2,13 @@
 
 import json
 import zipfile
+from datetime import datetime
 
 import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.exports import manifest_verify
+from annotation.exports import Selection, jsonl_chunks, label_rows, manifest_verify
 from annotation.models import Image, Label, ReadingTask, StudyMembership
 
 pytestmark = pytest.mark.django_db
@@ -35,6 +36,13 @@ def test_jsonl_and_csv_equal_the_database(labelled, tmp_path):
         assert row["superseded"] == (label.task.current_label_id != label.pk)
         assert row["source"] == label.task.image.source and row["time_spent_ms"] == label.time_spent_ms
     assert jsonl["superseded"].sum() == 1 and not jsonl["reader_simulated"].any()
+    # JSONL lines are formatted from raw columns; they must carry exactly what the decoded rows carry.
+    lines = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert lines == list(label_rows(Selection(study="exp")))
+    assert [datetime.fromisoformat(line["created_at"]) for line in lines] == [label.created_at for label in expected]
+    middle = expected[len(expected) // 2].created_at
+    later = b"".join(jsonl_chunks(Selection(study="exp", updated_after=middle))).decode().splitlines()
+    assert [json.loads(line)["label_id"] for line in later] == [lb.pk for lb in expected if lb.created_at > middle]
     realism = csv[csv["kind"] == "realism"]
     assert set(realism["answer.call"]) <= {"real", "synthetic"}
     rubric = csv[csv["kind"] == "rubric"]
