@@ -157,7 +157,9 @@ class LabelAdmin(StudyScopedAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(StudyScopedAdmin):
+    """Study admins see their studies' events; events outside any study (logins, tokens) are for superusers."""
+
     list_display = ("created_at", "actor", "action", "study", "object_type", "object_id")
     list_filter = ("action",)
 
@@ -168,6 +170,14 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
 
-admin.site.register(ApiToken, list_display=("name", "user", "prefix", "scope", "created_at", "revoked_at"),
-                    readonly_fields=("prefix", "key_hash"))
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Staff see (and may revoke) their own tokens; superusers see everyone's."""
+
+    list_display = ("name", "user", "prefix", "scope", "created_at", "revoked_at")
+    readonly_fields = ("prefix", "key_hash")
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        return qs if request.user.is_superuser else qs.filter(user=request.user)
 admin.site.site_header = "CXR feedback loop · administration"

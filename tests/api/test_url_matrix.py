@@ -1,0 +1,294 @@
+"""One permission matrix over every URL the site serves, for six callers: anonymous, reader A, reader B (same study),
+the study's admin (session), an export-scope token and an admin-scope token (both the study admin's).
+
+Every named URL pattern must have a row here (a new view without one fails the completeness test), every Django admin
+model gets its list and change pages checked, and every state-changing endpoint is posted to by each caller who may
+not use it: refused, and nothing in the database changes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib import admin as django_admin
+from django.contrib.auth.models import Permission
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
+
+from annotation import assignment, services
+from annotation.api.auth import token_issue
+from annotation.models import ApiToken, AuditEvent, ExportJob, Image, Label, Round, Study, Webhook
+from inference.models import GeneratedImage, GenerationBatch, ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+WHO = ("anonymous", "reader_a", "reader_b", "study_admin", "export_token", "admin_token")
+L = "login"  # a redirect to the sign-in page
+A = "admin-login"  # a redirect to the Django admin's sign-in page
+
+
+@pytest.fixture
+def world(labelled, make_user):
+    study, rnd = labelled["study"], labelled["round"]
+    alice, bob = labelled["readers"]
+    study_admin = labelled["admin"]
+    study_admin.is_staff = True  # study admins use the Django admin too (scoped to their studies)
+    study_admin.save()
+    study_admin.user_permissions.set(Permission.objects.filter(content_type__app_label="annotation"))
+    version = ModelVersion.objects.create(name="tiny-v1", base_path="/models/tiny")
+    Image.objects.filter(study=study, source="synthetic").update(model_version=version)
+    batch = GenerationBatch.objects.create(model_version=version, count=1)
+    generated = GeneratedImage.objects.create(batch=batch, index=0, seed=0, prompt="p",
+                                              raw_key=rnd.images.first().storage_key)
+    Round.objects.filter(pk=rnd.pk).update(generation_batch=batch, model_version=version,
+                                           metrics={"report": {"reader": {}}})
+    export = ExportJob.objects.create(study=study, requested_by=study_admin, format="jsonl")
+    hook = Webhook.objects.create(study=study, url="http://127.0.0.1:9/hook", secret="s", created_by=study_admin)
+    other = services.study_create(name="elsewhere", title="Elsewhere")
+    other_round = services.round_create(study=other)
+    stranger = make_user("stranger")
+    services.membership_add(study=other, user=stranger, role="admin", actor=stranger)  # an audit event of `other`
+    token_issue(user=stranger, name="stranger's", scope="admin")
+    queue = assignment.queue_for_reader(round=rnd, reader=alice)
+    task = alice.reading_tasks.filter(kind="realism").order_by("position").first()
+    tokens = {"export_token": token_issue(user=study_admin, name="e", scope="export")[1],
+              "admin_token": token_issue(user=study_admin, name="a", scope="admin")[1]}
+    users = {"reader_a": alice, "reader_b": bob, "study_admin": study_admin}
+
+    def client(who: str) -> APIClient:
+        c = APIClient()
+        if who in users:
+            c.force_login(users[who])
+        elif who in tokens:
+            c.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens[who]}")
+        return c
+
+    return {"study": study, "round": rnd, "other": other, "other_round": other_round, "queue": queue,
+            "task": task, "image": rnd.images.filter(source="synthetic").first(), "version": version,
+            "generated": generated, "export": export, "hook": hook, "label": Label.objects.filter(
+                task__round=rnd).first(), "client": client}
+
+
+# name: (url template, expected status per caller in WHO order). A study admin's session acts with the admin scope
+# in the API; tokens are for the API only, so portal and dashboard pages send a token holder to sign in.
+OURS = (404, 404, 200, 200, 200)  # (reader_a, reader_b, study_admin, export_token, admin_token) for study data
+GET_MATRIX: dict[str, tuple[str, tuple]] = {
+    "root": ("/", (302, 302, 302, 302, 302, 302)),
+    "login": ("/accounts/login/", (200, 302, 302, 302, 200, 200)),  # signed-in users are sent on
+    "logout": ("/accounts/logout/", (405, 405, 405, 405, 405, 405)),
+    "portal:home": ("/portal/", (L, 200, 200, 200, L, L)),
+    "portal:queue-next": ("/portal/q/{queue.token}/next/", (L, 302, 404, 404, L, L)),
+    "portal:done": ("/portal/q/{queue.token}/done/", (L, 200, 404, 404, L, L)),
+    "portal:review": ("/portal/q/{queue.token}/review/", (L, 403, 404, 404, L, L)),
+    "portal:case": ("/portal/c/{task.token}/", (L, 200, 404, 404, L, L)),
+    "portal:image": ("/portal/i/{task.token}", (L, 200, 404, 404, L, L)),
+    "portal:api-next": ("/portal/api/next?queue={queue.token}", (L, 200, 404, 404, L, L)),
+    "portal:api-submit": ("/portal/api/submit", (L, 405, 405, 405, L, L)),
+    "inference:clean-preview": ("/tools/clean/", (A, A, A, 200, A, A)),
+    "dashboard:home": ("/dashboard/", (L, 200, 200, 200, L, L)),
+    "dashboard:study": ("/dashboard/studies/{study.pk}/", (L, 404, 404, 200, L, L)),
+    "dashboard:study-launch": ("/dashboard/studies/{study.pk}/launch/", (L, 405, 405, 405, L, L)),
+    "dashboard:study-version": ("/dashboard/studies/{study.pk}/version/", (L, 405, 405, 405, L, L)),
+    "dashboard:round": ("/dashboard/rounds/{round.pk}/", (L, 404, 404, 200, L, L)),
+    "dashboard:round-progress": ("/dashboard/rounds/{round.pk}/progress.json", (L, 404, 404, 200, L, L)),
+    "dashboard:round-gallery": ("/dashboard/rounds/{round.pk}/gallery/", (L, 404, 404, 200, L, L)),
+    "dashboard:round-report": ("/dashboard/rounds/{round.pk}/report/", (L, 404, 404, 200, L, L)),
+    "dashboard:round-report-refresh": ("/dashboard/rounds/{round.pk}/report/refresh/", (L, 405, 405, 405, L, L)),
+    "dashboard:round-action": ("/dashboard/rounds/{round.pk}/close/", (L, 405, 405, 405, L, L)),
+    "dashboard:image-file": ("/dashboard/images/{image.pk}/full.png", (L, 404, 404, 200, L, L)),
+    "dashboard:generated-file": ("/dashboard/generated/{generated.pk}.png", (L, 404, 404, 200, L, L)),
+    "api:schema": ("/api/v1/schema/", (200, 200, 200, 200, 200, 200)),
+    "api:docs": ("/api/v1/docs/", (200, 200, 200, 200, 200, 200)),
+    "api:api-root": ("/api/v1/", (401, 200, 200, 200, 200, 200)),
+    "api:study-list": ("/api/v1/studies/", (401, 200, 200, 200, 200, 200)),
+    "api:study-detail": ("/api/v1/studies/{study.pk}/", (401, *OURS)),
+    "api:study-export": ("/api/v1/studies/{study.pk}/export/?format=jsonl", (401, *OURS)),
+    "api:round-list": ("/api/v1/rounds/", (401, 200, 200, 200, 200, 200)),
+    "api:round-detail": ("/api/v1/rounds/{round.pk}/", (401, *OURS)),
+    "api:round-report": ("/api/v1/rounds/{round.pk}/report/", (401, *OURS)),
+    "api:round-cancel": ("/api/v1/rounds/{round.pk}/cancel/", (401, 405, 405, 405, 405, 405)),
+    "api:round-close": ("/api/v1/rounds/{round.pk}/close/", (401, 405, 405, 405, 405, 405)),
+    "api:round-retry": ("/api/v1/rounds/{round.pk}/retry/", (401, 405, 405, 405, 405, 405)),
+    "api:image-list": ("/api/v1/images/", (401, 200, 200, 200, 200, 200)),
+    "api:image-detail": ("/api/v1/images/{image.pk}/", (401, *OURS)),
+    "api:image-file": ("/api/v1/images/{image.pk}/file/", (401, *OURS)),
+    "api:label-list": ("/api/v1/labels/", (401, 200, 200, 200, 200, 200)),
+    "api:label-detail": ("/api/v1/labels/{label.pk}/", (401, *OURS)),
+    "api:task-list": ("/api/v1/tasks/", (401, 200, 200, 200, 200, 200)),
+    "api:task-detail": ("/api/v1/tasks/{task.pk}/", (401, 200, 404, 200, 200, 200)),  # reader A's own task
+    "api:model-version-list": ("/api/v1/model-versions/", (401, 200, 200, 200, 200, 200)),
+    "api:model-version-detail": ("/api/v1/model-versions/{version.pk}/", (401, *OURS)),
+    "api:export-list": ("/api/v1/exports/", (401, 200, 200, 200, 200, 200)),
+    "api:export-detail": ("/api/v1/exports/{export.pk}/", (401, *OURS)),
+    "api:export-download": ("/api/v1/exports/{export.pk}/download/", (401, 404, 404, 409, 409, 409)),
+    "api:webhook-list": ("/api/v1/webhooks/", (401, 200, 200, 200, 200, 200)),
+    # webhooks are the admin scope's: an export token does not see them at all
+    "api:webhook-detail": ("/api/v1/webhooks/{hook.pk}/", (401, 404, 404, 200, 404, 200)),
+    "api:webhook-deliveries": ("/api/v1/webhooks/{hook.pk}/deliveries/", (401, 404, 404, 200, 404, 200)),
+}
+
+# Another study's data: only a superuser would see it; the study admin and their tokens get 404 like the readers.
+OTHER_MATRIX = {
+    "dashboard:study": ("/dashboard/studies/{other.pk}/", (L, 404, 404, 404, L, L)),
+    "dashboard:round": ("/dashboard/rounds/{other_round.pk}/", (L, 404, 404, 404, L, L)),
+    "api:study-detail": ("/api/v1/studies/{other.pk}/", (401, 404, 404, 404, 404, 404)),
+    "api:round-detail": ("/api/v1/rounds/{other_round.pk}/", (401, 404, 404, 404, 404, 404)),
+    "api:study-export": ("/api/v1/studies/{other.pk}/export/?format=jsonl", (401, 404, 404, 404, 404, 404)),
+}
+
+
+def _names(resolver, ns: str = "") -> set[str]:
+    names = set()
+    for p in resolver.url_patterns:
+        if isinstance(p, URLResolver):
+            if p.app_name == "admin":
+                continue  # the Django admin: checked model by model below
+            names |= _names(p, ns + (f"{p.namespace}:" if p.namespace else ""))
+        elif isinstance(p, URLPattern):
+            names.add(ns + (p.name or "root"))
+    return names
+
+
+def test_every_url_pattern_has_a_row_in_the_matrix():
+    assert _names(get_resolver()) == set(GET_MATRIX)
+
+
+def _mismatch(response, expected) -> str | None:
+    """None when the response is what the matrix says, else what it was."""
+    got = response.status_code
+    location = response.get("Location", "")
+    if expected == L and got == 302 and location.startswith("/accounts/login/"):
+        return None
+    if expected == A and got == 302 and location.startswith("/admin/login/"):
+        return None
+    if expected == got and not (got == 302 and expected != 302 and "/login/" in location):
+        return None
+    return f"{got} {location}".strip()
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_get_matrix(world, who):
+    column = WHO.index(who)
+    client = world["client"](who)
+    wrong = []
+    for matrix in (GET_MATRIX, OTHER_MATRIX):
+        for template, expected in matrix.values():
+            url = template.format(**world)
+            got = _mismatch(client.get(url), expected[column])
+            if got is not None:
+                wrong.append(f"{url}: expected {expected[column]}, got {got}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _admin_urls(world) -> list[tuple[str, str]]:
+    """(url, what the study admin gets) for the admin index, the import view, and each registered model's list and
+    change pages: "ours" (200), "other" (another study's object: not found) or "no-permission" (403: models outside
+    the annotation app, which study admins hold no permissions on)."""
+    other_event = AuditEvent.objects.get(study=world["other"], action="membership.add")
+    other_token = ApiToken.objects.get(name="stranger's")
+    urls = [("/admin/", "ours"), (f"/admin/annotation/study/{world['study'].pk}/import/", "ours"),
+            (f"/admin/annotation/study/{world['other'].pk}/import/", "other"),
+            (f"/admin/annotation/study/{world['other'].pk}/change/", "other"),
+            (f"/admin/annotation/round/{world['other_round'].pk}/change/", "other"),
+            (f"/admin/annotation/auditevent/{other_event.pk}/change/", "other"),
+            (f"/admin/annotation/apitoken/{other_token.pk}/change/", "other")]
+    for model in django_admin.site._registry:
+        meta = model._meta
+        base = f"/admin/{meta.app_label}/{meta.model_name}/"
+        if meta.app_label != "annotation":
+            urls.append((base, "no-permission"))
+            continue
+        urls.append((base, "ours"))
+        obj = _our_object(model, world)
+        if obj is not None:
+            urls.append((f"{base}{obj.pk}/change/", "ours"))
+    return urls
+
+
+def _our_object(model, world):
+    from annotation.admin import StudyScopedAdmin
+
+    model_admin = django_admin.site._registry[model]
+    if not isinstance(model_admin, StudyScopedAdmin):
+        return None
+    path = model_admin.study_path
+    return model._default_manager.filter(**{path if path != "pk" else "pk": world["study"].pk}).first()
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_django_admin_matrix(world, who):
+    client = world["client"](who)
+    for url, kind in _admin_urls(world):
+        response = client.get(url)
+        if who != "study_admin":
+            assert _mismatch(response, A) is None, (who, url, response.status_code)
+        elif kind == "ours":
+            assert response.status_code == 200, (url, response.status_code)
+        elif kind == "no-permission":
+            assert response.status_code == 403, (url, response.status_code)
+        else:  # another study's object: not found (the admin sends it back to its index with a message)
+            assert response.status_code in (302, 404), (url, response.status_code)
+            if response.status_code == 302:
+                assert "/login/" not in response["Location"]
+    if who == "study_admin":  # lists hold only what is theirs
+        events = client.get("/admin/annotation/auditevent/").content.decode()
+        assert "membership.add" in events and "stranger" not in events
+        assert "stranger&#x27;s" not in client.get("/admin/annotation/apitoken/").content.decode()
+
+
+def _state(world) -> tuple:
+    rnd = Round.objects.get(pk=world["round"].pk)
+    return (Round.objects.count(), rnd.status, ExportJob.objects.count(), Webhook.objects.count(),
+            Label.objects.count(), AuditEvent.objects.count(), Study.objects.get(pk=world["study"].pk).current_version_id)
+
+
+# Writes and who may make them (the rest are refused). Bodies are valid enough to do something if allowed.
+WRITES = {
+    "/portal/api/submit": ({"task": "{task.token}", "answer": {"call": "real", "confidence": 3},
+                            "submission_id": "7b0f2b8e-3b5e-4a43-9a39-1f1f3f3f3f3f"}, {"reader_a"}),
+    "/dashboard/studies/{study.pk}/launch/": ({"synthetic": 2, "real": 2}, {"study_admin"}),
+    "/dashboard/studies/{study.pk}/version/": ({"version": "{version.pk}"}, {"study_admin"}),
+    "/dashboard/rounds/{round.pk}/close/": ({}, {"study_admin"}),
+    "/dashboard/rounds/{round.pk}/cancel/": ({}, {"study_admin"}),
+    "/dashboard/rounds/{round.pk}/report/refresh/": ({}, {"study_admin"}),
+    "/api/v1/rounds/": ({"study": "{study.pk}"}, {"study_admin", "admin_token"}),
+    "/api/v1/rounds/{round.pk}/close/": ({}, {"study_admin", "admin_token"}),
+    "/api/v1/rounds/{round.pk}/cancel/": ({}, {"study_admin", "admin_token"}),
+    "/api/v1/rounds/{round.pk}/retry/": ({}, {"study_admin", "admin_token"}),
+    "/api/v1/exports/": ({"study": "{study.pk}", "format": "jsonl"}, {"study_admin", "export_token",
+                                                                       "admin_token"}),
+    "/api/v1/webhooks/": ({"study": "{study.pk}", "url": "http://127.0.0.1:9/x"}, {"study_admin", "admin_token"}),
+    "/api/v1/webhooks/{hook.pk}/": ({"active": False}, {"study_admin", "admin_token"}),
+}
+
+
+def _fill(value, world):
+    if isinstance(value, dict):
+        return {k: _fill(v, world) for k, v in value.items()}
+    return value.format(**world) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("who", [w for w in WHO if w != "study_admin"])
+def test_writes_by_callers_who_may_not_are_refused_and_change_nothing(world, who):
+    client = world["client"](who)
+    before = _state(world)
+    for template, (body, allowed) in WRITES.items():
+        if who in allowed:
+            continue
+        url = template.format(**world)
+        method = client.patch if template.startswith("/api/v1/webhooks/{") else client.post
+        response = method(url, _fill(body, world), format="json")
+        assert response.status_code in (302, 401, 403, 404), (who, url, response.status_code)
+        if response.status_code == 302:
+            assert response["Location"].startswith("/accounts/login/"), (who, url)
+        assert _state(world) == before, (who, url)
+
+
+def test_a_study_admins_writes_into_another_study_are_refused(world):
+    client = world["client"]("study_admin")
+    before = _state(world)
+    for url in (f"/dashboard/studies/{world['other'].pk}/launch/", f"/dashboard/rounds/{world['other_round'].pk}/close/",
+                f"/api/v1/rounds/{world['other_round'].pk}/close/"):
+        assert client.post(url, {}, format="json").status_code == 404, url
+    created = client.post("/api/v1/exports/", {"study": world["other"].pk, "format": "jsonl"}, format="json")
+    assert created.status_code in (400, 403, 404), created.status_code
+    assert _state(world) == before
