@@ -87,7 +87,9 @@ class StudyAdmin(StudyScopedAdmin):
                     form.add_error("archive", exc.reason)
         context = {**self.admin_site.each_context(request), "form": form, "study": study, "result": result,
                    "title": f"Import images into {study}"}
-        return render(request, "admin/annotation/import.html", context, status=400 if form.errors else 200)
+        # nothing usable in the upload (every file rejected, or none an image) is the client's error, said as a 400
+        refused = bool(form.errors) or (result is not None and not result.imported and not result.duplicates)
+        return render(request, "admin/annotation/import.html", context, status=400 if refused else 200)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {**(extra_context or {}),

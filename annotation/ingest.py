@@ -287,6 +287,8 @@ def _decode_pillow(data: bytes, fmt: str, limits: IngestLimits) -> DecodedImage:
         ) from exc
     except ImageRejected:
         raise
+    except Image.UnidentifiedImageError as exc:  # its message names an in-memory buffer: say what it means
+        raise ImageRejected(f"corrupt or truncated {label}: the decoder cannot read its header") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
         raise ImageRejected(f"corrupt or truncated {label}: {exc}") from exc
     if fmt == "jpeg":

@@ -18,7 +18,8 @@ from .errors import WeightsError
 
 
 class CleanForm(forms.Form):
-    image = forms.ImageField(help_text="PNG or JPEG, grayscale or colour.")
+    # a plain file field: _decode checks it and says what is wrong in words (Django's ImageField says only "invalid")
+    image = forms.FileField(help_text="PNG or JPEG, grayscale or colour.")
 
 
 def _data_uri(array: np.ndarray) -> str:
@@ -34,15 +35,25 @@ def _overlay(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _decode(upload) -> np.ndarray:
+    """The upload as 8-bit grayscale, or a ValidationError saying why not (size checked before decoding)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             image = PILImage.open(upload)
+            if image.format not in ("PNG", "JPEG"):
+                raise forms.ValidationError(f"Could not read the image: {image.format} is not a PNG or JPEG file.")
             if image.width * image.height > settings.CXR_MAX_PIXELS:
-                raise forms.ValidationError("The image has too many pixels.")
+                raise forms.ValidationError(
+                    f"Could not read the image: {image.width}x{image.height} pixels, over the "
+                    f"{settings.CXR_MAX_PIXELS}-pixel limit (decompression bomb?).")
             return np.asarray(image.convert("L"))
-    except (OSError, PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
-        raise forms.ValidationError(f"Could not read the image: {exc}") from exc
+    except PILImage.UnidentifiedImageError as exc:
+        raise forms.ValidationError("Could not read the image: not a PNG or JPEG file (the preview takes PNG or "
+                                    "JPEG; DICOM files go through the study's import page).") from exc
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise forms.ValidationError(f"Could not read the image: too large to decode safely ({exc}).") from exc
+    except OSError as exc:
+        raise forms.ValidationError(f"Could not read the image: corrupt or truncated ({exc}).") from exc
 
 
 @staff_member_required
