@@ -1,5 +1,5 @@
-"""A reader works through a list in headless Chromium with the keyboard alone: sign in, start the list, answer
-realism and rubric cases, go back with Backspace to revise one, finish on the done page. The database must then
+"""A reader works through a list of ten cases in headless Chromium with the keyboard alone: sign in, start the list,
+answer five realism and five rubric cases, go back with Backspace to revise one, finish on the done page. The database must then
 hold exactly those answers, the revision as a new row, and the page must never have shown provenance.
 
 Set UPDATE_DOCS_SCREENSHOTS=1 to refresh docs/portal-case.png from this run.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long enough reader password"
@@ -26,7 +26,7 @@ PAYLOAD_KEYS = set("task kind images url answer rubric progress queue previous n
 
 @pytest.fixture
 def reader(transactional_db, make_study, add_reader):
-    """A reader with a password and four cases: one real and one synthetic phantom, each read for realism and
+    """A reader with a password and ten cases: two real and three synthetic phantoms, each read for realism and
     for the rubric."""
     from annotation import services
     from inference.phantoms import generate_phantom
@@ -35,18 +35,24 @@ def reader(transactional_db, make_study, add_reader):
         "keyboard", task_kinds=["realism", "rubric"], display_size=512, readers_per_image=1, seed=20240601
     )
     rnd = services.round_create(study=study)
-    services.image_store(
-        study=study, round=rnd, source="real", pixels=generate_phantom(seed=11, size=512).image
-    )
-    services.image_store(
-        study=study,
-        round=rnd,
-        source="synthetic",
-        prompt=PROMPT,
-        generator=GENERATOR,
-        seed=7,
-        pixels=generate_phantom(seed=12, size=512).image,
-    )
+    for seed in (11, 13):
+        services.image_store(
+            study=study, round=rnd, source="real", pixels=generate_phantom(seed=seed, size=512).image
+        )
+    for seed in (12, 14, 16):
+        services.image_store(
+            study=study,
+            round=rnd,
+            source="synthetic",
+            prompt=PROMPT,
+            generator=GENERATOR,
+            seed=seed,
+            pixels=generate_phantom(seed=seed, size=512).image,
+        )
+    # A reading study, not a training round: the last answer closes labeling and the round is done (with training,
+    # eager Celery would train the reward model inside the done page's request).
+    rnd.config = {"train": False}
+    rnd.save(update_fields=["config"])
     services.round_open_labeling(round=rnd)
     reader = add_reader(study, "dr-keys")
     reader.set_password(PASSWORD)
@@ -113,7 +119,7 @@ def save_docs_screenshot(png: bytes) -> None:
 
 
 def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server, reader, page, artifacts_dir):
-    from annotation.models import Label, ReadingTask, TaskStatus
+    from annotation.models import Label, ReadingTask, Round, TaskStatus
 
     # Sign in by typing; the username field has focus.
     page.goto(live_server.url + "/portal/")
@@ -139,7 +145,7 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     # Case 1, realism: synthetic, confidence 4.
     data = check_case_page(page)
     assert data["kind"] == "realism" and data["previous"] is None
-    assert counter(page) == "0 / 4"
+    assert counter(page) == "0 / 10"
     press_all(page, "s", "4")
     assert page.is_checked('input[name="call"][value="synthetic"]')
     assert page.is_checked('input[name="confidence"][value="4"]')
@@ -148,22 +154,27 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
         save_docs_screenshot(shot)
     submit(page)
 
-    # Case 2, realism: real, confidence 2.
+    # Case 2, realism: real (capital R works too), confidence 2; cases 3-5 alternate, confidence 3.
     assert check_case_page(page)["kind"] == "realism"
-    assert counter(page) == "1 / 4"
+    assert counter(page) == "1 / 10"
     press_all(page, "R", "2")
     submit(page)
+    for n, call in ((2, "s"), (3, "r"), (4, "s")):
+        assert check_case_page(page)["kind"] == "realism"
+        assert counter(page) == f"{n} / 10"
+        press_all(page, call, "3")
+        submit(page)
 
-    # Case 3, rubric: 4, 3, 5 in criterion order (each score moves to the next criterion).
+    # Case 6, rubric: 4, 3, 5 in criterion order (each score moves to the next criterion).
     assert check_case_page(page)["kind"] == "rubric"
-    assert counter(page) == "2 / 4"
+    assert counter(page) == "5 / 10"
     press_all(page, "4", "3", "5")
     page.screenshot(path=artifacts_dir / "case-rubric.png")
     submit(page)
-    assert counter(page) == "3 / 4"
+    assert counter(page) == "6 / 10"
     last_url = page.url
 
-    # Backspace goes back to case 3, which shows the earlier answer; change anatomy to 2 and submit again.
+    # Backspace goes back to case 6, which shows the earlier answer; change anatomy to 2 and submit again.
     page.keyboard.press("Backspace")
     page.wait_for_url(lambda url: url != last_url)
     assert check_case_page(page)["kind"] == "rubric"
@@ -174,10 +185,18 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     page.screenshot(path=artifacts_dir / "case-revising.png")
     submit(page)
     assert page.url == last_url, "after a revision the reader returns to the case they left"
-    assert counter(page) == "3 / 4"
+    assert counter(page) == "6 / 10"
 
-    # Case 4: cannot assess, and the list is done.
+    # Cases 7-9, rubric: 3, 3, 3; progress shows on the page after each.
+    for n in (6, 7, 8):
+        assert check_case_page(page)["kind"] == "rubric"
+        assert counter(page) == f"{n} / 10"
+        press_all(page, "3", "3", "3")
+        submit(page)
+
+    # Case 10: cannot assess, and the list is done.
     check_case_page(page)
+    assert counter(page) == "9 / 10"
     press_all(page, "x")
     page.keyboard.press("Enter")
     page.wait_for_url("**/portal/q/*/done/")
@@ -186,18 +205,20 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     page.problems.assert_none()
 
     tasks = list(ReadingTask.objects.filter(reader=reader).order_by("position"))
-    assert [t.kind for t in tasks] == ["realism", "realism", "rubric", "rubric"]
+    assert [t.kind for t in tasks] == ["realism"] * 5 + ["rubric"] * 5
     assert all(t.status == TaskStatus.DONE for t in tasks)
-    assert [t.revisions for t in tasks] == [1, 1, 2, 1]
+    assert [t.revisions for t in tasks] == [1] * 5 + [2] + [1] * 4
     labels = {(lab.task_id, lab.revision): lab for lab in Label.objects.filter(reader=reader)}
-    assert sorted(labels) == sorted(
-        [(tasks[0].pk, 1), (tasks[1].pk, 1), (tasks[2].pk, 1), (tasks[2].pk, 2), (tasks[3].pk, 1)]
-    )
-    assert labels[tasks[0].pk, 1].answer == {"call": "synthetic", "confidence": 4}
-    assert labels[tasks[1].pk, 1].answer == {"call": "real", "confidence": 2}
-    first, revised = labels[tasks[2].pk, 1].answer, labels[tasks[2].pk, 2].answer
+    assert sorted(labels) == sorted([(t.pk, 1) for t in tasks] + [(tasks[5].pk, 2)])
+    calls = [labels[t.pk, 1].answer for t in tasks[:5]]
+    assert calls == [{"call": "synthetic", "confidence": 4}, {"call": "real", "confidence": 2},
+                     {"call": "synthetic", "confidence": 3}, {"call": "real", "confidence": 3},
+                     {"call": "synthetic", "confidence": 3}]
+    first, revised = labels[tasks[5].pk, 1].answer, labels[tasks[5].pk, 2].answer
     assert first["scores"] == {"anatomy": 4, "style": 3, "artifacts": 5}
     assert revised["scores"] == {"anatomy": 2, "style": 3, "artifacts": 5}
-    assert tasks[2].current_label_id == labels[tasks[2].pk, 2].pk
-    assert labels[tasks[3].pk, 1].answer["cannot_assess"] is True
+    assert tasks[5].current_label_id == labels[tasks[5].pk, 2].pk
+    assert all(labels[t.pk, 1].answer["scores"] == {"anatomy": 3, "style": 3, "artifacts": 3} for t in tasks[6:9])
+    assert labels[tasks[9].pk, 1].answer["cannot_assess"] is True
+    assert Round.objects.get(pk=tasks[0].round_id).status == "done"  # the last answer closed labeling
     assert all(lab.time_spent_ms > 0 for lab in labels.values())
