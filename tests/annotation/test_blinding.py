@@ -97,3 +97,97 @@ def test_a_reader_cannot_use_another_readers_image_url(mixed, add_reader):
     client.force_login(add_reader(study, "other-reader"))
     assert client.get(f"/portal/i/{task.token}").status_code == 404
     assert client_a.get(f"/portal/i/{task.token}").status_code == 200
+
+
+# --- the audit over HTTP: every reader-facing response, real against synthetic, time to first byte included -------
+
+
+def _normalised(text: str) -> str:
+    """A page with its per-task tokens and numbers (positions, progress, timers) taken out."""
+    return re.sub(r"\d+", "0", re.sub(r"[A-Za-z0-9_-]{20,}", "TOKEN", text))
+
+
+def _sign_test_p(wins: int, n: int) -> float:
+    """Two-sided binomial sign test: how likely a split this uneven is when neither side is faster."""
+    from math import comb
+
+    k = min(wins, n - wins)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_blinding_audit_over_http_finds_nothing_that_tells_real_from_synthetic(live_server, make_study, add_reader,
+                                                                                stored_round):
+    import http.client
+    import random
+    import time
+    from urllib.parse import urlsplit
+
+    from django.test import Client
+
+    study = make_study(readers_per_image=1, task_kinds=["realism"], display_size=96)
+    rnd = stored_round(study, real=6, synthetic=6, shape=(150, 90))
+    reader = add_reader(study, "audited-reader")
+    client = Client()
+    client.force_login(reader)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    host = urlsplit(live_server.url)
+
+    def get(path: str) -> tuple[http.client.HTTPResponse, bytes, float]:
+        # a fresh connection each time: on a kept-alive one, Nagle's algorithm and delayed ACKs put a ~40 ms floor
+        # under every response, which would hide any difference smaller than that
+        connection = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
+        connection.connect()
+        started = time.perf_counter()
+        connection.request("GET", path, headers={"Cookie": cookie})
+        response = connection.getresponse()  # returns once the status line and headers are in: the first byte
+        first_byte = time.perf_counter() - started
+        body = response.read()
+        connection.close()
+        return response, body, first_byte
+
+    queue = assignment.queue_for_reader(round=rnd, reader=reader)
+    pages: dict[str, set] = {"real": set(), "synthetic": set()}
+    payloads: dict[str, set] = {"real": set(), "synthetic": set()}
+    images: dict[str, list] = {"real": [], "synthetic": []}
+    while (task := assignment.tasks_next_for_reader(queue=queue)) is not None:
+        source = task.image.source
+        response, body, _ = get(f"/portal/c/{task.token}/")
+        assert response.status == 200
+        data = json.loads(re.search(r'<script[^>]*id="case-data"[^>]*>(.*?)</script>', body.decode(), re.S)[1])
+        if data["previous"] is not None:  # the first case alone has no way back: compare the others
+            pages[source].add(_normalised(body.decode()))
+            payloads[source].add(_normalised(json.dumps(data, sort_keys=True)))
+        (url,) = data["images"]
+        assert re.fullmatch(r"/portal/i/[A-Za-z0-9_-]{24}", url), url  # one URL shape, no ids, no extension
+        response, body, _ = get(url)
+        headers = tuple(sorted((k, v) for k, v in response.getheaders() if k.lower() != "date"))
+        images[source].append((url, response.status, headers, len(body)))
+        assignment.label_submit(reader=reader, task_token=task.token, answer={"call": "real", "confidence": 3},
+                                submission_id=__import__("uuid").uuid4())
+    assert len(images["real"]) == len(images["synthetic"]) == 6
+    # the case page and its data are one and the same for both sources once tokens and counters are taken out
+    assert pages["real"] == pages["synthetic"] and len(pages["real"]) == 1
+    assert payloads["real"] == payloads["synthetic"]
+    # image responses: same status, same headers (Content-Length included), same byte length
+    assert {row[1:] for row in images["real"]} == {row[1:] for row in images["synthetic"]}
+    assert len({row[1:] for row in images["real"] + images["synthetic"]}) == 1
+
+    # Time to first byte, interleaved in pairs (order within a pair drawn at random) so drift and noise hit both
+    # sources alike; a sign test over the pairs. Identical code paths fail this one time in a thousand.
+    rng = random.Random(7)
+    wins, pairs, times = 0, 60, {"real": [], "synthetic": []}
+    for i in range(pairs):
+        order = ["real", "synthetic"]
+        rng.shuffle(order)
+        measured = {}
+        for source in order:
+            url = images[source][i % 6][0]
+            response, _, first_byte = get(url)
+            assert response.status == 200
+            measured[source] = first_byte
+            times[source].append(first_byte)
+        wins += measured["real"] > measured["synthetic"]
+    p = _sign_test_p(wins, pairs)
+    median = {k: sorted(v)[len(v) // 2] * 1000 for k, v in times.items()}
+    assert p >= 0.001, f"time to first byte differs by source: real slower in {wins}/{pairs} pairs, medians {median} ms"
