@@ -25,8 +25,26 @@ class StudyScopedAdmin(admin.ModelAdmin):
         qs = super().get_queryset(request)
         if request.user.is_superuser:
             return qs
-        studies = StudyMembership.objects.filter(user=request.user, role=Role.ADMIN).values("study_id")
-        return qs.filter(**{f"{self.study_path}__in": studies})
+        return qs.filter(**{f"{self.study_path}__in": _admin_studies(request)})
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        """Choices (and what a raw id may name) limited to the admin's studies: nothing can be pointed at, or moved
+        into, another study from here."""
+        if not request.user.is_superuser:
+            path = _STUDY_PATHS.get(db_field.related_model)
+            if path is not None:
+                kwargs["queryset"] = db_field.related_model._default_manager.filter(
+                    **{f"{path}__in": _admin_studies(request)})
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def _admin_studies(request):
+    return StudyMembership.objects.filter(user=request.user, role=Role.ADMIN).values("study_id")
+
+
+#: How each study-owned model reaches its study (for foreign-key choices in the admin).
+_STUDY_PATHS = {Study: "pk", Round: "study", Image: "study", ReadingTask: "round__study",
+                Label: "task__round__study"}
 
 
 class MembershipInline(admin.TabularInline):
@@ -104,6 +122,10 @@ class RoundAdmin(StudyScopedAdmin):
     readonly_fields = ("pools", "progress", "metrics", "stage_error")
     actions = ["open_labeling", "close_labeling"]
 
+    def get_readonly_fields(self, request, obj=None):
+        # a stored round stays in its study, under its number
+        return (*self.readonly_fields, "study", "number") if obj is not None else self.readonly_fields
+
     @admin.display(description="Report")
     def report_link(self, obj):
         return format_html('<a href="{}">report</a>', reverse("dashboard:round-report", args=[obj.pk]))
@@ -130,7 +152,10 @@ class ImageAdmin(StudyScopedAdmin):
     list_display = ("pk", "study", "round", "source", "is_catch", "original_name", "burned_in_phi", "created_at")
     list_filter = ("source", "is_catch", "burned_in_phi", ("study", admin.RelatedOnlyFieldListFilter))
     search_fields = ("original_name", "prompt", "sha256")
-    readonly_fields = ("storage_key", "display_key", "sha256", "deid_removed", "preview")
+    readonly_fields = ("study", "round", "storage_key", "display_key", "sha256", "deid_removed", "preview")
+
+    def has_add_permission(self, request):
+        return False  # images come in through the import (files, de-identification, display rendition)
 
     @admin.display(description="Display rendition")
     def preview(self, obj):
@@ -144,12 +169,25 @@ class ReadingTaskAdmin(StudyScopedAdmin):
     list_filter = ("kind", "status", "is_catch")
     raw_id_fields = ("queue", "case", "image", "image_b", "repeat_of", "current_label")
 
+    # tasks are handed out by the assignment engine only: the admin shows them
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Label)
 class LabelAdmin(StudyScopedAdmin):
     study_path = "task__round__study"
     list_display = ("pk", "task", "reader", "revision", "created_at")
     readonly_fields = [f.name for f in Label._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # labels come from readers only
 
     def has_delete_permission(self, request, obj=None):
         return False  # labels are append-only
@@ -165,6 +203,9 @@ class AuditEventAdmin(StudyScopedAdmin):
     list_display = ("created_at", "actor", "action", "study", "object_type", "object_id")
     list_filter = ("action",)
 
+    def has_add_permission(self, request):
+        return False  # the trail is written by the code that acts, never by hand
+
     def has_change_permission(self, request, obj=None):
         return False
 
@@ -174,10 +215,15 @@ class AuditEventAdmin(StudyScopedAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Staff see (and may revoke) their own tokens; superusers see everyone's."""
+    """Staff see (and may revoke) their own tokens; superusers see everyone's. Tokens are issued by
+    `manage.py api_token` (the key is printed once); here only the name and the revocation can change."""
 
     list_display = ("name", "user", "prefix", "scope", "created_at", "revoked_at")
-    readonly_fields = ("prefix", "key_hash")
+    readonly_fields = ("user", "scope", "prefix", "key_hash", "created_at")
+    fields = ("name", "user", "scope", "prefix", "key_hash", "created_at", "revoked_at")
+
+    def has_add_permission(self, request):
+        return False
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)

@@ -24,7 +24,7 @@ import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
@@ -90,6 +90,7 @@ def selection_from(params: dict, *, study: Study, is_admin: bool) -> Selection:
         updated_at = updated if isinstance(updated, datetime) else parse_datetime(str(updated))
         if updated_at is None:
             raise ValidationError("updated_after must be an ISO 8601 date-time, e.g. 2026-11-26T12:00:00Z.")
+        updated_at = _utc(updated_at)
     identities = params.get("identities") or "pseudonym"  # usernames only when a study admin asks for them
     if identities not in ("pseudonym", "username"):
         raise ValidationError("identities must be 'pseudonym' or 'username'.")
@@ -124,24 +125,30 @@ def _scope(sel: Selection, study: Study) -> tuple[dict[int, int], list[int]]:
     return dict(rounds.values_list("pk", "number")), simulated
 
 
+def _utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _names(sel: Selection, study: Study) -> dict[int, tuple[str, bool]]:
     members = StudyMembership.objects.filter(study=study, role="reader").select_related("user")
     return {m.user_id: (m.user.get_username() if sel.identities == "username" else m.pseudonym, m.is_simulated)
             for m in members}
 
 
-def _label_sql(sel: Selection, round_ids: list[int], simulated: list[int], vendor: str) -> tuple[str, list]:
+def _label_sql(sel: Selection, round_ids: list[int], simulated: list[int], connection) -> tuple[str, list]:
     """The keyset-paginated label query; params[0] is the last label id seen. Columns: (id, task, round id, kind,
     image, image_b, reader, revision, current label, is_catch, repeat_of, time_spent_ms, created_at as ISO text
     without its offset (stored in UTC), answer as JSON text)."""
-    sqlite = vendor == "sqlite"
+    sqlite = connection.vendor == "sqlite"
     created = ("replace(l.created_at, ' ', 'T')" if sqlite
                else "to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
     answer = "l.answer" if sqlite else "l.answer::text"
     where, params = ["l.id > %s", f"t.round_id IN ({', '.join(['%s'] * len(round_ids))})"], [0, *round_ids]
     if sel.updated_after is not None:
         where.append("l.created_at > %s")
-        params.append(sel.updated_after)
+        # as the ORM would store it (SQLite compares text: naive UTC, never an offset)
+        params.append(connection.ops.adapt_datetimefield_value(_utc(sel.updated_after)))
     if simulated:
         where.append(f"l.reader_id NOT IN ({', '.join(['%s'] * len(simulated))})")
         params += simulated
@@ -194,7 +201,7 @@ def _chunks(sel: Selection) -> Iterator[tuple[list[tuple], dict[int, tuple], dic
     rounds, simulated = _scope(sel, study)
     if not rounds:
         return
-    sql, params = _label_sql(sel, sorted(rounds), simulated, connection.vendor)
+    sql, params = _label_sql(sel, sorted(rounds), simulated, connection)
     images = _Images()
     with connection.cursor() as cursor:
         while True:

@@ -2,7 +2,7 @@
 
 import json
 import zipfile
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -43,6 +43,10 @@ def test_jsonl_and_csv_equal_the_database(labelled, tmp_path):
     middle = expected[len(expected) // 2].created_at
     later = b"".join(jsonl_chunks(Selection(study="exp", updated_after=middle))).decode().splitlines()
     assert [json.loads(line)["label_id"] for line in later] == [lb.pk for lb in expected if lb.created_at > middle]
+    # the same instant written with another offset selects the same labels (SQLite compares stored text)
+    shifted = middle.astimezone(timezone(timedelta(hours=2)))
+    assert [row["label_id"] for row in label_rows(Selection(study="exp", updated_after=shifted))] == \
+        [json.loads(line)["label_id"] for line in later]
     realism = csv[csv["kind"] == "realism"]
     assert set(realism["answer.call"]) <= {"real", "synthetic"}
     rubric = csv[csv["kind"] == "rubric"]
