@@ -46,14 +46,26 @@ def _decode(upload) -> np.ndarray:
                 raise forms.ValidationError(
                     f"Could not read the image: {image.width}x{image.height} pixels, over the "
                     f"{settings.CXR_MAX_PIXELS}-pixel limit (decompression bomb?).")
-            return np.asarray(image.convert("L"))
+            return _to_gray8(image)
+    except forms.ValidationError:
+        raise
     except PILImage.UnidentifiedImageError as exc:
         raise forms.ValidationError("Could not read the image: not a PNG or JPEG file (the preview takes PNG or "
                                     "JPEG; DICOM files go through the study's import page).") from exc
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         raise forms.ValidationError(f"Could not read the image: too large to decode safely ({exc}).") from exc
-    except OSError as exc:
+    except Exception as exc:  # Pillow raises OSError, SyntaxError ("broken PNG file"), ValueError, zlib.error, ...
         raise forms.ValidationError(f"Could not read the image: corrupt or truncated ({exc}).") from exc
+
+
+def _to_gray8(image: PILImage.Image) -> np.ndarray:
+    """8-bit grayscale; 16-bit and 32-bit integer images are scaled over their own range, not clipped at 255."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+        return scaled.round().astype(np.uint8)
+    return np.asarray(image.convert("L"))
 
 
 @staff_member_required

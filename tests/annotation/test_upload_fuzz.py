@@ -3,7 +3,9 @@ cleaning preview. Each gets a clear 4xx naming what is wrong, and nothing is sto
 
 import html
 import io
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,32 @@ pytestmark = pytest.mark.django_db
 GOOD = png_bytes(Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64), dtype=np.uint8)))
 DICOM = dicom_bytes(make_dicom())
 
+
+def _broken_png() -> bytes:
+    """GOOD with its image data split over two chunks, the second of a type that is not letters: Pillow raises
+    SyntaxError ("broken PNG file") while decoding, not OSError."""
+    chunks, pos = [], 8
+    while pos < len(GOOD):
+        length, kind = struct.unpack(">I4s", GOOD[pos : pos + 8])
+        chunks.append((kind, GOOD[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = b"".join(body for kind, body in chunks if kind == b"IDAT")
+    half = len(data) // 2
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", chunks[0][1]) + chunk(b"IDAT", data[:half])
+            + chunk(b"\x00\x01\x02\x03", data[half:]) + chunk(b"IEND", b""))
+
+
 #: name → (bytes, what the refusal must say)
 FILES = {
     "corrupt.png": (GOOD[:40] + b"\x00garbage" * 20, "corrupt or truncated PNG: the decoder cannot read its header"),
     "truncated.png": (GOOD[: len(GOOD) // 2], "corrupt or truncated PNG"),
     "truncated.dcm": (DICOM[:200], "DICOM file holds no image"),
-    "cut.dcm": (DICOM[:-500], "DICOM"),
+    "cut.dcm": (DICOM[:-500], "cannot decode the DICOM pixel data (Explicit VR Little Endian): The number of bytes"),
+    "broken.png": (_broken_png(), "corrupt or truncated PNG: broken PNG file"),
     "bomb.png": (png_bytes(Image.new("1", (8000, 8000))), "over the 40000000-pixel limit (decompression bomb?)"),
     "forged.png": (_forged_png(30000, 30000), "decompression bomb"),
     "page.png": (b"<!DOCTYPE html><html><script>alert(1)</script></html>", "not a PNG, JPEG or DICOM file"),
@@ -102,6 +124,7 @@ def test_a_hostile_archive_is_refused_with_its_reason(upload, name):
     ("drawing.png", "Could not read the image: not a PNG or JPEG file"),
     ("truncated.dcm", "DICOM files go through the study's import page"),
     ("empty.png", "The submitted file is empty."),
+    ("broken.png", "Could not read the image: corrupt or truncated (broken PNG file"),
 ])
 def test_the_cleaning_preview_refuses_hostile_files_too(upload, name, reason):
     response, _ = upload(name, FILES[name][0], url="/tools/clean/")

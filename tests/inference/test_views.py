@@ -36,3 +36,19 @@ def test_readers_cannot_use_the_tool(client, make_user):
     assert client.get("/tools/clean/").status_code == 302
     client.logout()
     assert client.get("/tools/clean/").status_code == 302
+
+
+def test_a_16_bit_png_is_scaled_over_its_range_not_clipped(admin_client):
+    import base64
+    import re
+
+    import numpy as np
+
+    phantom = generate_phantom(seed=4, size=128).image  # 8-bit
+    wide = phantom.astype(np.uint16) * 257  # the same picture over the full 16-bit range
+    response = admin_client.post("/tools/clean/", {"image": png_upload(wide, "scan16.png")})
+    assert response.status_code == 200
+    original = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", response.content.decode())[1]
+    shown = np.asarray(PILImage.open(io.BytesIO(base64.b64decode(original))), dtype=np.float64)
+    expected = (phantom - phantom.min()) / (phantom.max() - phantom.min()) * 255
+    assert np.abs(shown - expected).mean() < 1.0
