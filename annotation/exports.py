@@ -165,7 +165,7 @@ class _Images:
     """Image columns for the labels of a chunk, one query per chunk for the images not yet seen; bounded, so memory
     stays flat however many images a study holds."""
 
-    LIMIT = 100_000
+    LIMIT = 20_000  # several chunks of distinct images; prompts make entries a few hundred bytes each
 
     def __init__(self):
         self.seen: dict[int, tuple] = {}
