@@ -221,7 +221,8 @@ def study_version(request: HttpRequest, pk: int) -> HttpResponse:
         if request.POST.get("rollback"):
             rounds.study_version_rollback(study=study, actor=request.user)
         else:
-            version = ModelVersion.objects.filter(pk=request.POST.get("version") or 0).first()
+            raw = (request.POST.get("version") or "").strip()
+            version = ModelVersion.objects.filter(pk=int(raw)).first() if raw.isdigit() and len(raw) < 19 else None
             if version is None:
                 raise ValidationError("Choose a model version.")
             rounds.study_version_choose(study=study, version=version, actor=request.user)

@@ -87,7 +87,10 @@ def selection_from(params: dict, *, study: Study, is_admin: bool) -> Selection:
     updated = params.get("updated_after")
     updated_at = None
     if updated not in (None, ""):
-        updated_at = updated if isinstance(updated, datetime) else parse_datetime(str(updated))
+        try:
+            updated_at = updated if isinstance(updated, datetime) else parse_datetime(str(updated))
+        except ValueError:  # well formed but impossible, e.g. 2026-02-30
+            updated_at = None
         if updated_at is None:
             raise ValidationError("updated_after must be an ISO 8601 date-time, e.g. 2026-11-26T12:00:00Z.")
         updated_at = _utc(updated_at)

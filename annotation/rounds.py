@@ -15,6 +15,7 @@ its data never strands a round.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 
@@ -54,6 +55,18 @@ def round_pk_from_owner(owner: str) -> int | None:
 # --- configuration -------------------------------------------------------------------------------------------------
 
 
+MAX_IMAGES = 100_000  # per round: a bound that keeps every count a sane integer for the database and the sampler
+MAX_OVERSAMPLE = 100
+
+
+def _number(name: str, value, low: float, high: float, *, whole: bool = False) -> None:
+    """A finite number (a whole one when `whole`) within [low, high], or a ValidationError that says so."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high:
+        what = "a whole number" if whole else "a number"
+        raise ValidationError(f"{name} must be {what} from {low:g} to {high:g}, not {value!r}.")
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     """What one round does. Stored on the round at launch; a study's `round_defaults` pre-fill it."""
@@ -91,12 +104,21 @@ class RoundConfig:
             raise ValidationError(f"objective must be one of {', '.join(OBJECTIVES)}.")
         if self.feedback_rounds not in ("all", "this") or self.promote not in ("auto", "manual"):
             raise ValidationError("feedback_rounds must be 'all' or 'this'; promote 'auto' or 'manual'.")
-        if self.oversample < 1 or not 0 <= self.uncertainty_weight <= 1 or self.eval_samples < 0:
-            raise ValidationError("oversample must be ≥ 1, uncertainty_weight within 0–1, eval_samples ≥ 0.")
+        _number("oversample", self.oversample, 1, MAX_OVERSAMPLE)
+        _number("uncertainty_weight", self.uncertainty_weight, 0, 1)
+        _number("promote_margin", self.promote_margin, 0, 1)
+        _number("eval_samples", self.eval_samples, 0, MAX_IMAGES, whole=True)
         for name in ("synthetic", "real"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValidationError(f"{name} must be a whole number ≥ 0.")
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 0, MAX_IMAGES, whole=True)
+        if self.seed is not None:
+            _number("seed", self.seed, 0, 2**31 - 1, whole=True)
+        for name in ("train", "image_metrics", "auto_next"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(f"{name} must be true or false.")
+        for name in ("generation", "reward", "finetune"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValidationError(f"{name} must be an object of settings.")
 
     @classmethod
     def from_dict(cls, data: dict) -> RoundConfig:

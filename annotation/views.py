@@ -177,7 +177,7 @@ def api_submit(request: HttpRequest) -> JsonResponse:
         return _json_error(exc.messages[0], 409)
     except PermissionDenied as exc:
         return _json_error(str(exc), 403)
-    except (ValidationError, ValueError, TypeError) as exc:
+    except (ValidationError, ValueError, TypeError, OverflowError) as exc:
         message = exc.messages[0] if isinstance(exc, ValidationError) else "time_spent_ms must be a number."
         return _json_error(message, 400)
     return JsonResponse({"saved": True, "revision": result.label.revision, "replayed": result.replayed})

@@ -180,6 +180,19 @@ class WebhookSerializer(serializers.ModelSerializer):
         model = Webhook
         fields = ["id", "study", "url", "secret", "events", "active", "created_at"]
 
+    def validate_study(self, study):
+        if self.instance is not None and study.pk != self.instance.study_id:
+            raise serializers.ValidationError("A webhook stays with its study; register a new one for another.")
+        return study
+
+    def validate_events(self, events):
+        from ..webhooks import EVENTS
+
+        unknown = set(events) - set(EVENTS)
+        if unknown:
+            raise serializers.ValidationError(f"unknown events {sorted(unknown)}; known: {list(EVENTS)}.")
+        return events
+
 
 class WebhookCreatedSerializer(WebhookSerializer):
     secret = serializers.CharField(read_only=True)

@@ -8,69 +8,17 @@ not use it: refused, and nothing in the database changes.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from django.contrib import admin as django_admin
-from django.contrib.auth.models import Permission
 from django.urls import URLPattern, URLResolver, get_resolver
-from rest_framework.test import APIClient
 
-from annotation import assignment, services
-from annotation.api.auth import token_issue
-from annotation.models import ApiToken, AuditEvent, ExportJob, Image, Label, Round, Study, Webhook
-from inference.models import GeneratedImage, GenerationBatch, ModelVersion
+from annotation.models import ApiToken, AuditEvent, ExportJob, Label, Round, Study, Webhook
 
 pytestmark = pytest.mark.django_db
 
 WHO = ("anonymous", "reader_a", "reader_b", "study_admin", "export_token", "admin_token")
 L = "login"  # a redirect to the sign-in page
 A = "admin-login"  # a redirect to the Django admin's sign-in page
-
-
-@pytest.fixture
-def world(labelled, make_user):
-    study, rnd = labelled["study"], labelled["round"]
-    alice, bob = labelled["readers"]
-    study_admin = labelled["admin"]
-    study_admin.is_staff = True  # study admins use the Django admin too (scoped to their studies)
-    study_admin.save()
-    study_admin.user_permissions.set(Permission.objects.filter(content_type__app_label="annotation"))
-    version = ModelVersion.objects.create(name="tiny-v1", base_path="/models/tiny")
-    Image.objects.filter(study=study, source="synthetic").update(model_version=version)
-    batch = GenerationBatch.objects.create(model_version=version, count=1)
-    generated = GeneratedImage.objects.create(batch=batch, index=0, seed=0, prompt="p",
-                                              raw_key=rnd.images.first().storage_key)
-    Round.objects.filter(pk=rnd.pk).update(generation_batch=batch, model_version=version,
-                                           metrics={"report": {"reader": {}}})
-    export = ExportJob.objects.create(study=study, requested_by=study_admin, format="jsonl")
-    hook = Webhook.objects.create(study=study, url="http://127.0.0.1:9/hook", secret="s", created_by=study_admin)
-    other = services.study_create(name="elsewhere", title="Elsewhere")
-    other_round = services.round_create(study=other)
-    other_image = services.image_store(study=other, round=other_round, source="real",
-                                       pixels=np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)).image
-    other_hook = Webhook.objects.create(study=other, url="http://127.0.0.1:9/other", secret="s")
-    stranger = make_user("stranger")
-    services.membership_add(study=other, user=stranger, role="admin", actor=stranger)  # an audit event of `other`
-    token_issue(user=stranger, name="stranger's", scope="admin")
-    queue = assignment.queue_for_reader(round=rnd, reader=alice)
-    task = alice.reading_tasks.filter(kind="realism").order_by("position").first()
-    tokens = {"export_token": token_issue(user=study_admin, name="e", scope="export")[1],
-              "admin_token": token_issue(user=study_admin, name="a", scope="admin")[1]}
-    users = {"reader_a": alice, "reader_b": bob, "study_admin": study_admin}
-
-    def client(who: str) -> APIClient:
-        c = APIClient()
-        if who in users:
-            c.force_login(users[who])
-        elif who in tokens:
-            c.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens[who]}")
-        return c
-
-    return {"study": study, "round": rnd, "other": other, "other_round": other_round, "other_image": other_image,
-            "other_hook": other_hook, "queue": queue,
-            "task": task, "image": rnd.images.filter(source="synthetic").first(), "version": version,
-            "generated": generated, "export": export, "hook": hook, "label": Label.objects.filter(
-                task__round=rnd).first(), "client": client}
 
 
 # name: (url template, expected status per caller in WHO order). A study admin's session acts with the admin scope
