@@ -89,8 +89,8 @@ class RoundConfig:
                                   "the reward model before the new version is promoted.")
     promote: str = option("auto", "'auto': the new version becomes the study's current one when it scores no "
                                   "worse than `promote_margin` below its parent; 'manual': an admin decides.")
-    promote_margin: float = option(0.0, "How far (reward units, 0–1) the new version may score below its parent "
-                                        "and still be promoted.")
+    promote_margin: float = option(0.0, "How far (reward units, −1 to 1) the new version may score below its "
+                                        "parent and still be promoted; negative: it must score that much better.")
     image_metrics: bool = option(True, "Compute image metrics (FID when weights are configured, PRDC, ...) in the "
                                        "evaluating stage.")
     auto_next: bool = option(False, "Launch the next round with the same settings when this one is done.")
@@ -106,7 +106,7 @@ class RoundConfig:
             raise ValidationError("feedback_rounds must be 'all' or 'this'; promote 'auto' or 'manual'.")
         _number("oversample", self.oversample, 1, MAX_OVERSAMPLE)
         _number("uncertainty_weight", self.uncertainty_weight, 0, 1)
-        _number("promote_margin", self.promote_margin, 0, 1)
+        _number("promote_margin", self.promote_margin, -1, 1)  # negative: the new version must score better
         _number("eval_samples", self.eval_samples, 0, MAX_IMAGES, whole=True)
         for name in ("synthetic", "real"):
             if getattr(self, name) is not None:
