@@ -99,17 +99,9 @@ def upload(make_study, admin_client, settings):
     return post
 
 
-@pytest.mark.parametrize("name", sorted(FILES))
-def test_a_hostile_single_file_is_refused_with_its_reason(upload, name):
-    data, reason = FILES[name]
-    response, _ = upload(name, data)
-    assert response.status_code == 400, name
-    assert reason in html.unescape(response.content.decode())
-
-
-@pytest.mark.parametrize("name", sorted(ARCHIVES))
-def test_a_hostile_archive_is_refused_with_its_reason(upload, name):
-    data, reason = ARCHIVES[name]
+@pytest.mark.parametrize("name", sorted(FILES) + sorted(ARCHIVES))
+def test_a_hostile_file_or_archive_is_refused_with_its_reason(upload, name):
+    data, reason = {**FILES, **ARCHIVES}[name]
     response, _ = upload(name, data)
     assert response.status_code == 400, name
     assert reason in html.unescape(response.content.decode())
