@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -43,9 +44,12 @@ def _cannot_assess(answer: dict) -> dict | None:
     return {"cannot_assess": True, "reason": reason, "comment": comment}
 
 
-def _int_in(value: Any, low: int, high: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationError(f"{name} must be a whole number from {low} to {high}.")
+def number_in(value: Any, low: float, high: float, name: str, *, whole: bool = True) -> float:
+    """`value` if it is a finite number (a whole one when `whole`) within [low, high]; else a ValidationError that
+    says so (booleans are not numbers here)."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high:
+        raise ValidationError(f"{name} must be {'a whole number' if whole else 'a number'} from {low} to {high}.")
     return value
 
 
@@ -81,7 +85,7 @@ def validate_answer(kind: str, answer: Any, *, rubric: list[dict]) -> dict:
     if kind == "realism":
         if answer.get("call") not in ("real", "synthetic"):
             raise ValidationError("call must be 'real' or 'synthetic' (or mark the case cannot_assess).")
-        return {"call": answer["call"], "confidence": _int_in(answer.get("confidence"), *CONFIDENCE_RANGE, "confidence")}
+        return {"call": answer["call"], "confidence": number_in(answer.get("confidence"), *CONFIDENCE_RANGE, "confidence")}
     if kind == "rubric":
         scores = answer.get("scores")
         if not isinstance(scores, dict):
@@ -90,7 +94,7 @@ def validate_answer(kind: str, answer: Any, *, rubric: list[dict]) -> dict:
         extra = set(scores) - set(keys)
         if extra:
             raise ValidationError(f"Unknown rubric criteria: {', '.join(sorted(extra))}.")
-        clean = {c["key"]: _int_in(scores.get(c["key"]), c["min"], c["max"], c["label"]) for c in rubric}
+        clean = {c["key"]: number_in(scores.get(c["key"]), c["min"], c["max"], c["label"]) for c in rubric}
         comment = answer.get("comment", "")
         if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
             raise ValidationError(f"comment must be text of at most {MAX_COMMENT} characters.")

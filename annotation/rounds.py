@@ -15,7 +15,6 @@ its data never strands a round.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 
@@ -32,6 +31,7 @@ from inference.models import GenerationBatch, JobStatus, ModelVersion
 from training.models import RunKind, TrainingRun
 
 from . import services
+from .answers import number_in
 from .models import Image, ReadingCase, Round, RoundStatus, Source, Study, TaskKind
 from .services import IllegalTransition, audit, round_transition
 
@@ -57,14 +57,6 @@ def round_pk_from_owner(owner: str) -> int | None:
 
 MAX_IMAGES = 100_000  # per round: a bound that keeps every count a sane integer for the database and the sampler
 MAX_OVERSAMPLE = 100
-
-
-def _number(name: str, value, low: float, high: float, *, whole: bool = False) -> None:
-    """A finite number (a whole one when `whole`) within [low, high], or a ValidationError that says so."""
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high:
-        what = "a whole number" if whole else "a number"
-        raise ValidationError(f"{name} must be {what} from {low:g} to {high:g}, not {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -104,15 +96,15 @@ class RoundConfig:
             raise ValidationError(f"objective must be one of {', '.join(OBJECTIVES)}.")
         if self.feedback_rounds not in ("all", "this") or self.promote not in ("auto", "manual"):
             raise ValidationError("feedback_rounds must be 'all' or 'this'; promote 'auto' or 'manual'.")
-        _number("oversample", self.oversample, 1, MAX_OVERSAMPLE)
-        _number("uncertainty_weight", self.uncertainty_weight, 0, 1)
-        _number("promote_margin", self.promote_margin, -1, 1)  # negative: the new version must score better
-        _number("eval_samples", self.eval_samples, 0, MAX_IMAGES, whole=True)
+        number_in(self.oversample, 1, MAX_OVERSAMPLE, "oversample", whole=False)
+        number_in(self.uncertainty_weight, 0, 1, "uncertainty_weight", whole=False)
+        number_in(self.promote_margin, -1, 1, "promote_margin", whole=False)  # negative: the new version must score better
+        number_in(self.eval_samples, 0, MAX_IMAGES, "eval_samples")
         for name in ("synthetic", "real"):
             if getattr(self, name) is not None:
-                _number(name, getattr(self, name), 0, MAX_IMAGES, whole=True)
+                number_in(getattr(self, name), 0, MAX_IMAGES, name)
         if self.seed is not None:
-            _number("seed", self.seed, 0, 2**31 - 1, whole=True)
+            number_in(self.seed, 0, 2**31 - 1, "seed")
         for name in ("train", "image_metrics", "auto_next"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(f"{name} must be true or false.")
