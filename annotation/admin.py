@@ -12,8 +12,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from . import importing, services
-from .models import ApiToken, AuditEvent, Image, Label, ReadingTask, Role, Round, Study, StudyMembership
+from annotation import importing, services
+from annotation.models import ApiToken, AuditEvent, Image, Label, ReadingTask, Role, Round, Study, StudyMembership
 
 
 class StudyScopedAdmin(admin.ModelAdmin):

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from .stats import CONFIDENCE_RANGE
+from annotation.stats import CONFIDENCE_RANGE
 
 MAX_COMMENT = 2000
 MAX_BOXES = 50

@@ -10,8 +10,8 @@ class AnnotationConfig(AppConfig):
         from inference.signals import batch_finished  # light modules: web processes must not load torch
         from training.signals import run_finished
 
-        from .domain import on_domain_finished
-        from .rounds import on_job_finished
+        from annotation.domain import on_domain_finished
+        from annotation.rounds import on_job_finished
 
         batch_finished.connect(lambda sender, batch, **_: on_job_finished(batch.owner), weak=False,
                                dispatch_uid="round-batch-finished")

@@ -19,8 +19,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from .answers import validate_answer
-from .models import (
+from annotation.answers import validate_answer
+from annotation.models import (
     Label,
     ReaderQueue,
     ReadingCase,
@@ -33,7 +33,7 @@ from .models import (
     TaskStatus,
     new_token,
 )
-from .ordering import chance, derive_seed, permute, slot_for
+from annotation.ordering import chance, derive_seed, permute, slot_for
 
 #: Candidates fetched per query while walking a reader's permutation.
 WINDOW = 32

@@ -18,9 +18,9 @@ from django.views.decorators.http import require_POST
 
 from inference.models import GeneratedImage, ModelVersion
 
-from . import plots, rounds
-from .models import Image, ReaderQueue, ReadingCase, Role, Round, RoundStatus, Study, StudyMembership
-from .services import IllegalTransition, audit
+from annotation import plots, rounds
+from annotation.models import Image, ReaderQueue, ReadingCase, Role, Round, RoundStatus, Study, StudyMembership
+from annotation.services import IllegalTransition, audit
 
 
 def _admin_study_ids(user) -> set[int] | None:
@@ -361,7 +361,7 @@ def round_report(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def round_report_refresh(request: HttpRequest, pk: int) -> HttpResponse:
-    from .tasks import round_report_build
+    from annotation.tasks import round_report_build
 
     rnd = _round_for_admin(request, pk)
     transaction.on_commit(lambda: round_report_build.delay(round_pk=rnd.pk))

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dashboard
+from annotation import dashboard
 
 app_name = "dashboard"
 urlpatterns = [

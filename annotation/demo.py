@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 
-from . import services
-from .models import Role, Round, RoundStatus, Study
+from annotation import services
+from annotation.models import Role, Round, RoundStatus, Study
 
 DEMO_USERS = {"admin": "admin-demo-pw", "reader": "reader-demo-pw"}
 DEMO_ROUND = {"finetune": {"steps": 40}, "eval_samples": 8}
@@ -21,9 +21,9 @@ def demo_study_ensure(*, images: int = 12, size: int = 256, rounds_of_real: int 
     own), `images` real + `images` synthetic per round, and round 1 open for labeling."""
     from config.celery import app
 
-    from .domain import domain_adapt
-    from .loop import real_pool_ensure
-    from .rounds import round_launch
+    from annotation.domain import domain_adapt
+    from annotation.loop import real_pool_ensure
+    from annotation.rounds import round_launch
 
     User = get_user_model()
     admin = User.objects.filter(username="admin").first() or User.objects.create_superuser(

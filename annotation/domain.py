@@ -16,7 +16,7 @@ from django.db import transaction
 from inference.models import ModelVersion
 from training.models import RunKind, RunStatus, TrainingRun
 
-from .models import Study
+from annotation.models import Study
 
 TINY_DOMAIN_STEPS = 40
 
@@ -38,8 +38,8 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
     from training.finetune import FinetuneConfig
     from training.services import training_run_create
 
-    from .feedback import domain_snapshot_freeze
-    from .services import audit
+    from annotation.feedback import domain_snapshot_freeze
+    from annotation.services import audit
 
     owner = f"annotation.study:{study.pk}"
     existing = TrainingRun.objects.filter(kind=RunKind.DOMAIN, owner=owner).exclude(
@@ -62,7 +62,7 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
 
 def on_domain_finished(run: TrainingRun) -> None:
     """A study's domain run ended: its version becomes the study's current one (unless an admin chose another)."""
-    from .rounds import study_version_choose
+    from annotation.rounds import study_version_choose
 
     prefix = "annotation.study:"
     if run.kind != RunKind.DOMAIN or not run.owner.startswith(prefix) or run.status != RunStatus.DONE:

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 from django.conf import settings
 
-from .models import Round
+from annotation.models import Round
 
 
 def _value(stat) -> float | None:
@@ -23,8 +23,8 @@ def _value(stat) -> float | None:
 
 
 def evaluate_round(rnd: Round) -> tuple[dict, bool]:
-    from .reports import round_report_compute
-    from .rounds import heartbeat, round_config
+    from annotation.reports import round_report_compute
+    from annotation.rounds import heartbeat, round_config
 
     cfg = round_config(rnd)
     skipped: dict[str, str] = {}
@@ -64,7 +64,7 @@ def evaluate_round(rnd: Round) -> tuple[dict, bool]:
 
 
 def _simulated_profiles(rnd: Round) -> list:
-    from .simulated import SimulatedProfile, simulated_members
+    from annotation.simulated import SimulatedProfile, simulated_members
 
     return [SimulatedProfile.from_dict(m.simulation or {}) for m in simulated_members(rnd.study)]
 
@@ -91,7 +91,7 @@ def _promotion_check(rnd: Round, cfg, profiles: list) -> tuple[dict, bool]:
     from training.reward import reward
     from training.services import reward_model_load
 
-    from .rounds import _seed, heartbeat
+    from annotation.rounds import _seed, heartbeat
 
     device = pick_device(settings.CXR_DEVICE)
     batch = rnd.generation_batch

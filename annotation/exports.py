@@ -31,7 +31,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db.models import Q
 
-from .models import Image, ReadingTask, Round, Study, StudyMembership
+from annotation.models import Image, ReadingTask, Round, Study, StudyMembership
 
 FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs")
 CHUNK = 5000
@@ -415,7 +415,7 @@ def _write_parquet(sel: Selection, path: Path, on_progress) -> int:
 def pairs_lines(sel: Selection) -> Iterator[bytes]:
     """Preference pairs as JSONL: explicit pairwise answers (current labels), plus rubric-gap pairs as the training
     snapshot derives them (`feedback.feedback_items`), over the selection's rounds."""
-    from .feedback import feedback_items
+    from annotation.feedback import feedback_items
 
     study = Study.objects.get(name=sel.study)
     rounds = Round.objects.filter(study=study, labeling_opened_at__isnull=False)

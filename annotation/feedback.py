@@ -13,9 +13,9 @@ from itertools import combinations
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from . import selectors
-from .models import Image, ReadingTask, Round, TaskStatus
-from .stats import CatchRule, catch_summary
+from annotation import selectors
+from annotation.models import Image, ReadingTask, Round, TaskStatus
+from annotation.stats import CatchRule, catch_summary
 
 SNAPSHOT_VERSION = 1
 
@@ -114,7 +114,7 @@ def feedback_snapshot_freeze(*, rounds: Sequence[Round]) -> tuple[str, str, dict
 
 def domain_snapshot_freeze(*, study) -> tuple[str, str, dict]:
     """The study's real image–report pairs (what domain adaptation learns from) as a frozen snapshot."""
-    from .models import Source
+    from annotation.models import Source
 
     images = Image.objects.filter(study=study, source=Source.REAL, is_catch=False).exclude(prompt="").order_by("pk")
     data = {"version": SNAPSHOT_VERSION, "rounds": [], "pairs": [], "excluded_readers": [], "items": [

@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from .ingest import ArchiveRejected, ImageRejected, IngestLimits, decode_image, iter_archive, read_member
-from .models import Round, Source, Study
-from .services import audit, image_store
+from annotation.ingest import ArchiveRejected, ImageRejected, IngestLimits, decode_image, iter_archive, read_member
+from annotation.models import Round, Source, Study
+from annotation.services import audit, image_store
 
 __all__ = ["ArchiveRejected", "ImportResult", "images_import_path", "read_reports_csv", "limits_from_settings"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from . import services
-from .models import Image, Label, Round, RoundStatus, Source, Study
+from annotation import services
+from annotation.models import Image, Label, Round, RoundStatus, Source, Study
 
 log = logging.getLogger("cxr.loop")
 TERMINAL = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.CANCELLED)
@@ -41,7 +41,7 @@ def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
 def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "domain") -> Study:
     """The study `name`, created when missing: phantom real images, `readers` simulated readers calibrated on
     them (readers_per_image = readers, so every task gets answered), the chosen base version."""
-    from .simulated import SimulatedProfile, _display, simulated_readers_ensure
+    from annotation.simulated import SimulatedProfile, _display, simulated_readers_ensure
 
     study = Study.objects.filter(name=name).first()
     if study is None:
@@ -55,10 +55,10 @@ def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "
                     .calibrated(sample) for i in range(readers)]
         simulated_readers_ensure(study=study, count=readers, profiles=profiles)
     if study.current_version_id is None:
-        from .rounds import study_version
+        from annotation.rounds import study_version
 
         if base == "domain":
-            from .domain import domain_adapt, on_domain_finished
+            from annotation.domain import domain_adapt, on_domain_finished
 
             run = domain_adapt(study=study)
             deadline = time.monotonic() + 3600
@@ -112,7 +112,7 @@ def embedded_worker_start() -> subprocess.Popen:
 
 def round_wait(rnd: Round, *, timeout_s: float, reconcile_every_s: float = 10.0, on_poll=None) -> Round:
     """Wait for the round to end; runs the reconciler meanwhile (so a lost message costs one stage timeout)."""
-    from .rounds import rounds_reconcile
+    from annotation.rounds import rounds_reconcile
 
     deadline, last = time.monotonic() + timeout_s, time.monotonic()
     while True:

@@ -14,9 +14,9 @@ from PIL import Image as PILImage
 
 from inference.phantoms import FINDING_TERMS
 
-from . import selectors
-from .models import Image, Round, Source
-from .stats import CatchRule, reader_report
+from annotation import selectors
+from annotation.models import Image, Round, Source
+from annotation.stats import CatchRule, reader_report
 
 _NEGATION = re.compile(r"^\s*(no|without|negative for)\b", re.IGNORECASE)
 

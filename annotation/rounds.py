@@ -30,10 +30,10 @@ from inference.config import option
 from inference.models import GenerationBatch, JobStatus, ModelVersion
 from training.models import RunKind, TrainingRun
 
-from . import services
-from .answers import number_in
-from .models import Image, ReadingCase, Round, RoundStatus, Source, Study, TaskKind
-from .services import IllegalTransition, audit, round_transition
+from annotation import services
+from annotation.answers import number_in
+from annotation.models import Image, ReadingCase, Round, RoundStatus, Source, Study, TaskKind
+from annotation.services import IllegalTransition, audit, round_transition
 
 log = logging.getLogger("cxr.rounds")
 
@@ -282,7 +282,7 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
         rnd = round_transition(round=rnd, to=RoundStatus.TRAINING_REWARD if train else RoundStatus.DONE,
                                actor=actor)
         audit(actor=actor, action="round.close_labeling", study=rnd.study, obj=rnd, **share)
-        from .tasks import round_snapshot_freeze
+        from annotation.tasks import round_snapshot_freeze
 
         transaction.on_commit(lambda: round_snapshot_freeze.delay(round_pk=rnd.pk))
     advance_later(rnd)
@@ -385,7 +385,7 @@ def _advance_reward(rnd: Round) -> Round:
     from training.reward import RewardConfig
     from training.services import training_run_create
 
-    from .feedback import feedback_snapshot_freeze
+    from annotation.feedback import feedback_snapshot_freeze
 
     run = rnd.reward_run
     if run is None:
@@ -473,7 +473,7 @@ def _tiny(rnd: Round) -> bool:
 
 
 def _has_simulated_work(rnd: Round) -> bool:
-    from .simulated import simulated_members
+    from annotation.simulated import simulated_members
 
     return bool(simulated_members(rnd.study))
 
@@ -483,14 +483,14 @@ def _has_simulated_work(rnd: Round) -> bool:
 
 def advance_later(rnd: Round) -> None:
     """Drive the round on from a worker, after the current transaction commits."""
-    from .tasks import round_advance as task
+    from annotation.tasks import round_advance as task
 
     transaction.on_commit(lambda: task.delay(round_pk=rnd.pk))
 
 
 def _enqueue_stage(rnd: Round) -> None:
     """Send the message of the round's own stage work; stamps the heartbeat so the reconciler waits a timeout."""
-    from . import tasks
+    from annotation import tasks
 
     task = {RoundStatus.CLEANING: tasks.round_clean, RoundStatus.EVALUATING: tasks.round_evaluate,
             RoundStatus.LABELING: tasks.round_simulate}.get(rnd.status)
@@ -504,7 +504,7 @@ def on_job_finished(owner: str) -> None:
     """A lower layer's job of a round ended: drive the round on (after the job's own commit)."""
     pk = round_pk_from_owner(owner)
     if pk is not None:
-        from .tasks import round_advance as task
+        from annotation.tasks import round_advance as task
 
         transaction.on_commit(lambda: task.delay(round_pk=pk))
 
@@ -602,7 +602,7 @@ def _stage(status: str):
 def round_clean(rnd: Round) -> None:
     """Choose which generated images readers see, store them in the round with the real images, clean them all
     (real and synthetic alike) and open labeling."""
-    from .selection import select_generated
+    from annotation.selection import select_generated
 
     cfg = round_config(rnd)
     synthetic, real = cfg.budget(rnd.study)
@@ -670,7 +670,7 @@ def round_simulate(rnd: Round) -> None:
     """The study's simulated readers answer their queues; labeling closes if that completes it."""
     import time
 
-    from .simulated import round_simulate_readers
+    from annotation.simulated import round_simulate_readers
 
     last = [time.monotonic()]
 
@@ -691,7 +691,7 @@ def round_evaluate(rnd: Round) -> None:
     """Reader statistics and image metrics for the round, the simulated readers' preference score of what it
     generated, and the promotion check of the new version against its parent; then done (and the next round,
     when configured)."""
-    from .evaluation import evaluate_round
+    from annotation.evaluation import evaluate_round
 
     metrics, promote = evaluate_round(rnd)
     with transaction.atomic():

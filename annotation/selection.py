@@ -13,7 +13,7 @@ from django.conf import settings
 
 from inference.models import GeneratedImage
 
-from .models import Round, RoundStatus
+from annotation.models import Round, RoundStatus
 
 THUMB = 16
 

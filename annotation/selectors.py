@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractUser
 from django.core.cache import cache
 from django.db.models import F, Q, Sum
 
-from .models import (
+from annotation.models import (
     ReaderQueue,
     ReadingCase,
     ReadingTask,
@@ -80,7 +80,7 @@ def queue_review(*, queue: ReaderQueue) -> list[ReadingTask]:
 def reads_for_round(*, round: Round) -> tuple[list, list]:
     """The round's current answers as statistics inputs: realism reads and rubric reads (cannot-assess left out).
     Readers are named by username: only study admins see these."""
-    from .stats import Read, RubricRead
+    from annotation.stats import Read, RubricRead
 
     reads, rubric = [], []
     tasks = (

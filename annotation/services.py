@@ -17,9 +17,9 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from .answers import validate_rubric_definition
-from .blinding import encode_png16, render_display
-from .models import (
+from annotation.answers import validate_rubric_definition
+from annotation.blinding import encode_png16, render_display
+from annotation.models import (
     AuditEvent,
     Image,
     ReadingCase,
@@ -149,7 +149,7 @@ def round_transition(*, round: Round, to: str, actor: AbstractUser | None = None
             rnd.labeling_closed_at = now
         rnd.save()
         audit(actor=actor, action=f"round.{to}", study=rnd.study, obj=rnd, previous=previous)
-        from .webhooks import emit
+        from annotation.webhooks import emit
 
         emit(study=rnd.study_id, event="round.status", payload={"round": rnd.number, "round_id": rnd.pk,
                                                                 "status": to, "previous": previous})

@@ -24,8 +24,8 @@ from PIL import Image as PILImage
 
 from inference.config import option
 
-from . import assignment, services
-from .models import ReadingTask, Role, Round, Study, StudyMembership
+from annotation import assignment, services
+from annotation.models import ReadingTask, Role, Round, Study, StudyMembership
 
 
 @dataclass(frozen=True)

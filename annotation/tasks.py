@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from . import assignment
+from annotation import assignment
 
 
 @shared_task(name="annotation.tasks.claims_expire_stale")
@@ -10,8 +10,8 @@ def claims_expire_stale() -> int:
 
 @shared_task(name="annotation.tasks.round_report_build")
 def round_report_build(*, round_pk: int) -> str:
-    from .models import Round
-    from .reports import round_report_compute
+    from annotation.models import Round
+    from annotation.reports import round_report_compute
 
     rnd = Round.objects.select_related("study").get(pk=round_pk)
     round_report_compute(round=rnd)
@@ -23,36 +23,36 @@ def round_report_build(*, round_pk: int) -> str:
 
 @shared_task(name="annotation.tasks.round_advance")
 def round_advance(*, round_pk: int) -> str:
-    from .models import Round
-    from .rounds import round_advance as advance
+    from annotation.models import Round
+    from annotation.rounds import round_advance as advance
 
     return advance(round=Round.objects.get(pk=round_pk)).status
 
 
 @shared_task(name="annotation.tasks.round_clean", acks_late=True, reject_on_worker_lost=True)
 def round_clean(*, round_pk: int) -> str:
-    from .rounds import round_clean as stage
+    from annotation.rounds import round_clean as stage
 
     return stage(round_pk)
 
 
 @shared_task(name="annotation.tasks.round_evaluate", acks_late=True, reject_on_worker_lost=True)
 def round_evaluate(*, round_pk: int) -> str:
-    from .rounds import round_evaluate as stage
+    from annotation.rounds import round_evaluate as stage
 
     return stage(round_pk)
 
 
 @shared_task(name="annotation.tasks.round_simulate", acks_late=True, reject_on_worker_lost=True)
 def round_simulate(*, round_pk: int) -> str:
-    from .rounds import round_simulate as stage
+    from annotation.rounds import round_simulate as stage
 
     return stage(round_pk)
 
 
 @shared_task(name="annotation.tasks.rounds_reconcile")
 def rounds_reconcile() -> int:
-    from .rounds import rounds_reconcile as reconcile
+    from annotation.rounds import rounds_reconcile as reconcile
 
     return len(reconcile())
 
@@ -68,7 +68,7 @@ def ping() -> str:
 
 @shared_task(name="annotation.tasks.export_job_run", acks_late=True, reject_on_worker_lost=True)
 def export_job_run(*, job_pk: int) -> str:
-    from .api.jobs import export_job_run as run
+    from annotation.api.jobs import export_job_run as run
 
     return run(job_pk)
 
@@ -78,8 +78,8 @@ def webhook_deliver(self, *, delivery_pk: int) -> str:
     """One attempt; a failure is retried with exponential backoff until CXR_WEBHOOK_MAX_ATTEMPTS."""
     from django.conf import settings
 
-    from .models import WebhookDelivery
-    from .webhooks import backoff_s, deliver
+    from annotation.models import WebhookDelivery
+    from annotation.webhooks import backoff_s, deliver
 
     delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_pk)
     if delivery.status != "pending":
@@ -93,7 +93,7 @@ def webhook_deliver(self, *, delivery_pk: int) -> str:
 
 @shared_task(name="annotation.tasks.round_snapshot_freeze")
 def round_snapshot_freeze(*, round_pk: int) -> int:
-    from .api.jobs import round_snapshot_freeze as freeze
-    from .models import Round
+    from annotation.api.jobs import round_snapshot_freeze as freeze
+    from annotation.models import Round
 
     return freeze(Round.objects.get(pk=round_pk))["rows"]

@@ -15,8 +15,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from . import assignment, selectors
-from .models import ReaderQueue, ReadingTask, RoundStatus, TaskStatus
+from annotation import assignment, selectors
+from annotation.models import ReaderQueue, ReadingTask, RoundStatus, TaskStatus
 
 IMAGE_HEADERS = {
     "Cache-Control": "private, max-age=3600",
@@ -113,7 +113,7 @@ def image(request: HttpRequest, token: str) -> HttpResponse:
 def done(request: HttpRequest, token: str) -> HttpResponse:
     queue = _queue(request, token)
     if queue.round.status == RoundStatus.LABELING:
-        from .rounds import advance_later, labeling_complete
+        from annotation.rounds import advance_later, labeling_complete
 
         if labeling_complete(queue.round):  # the last reader finished: training starts now, not at the next beat
             advance_later(queue.round)

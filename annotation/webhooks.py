@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Study, Webhook, WebhookDelivery
+from annotation.models import Study, Webhook, WebhookDelivery
 
 log = logging.getLogger("cxr.webhooks")
 EVENTS = ("round.status", "export.done")
@@ -36,7 +36,7 @@ def verify(secret: str, body: bytes, signature: str) -> bool:
 
 def emit(*, study: Study | int, event: str, payload: dict) -> list[WebhookDelivery]:
     """Queue a delivery of `event` to every active webhook of the study that wants it (after commit)."""
-    from .tasks import webhook_deliver
+    from annotation.tasks import webhook_deliver
 
     study_id = study if isinstance(study, int) else study.pk
     deliveries = []

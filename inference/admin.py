@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import GeneratedImage, GenerationBatch, ModelVersion
+from inference.models import GeneratedImage, GenerationBatch, ModelVersion
 
 
 @admin.register(ModelVersion)

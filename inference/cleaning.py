@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import cv2
 import numpy as np
 
-from .config import option
+from inference.config import option
 
 __all__ = [
     "Box",

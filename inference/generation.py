@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
-from .tiny import TEMPLATE_REPORTS
+from inference.tiny import TEMPLATE_REPORTS
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .devices import precision_for
-from .errors import WeightsError
+from inference.devices import precision_for
+from inference.errors import WeightsError
 
 log = logging.getLogger("cxr.inference")
 

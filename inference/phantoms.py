@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import option
+from inference.config import option
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural_effusion", "pneumothorax", "nodule", "consolidation")
 #: The words the report uses for each finding, for label parsers and tests.

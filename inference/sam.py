@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .config import option
-from .errors import WeightsError
+from inference.config import option
+from inference.errors import WeightsError
 
 __all__ = ["SAM_KINDS", "SamSpec", "WeightsError", "build_sam", "build_tiny_sam", "save_sam", "sam_spec"]
 

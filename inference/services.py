@@ -17,12 +17,12 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from .devices import pick_device
-from .errors import WeightsError
-from .generation import GenerationConfig, generate, plan_requests
-from .loading import PIPELINES, PipelineSpec
-from .models import GeneratedImage, GenerationBatch, JobStatus, ModelVersion
-from .signals import batch_finished  # noqa: F401 - re-exported: the layers above connect to it
+from inference.devices import pick_device
+from inference.errors import WeightsError
+from inference.generation import GenerationConfig, generate, plan_requests
+from inference.loading import PIPELINES, PipelineSpec
+from inference.models import GeneratedImage, GenerationBatch, JobStatus, ModelVersion
+from inference.signals import batch_finished  # noqa: F401 - re-exported: the layers above connect to it
 
 log = logging.getLogger("cxr.inference")
 
@@ -37,7 +37,7 @@ def tiny_models_dir() -> Path:
 
 def tiny_models_ensure() -> dict[str, Path]:
     """Build the tiny models once per machine (a file lock keeps web and worker from building them twice)."""
-    from .tiny import build_tiny_models
+    from inference.tiny import build_tiny_models
 
     out = tiny_models_dir()
     paths = {"sd": out / "sd", "sd_inpaint": out / "sd-inpaint", "sam": out / "sam-tiny.pth"}
@@ -123,7 +123,7 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
                             owner: str = "", config: GenerationConfig | None = None,
                             clean: bool = True) -> GenerationBatch:
     """Create the job row and enqueue it once the transaction commits."""
-    from .tasks import generation_batch_run
+    from inference.tasks import generation_batch_run
 
     config = config or generation_config_default(model_version)
     if count < 1:
@@ -137,7 +137,7 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
 def generation_batch_requeue(*, batch: GenerationBatch) -> None:
     """Send the batch's message again (a lost message or a dead worker); the run resumes where the stored images
     end. The heartbeat is stamped so a reconciler does not send it again before the stage timeout."""
-    from .tasks import generation_batch_run
+    from inference.tasks import generation_batch_run
 
     GenerationBatch.objects.filter(pk=batch.pk).exclude(status=JobStatus.DONE).update(heartbeat_at=timezone.now())
     transaction.on_commit(lambda: generation_batch_run.delay(batch_pk=batch.pk))
@@ -224,7 +224,7 @@ class Cleaner:
     _instances: dict[str, Cleaner] = {}
 
     def __init__(self, device, predictor=None, inpaint_pipe=None) -> None:
-        from .cleaning import CleaningConfig
+        from inference.cleaning import CleaningConfig
 
         self.device, self.predictor, self.inpaint_pipe = device, predictor, inpaint_pipe
         self.config = CleaningConfig()
@@ -237,7 +237,7 @@ class Cleaner:
             if settings.CXR_SAM_CHECKPOINT:
                 from segment_anything import SamPredictor
 
-                from .sam import build_sam
+                from inference.sam import build_sam
 
                 predictor = SamPredictor(build_sam(settings.CXR_SAM_KIND, settings.CXR_SAM_CHECKPOINT,
                                                    device=device))
@@ -249,6 +249,6 @@ class Cleaner:
         return cls._instances[key]
 
     def clean(self, image: np.ndarray):
-        from .cleaning import clean_image
+        from inference.cleaning import clean_image
 
         return clean_image(image, self.config, predictor=self.predictor, sd_inpaint_pipe=self.inpaint_pipe)

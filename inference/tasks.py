@@ -1,7 +1,7 @@
 from celery import shared_task
 
-from . import services
-from .models import GenerationBatch
+from inference import services
+from inference.models import GenerationBatch
 
 # Routed to the "gpu" queue by CELERY_TASK_ROUTES; acks_late + reject_on_worker_lost: a killed worker
 # leaves the message for the next one.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .phantoms import generate_phantoms
+from inference.phantoms import generate_phantoms
 
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 TEMPLATE_REPORTS = (
@@ -146,7 +146,7 @@ def build_tiny_sd(out_dir: Path, cfg: TinySDConfig | None = None, *, inpaint: bo
 
 def build_tiny_models(out_dir: Path, cfg: TinySDConfig | None = None) -> dict[str, Path]:
     """Write tiny `sd/`, `sd-inpaint/` (diffusers folders) and `sam-tiny.pth` under out_dir; return their paths."""
-    from .sam import build_tiny_sam, save_sam
+    from inference.sam import build_tiny_sam, save_sam
 
     cfg = cfg or TinySDConfig()
     out_dir = Path(out_dir)

@@ -36,7 +36,7 @@ import torch
 
 from inference.config import option
 
-from . import diffusion as D
+from training import diffusion as D
 
 OBJECTIVES = ("reward_weighted", "dpo", "domain")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")

@@ -10,8 +10,8 @@ from django.core.files.storage import default_storage
 
 from inference.services import local_copy, model_version_register
 
-from .models import RunKind, TrainingRun
-from .services import (
+from training.models import RunKind, TrainingRun
+from training.services import (
     Progress,
     _work_dir,
     download_dir,
@@ -30,7 +30,7 @@ def _checkpoint_prefix(run: TrainingRun) -> str:
 
 def restore_latest_checkpoint(run: TrainingRun, out_dir: Path) -> str | None:
     """Copy the newest checkpoint in storage into a fresh local folder (a new worker resuming a run)."""
-    from .finetune import list_checkpoints
+    from training.finetune import list_checkpoints
 
     if list_checkpoints(out_dir):
         return None
@@ -52,13 +52,13 @@ class CheckpointMirror:
     """After each step: upload checkpoints the loop wrote since the last call, and prune old ones from storage."""
 
     def __init__(self, run: TrainingRun, out_dir: Path, keep_last: int) -> None:
-        from .finetune import list_checkpoints
+        from training.finetune import list_checkpoints
 
         self.run, self.out_dir, self.keep_last = run, out_dir, keep_last
         self.uploaded = {p.name for p in list_checkpoints(out_dir)}
 
     def __call__(self) -> None:
-        from .finetune import list_checkpoints
+        from training.finetune import list_checkpoints
 
         local = list_checkpoints(self.out_dir)
         for path in local:
@@ -81,7 +81,7 @@ def finetune_data(run: TrainingRun, device) -> dict:
     real = [(image_load(i["key"]), i["prompt"]) for i in items if i["source"] == "real"]
     data: dict = {"real": real}
     if run.kind == RunKind.FINETUNE:
-        from .reward import reward
+        from training.reward import reward
 
         if run.reward_run is None:
             raise ValueError("A reward-weighted finetune needs its reward run.")
@@ -98,7 +98,7 @@ def finetune_data(run: TrainingRun, device) -> dict:
 def execute_finetune(run: TrainingRun) -> None:
     from inference.devices import pick_device
 
-    from .finetune import FinetuneConfig, run_finetune
+    from training.finetune import FinetuneConfig, run_finetune
 
     if run.base_version is None:
         raise ValueError("A finetune run needs the model version it starts from.")
@@ -106,7 +106,7 @@ def execute_finetune(run: TrainingRun) -> None:
     device = pick_device(settings.CXR_DEVICE)
     out_dir = _work_dir(run) / "finetune"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .finetune import list_checkpoints
+    from training.finetune import list_checkpoints
 
     restore_latest_checkpoint(run, out_dir)
     local = list_checkpoints(out_dir)

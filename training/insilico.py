@@ -42,7 +42,7 @@ import torch
 from inference.config import option
 from inference.tiny import TEMPLATE_REPORTS, TinySDConfig
 
-from .jsonable import json_safe
+from training.jsonable import json_safe
 
 BASE_MARKER = "insilico.json"
 CRITERIA = ("anatomy", "style", "artifacts")

@@ -32,7 +32,7 @@ import torch
 from inference.config import option
 from inference.phantoms import FINDINGS
 
-from .features import (  # noqa: F401  (re-exported: the metrics API in one place)
+from training.features import (  # noqa: F401  (re-exported: the metrics API in one place)
     FeatureExtractor,
     FeatureStats,
     MetricSkipped,
@@ -45,7 +45,7 @@ from .features import (  # noqa: F401  (re-exported: the metrics API in one plac
     random_features,
     timm_features,
 )
-from .jsonable import json_safe
+from training.jsonable import json_safe
 
 _MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as in torchmetrics
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from inference.config import option
 
-from .jsonable import json_safe
+from training.jsonable import json_safe
 
 REALISM = "realism"
 WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"

@@ -20,8 +20,8 @@ from PIL import Image as PILImage
 
 from inference.services import local_copy
 
-from .models import RunKind, RunStatus, TrainingRun
-from .signals import run_finished  # noqa: F401 - re-exported: the round orchestration connects to it
+from training.models import RunKind, RunStatus, TrainingRun
+from training.signals import run_finished  # noqa: F401 - re-exported: the round orchestration connects to it
 
 log = logging.getLogger("cxr.training")
 
@@ -36,7 +36,7 @@ class SnapshotError(RuntimeError):
 def training_run_create(*, kind: str, owner: str = "", config: dict, snapshot_key: str = "",
                         snapshot_sha256: str = "", base_version=None, reward_run: TrainingRun | None = None,
                         enqueue: bool = True) -> TrainingRun:
-    from .tasks import training_run_execute
+    from training.tasks import training_run_execute
 
     if kind not in RunKind.values:
         raise ValueError(f"Unknown run kind {kind!r}.")
@@ -51,7 +51,7 @@ def training_run_create(*, kind: str, owner: str = "", config: dict, snapshot_ke
 def training_run_requeue(*, run: TrainingRun) -> None:
     """Send the run's message again (a lost message, a dead worker, an admin's retry); it resumes from its last
     checkpoint in storage. The heartbeat is stamped so a reconciler does not send it again before its timeout."""
-    from .tasks import training_run_execute
+    from training.tasks import training_run_execute
 
     TrainingRun.objects.filter(pk=run.pk).exclude(status=RunStatus.DONE).update(heartbeat_at=timezone.now())
     transaction.on_commit(lambda: training_run_execute.delay(run_pk=run.pk))
@@ -140,7 +140,7 @@ def training_run_execute(*, run: TrainingRun) -> TrainingRun:
         if run.kind == RunKind.REWARD:
             _execute_reward(run)
         else:
-            from .finetune_runs import execute_finetune
+            from training.finetune_runs import execute_finetune
 
             execute_finetune(run)
     except Exception as exc:
@@ -163,7 +163,7 @@ REWARD_FILES = ["model.safetensors", "config.json", "metrics.json"]
 def _execute_reward(run: TrainingRun) -> None:
     from inference.devices import pick_device
 
-    from .reward import FeedbackItem, RewardConfig, save_reward_model, train_reward_model
+    from training.reward import FeedbackItem, RewardConfig, save_reward_model, train_reward_model
 
     cfg = RewardConfig.from_dict(run.config)
     data = snapshot_load(run)
@@ -181,7 +181,7 @@ def _execute_reward(run: TrainingRun) -> None:
 
 def reward_model_load(run: TrainingRun, device):
     """The reward model a finished reward run produced, loaded on `device` (worker-local copy cached)."""
-    from .reward import load_reward_model
+    from training.reward import load_reward_model
 
     if run.kind != RunKind.REWARD or run.status != RunStatus.DONE:
         raise ValueError(f"Run {run.pk} is not a finished reward run.")

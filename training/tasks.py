@@ -1,7 +1,7 @@
 from celery import shared_task
 
-from . import services
-from .models import TrainingRun
+from training import services
+from training.models import TrainingRun
 
 # Routed to the "gpu" queue (CELERY_TASK_ROUTES). acks_late + reject_on_worker_lost: a worker killed mid-run leaves
 # the message for the next worker, which resumes from the run's last checkpoint.

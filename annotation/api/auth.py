@@ -8,7 +8,7 @@ import secrets
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from ..models import ApiToken
+from annotation.models import ApiToken
 
 
 def token_issue(*, user, name: str, scope: str) -> tuple[ApiToken, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from ..exports import Selection, write_export
-from ..models import ExportJob, Round
+from annotation.exports import Selection, write_export
+from annotation.models import ExportJob, Round
 
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl"}
 
@@ -33,7 +33,7 @@ def _store(local: Path, key: str) -> str:
 
 def export_job_run(job_pk: int) -> str:
     """Write the job's export to a temporary file, then to storage with its manifest; webhook 'export.done'."""
-    from ..webhooks import emit
+    from annotation.webhooks import emit
 
     job = ExportJob.objects.select_related("study").get(pk=job_pk)
     if job.status == "done":

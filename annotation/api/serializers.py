@@ -7,8 +7,8 @@ from rest_framework import serializers
 
 from inference.models import ModelVersion
 
-from ..exports import FORMATS
-from ..models import ExportJob, Image, Label, ReadingTask, Round, Study, Webhook, WebhookDelivery
+from annotation.exports import FORMATS
+from annotation.models import ExportJob, Image, Label, ReadingTask, Round, Study, Webhook, WebhookDelivery
 
 
 class DetailSerializer(serializers.Serializer):
@@ -186,7 +186,7 @@ class WebhookSerializer(serializers.ModelSerializer):
         return study
 
     def validate_events(self, events):
-        from ..webhooks import EVENTS
+        from annotation.webhooks import EVENTS
 
         unknown = set(events) - set(EVENTS)
         if unknown:

@@ -24,8 +24,8 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
-from .. import exports, rounds
-from ..models import (
+from annotation import exports, rounds
+from annotation.models import (
     ExportJob,
     Image,
     Label,
@@ -38,8 +38,8 @@ from ..models import (
     Webhook,
     WebhookDelivery,
 )
-from ..services import IllegalTransition, audit
-from . import serializers as s
+from annotation.services import IllegalTransition, audit
+from annotation.api import serializers as s
 
 # --- who may do what ------------------------------------------------------------------------------------------------
 
@@ -397,7 +397,7 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         """Start an export job (any format); poll it, then download. Export or admin scope."""
         from django.db import transaction
 
-        from ..tasks import export_job_run
+        from annotation.tasks import export_job_run
 
         body = s.ExportRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
