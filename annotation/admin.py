@@ -12,8 +12,22 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from annotation import importing, services
-from annotation.models import ApiToken, AuditEvent, Image, Label, ReadingTask, Role, Round, Study, StudyMembership
+from annotation.images import importing
+from annotation.models import (
+    ApiToken,
+    AuditEvent,
+    Image,
+    Label,
+    ReadingTask,
+    Round,
+    Study,
+    StudyMembership,
+)
+from annotation.permissions import administered
+from annotation.rounds.services import round_open_labeling
+from annotation.rounds.transitions import round_transition
+from annotation.studies.audit import audit
+from annotation.studies.services import study_reveal, study_validate
 
 
 class StudyScopedAdmin(admin.ModelAdmin):
@@ -22,24 +36,15 @@ class StudyScopedAdmin(admin.ModelAdmin):
     study_path = "study"
 
     def get_queryset(self, request):
-        qs = super().get_queryset(request)
-        if request.user.is_superuser:
-            return qs
-        return qs.filter(**{f"{self.study_path}__in": _admin_studies(request)})
+        return administered(super().get_queryset(request), request.user, self.study_path)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         """Choices (and what a raw id may name) limited to the admin's studies: nothing can be pointed at, or moved
         into, another study from here."""
-        if not request.user.is_superuser:
-            path = _STUDY_PATHS.get(db_field.related_model)
-            if path is not None:
-                kwargs["queryset"] = db_field.related_model._default_manager.filter(
-                    **{f"{path}__in": _admin_studies(request)})
+        path = _STUDY_PATHS.get(db_field.related_model)
+        if path is not None and not request.user.is_superuser:
+            kwargs["queryset"] = administered(db_field.related_model._default_manager.all(), request.user, path)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-
-def _admin_studies(request):
-    return StudyMembership.objects.filter(user=request.user, role=Role.ADMIN).values("study_id")
 
 
 #: How each study-owned model reaches its study (for foreign-key choices in the admin).
@@ -68,18 +73,18 @@ class StudyAdmin(StudyScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         try:
-            services.study_validate(study=obj)
+            study_validate(study=obj)
         except ValidationError as exc:
             messages.error(request, "; ".join(exc.messages))
             raise
         super().save_model(request, obj, form, change)
-        services.audit(actor=request.user, action="study.change" if change else "study.create", study=obj,
+        audit(actor=request.user, action="study.change" if change else "study.create", study=obj,
                        obj=obj, fields=list(form.changed_data))
 
     @admin.action(description="Reveal the truth to readers")
     def reveal_truth(self, request, queryset):
         for study in queryset:
-            services.study_reveal(study=study, actor=request.user)
+            study_reveal(study=study, actor=request.user)
 
     def get_urls(self):
         return [path("<int:pk>/import/", self.admin_site.admin_view(self.import_view), name="study-import"),
@@ -134,7 +139,7 @@ class RoundAdmin(StudyScopedAdmin):
     def open_labeling(self, request, queryset):
         for rnd in queryset:
             try:
-                services.round_open_labeling(round=rnd, actor=request.user)
+                round_open_labeling(round=rnd, actor=request.user)
             except ValidationError as exc:
                 messages.error(request, f"{rnd}: {'; '.join(exc.messages)}")
 
@@ -142,7 +147,7 @@ class RoundAdmin(StudyScopedAdmin):
     def close_labeling(self, request, queryset):
         for rnd in queryset:
             try:
-                services.round_transition(round=rnd, to="done", actor=request.user)
+                round_transition(round=rnd, to="done", actor=request.user)
             except ValidationError as exc:
                 messages.error(request, f"{rnd}: {'; '.join(exc.messages)}")
 

@@ -1,17 +1,21 @@
-from celery import shared_task
+"""The annotation app's Celery tasks: thin wrappers keyed by row ids. Each imports its service when it runs (the
+services enqueue these tasks, so a module-level import would be a circle); the registered names are the strings
+in routing, beat and messages that may be in flight, and never change."""
 
-from annotation import assignment
+from celery import shared_task
 
 
 @shared_task(name="annotation.tasks.claims_expire_stale")
-def claims_expire_stale() -> int:
-    return assignment.claims_expire_stale()
+def claims_expire_stale_task() -> int:
+    from annotation.reading.assignment import claims_expire_stale
+
+    return claims_expire_stale()
 
 
 @shared_task(name="annotation.tasks.round_report_build")
-def round_report_build(*, round_pk: int) -> str:
+def round_report_build_task(*, round_pk: int) -> str:
     from annotation.models import Round
-    from annotation.reports import round_report_compute
+    from annotation.stats.reports import round_report_compute
 
     rnd = Round.objects.select_related("study").get(pk=round_pk)
     round_report_compute(round=rnd)
@@ -22,37 +26,37 @@ def round_report_build(*, round_pk: int) -> str:
 
 
 @shared_task(name="annotation.tasks.round_advance")
-def round_advance(*, round_pk: int) -> str:
+def round_advance_task(*, round_pk: int) -> str:
     from annotation.models import Round
-    from annotation.rounds import round_advance as advance
+    from annotation.rounds.driver import round_advance as advance
 
     return advance(round=Round.objects.get(pk=round_pk)).status
 
 
-@shared_task(name="annotation.tasks.round_clean", acks_late=True, reject_on_worker_lost=True)
-def round_clean(*, round_pk: int) -> str:
-    from annotation.rounds import round_clean as stage
+@shared_task(name="annotation.tasks.round_clean")
+def round_clean_task(*, round_pk: int) -> str:
+    from annotation.rounds.stages import round_clean as stage
 
     return stage(round_pk)
 
 
-@shared_task(name="annotation.tasks.round_evaluate", acks_late=True, reject_on_worker_lost=True)
-def round_evaluate(*, round_pk: int) -> str:
-    from annotation.rounds import round_evaluate as stage
+@shared_task(name="annotation.tasks.round_evaluate")
+def round_evaluate_task(*, round_pk: int) -> str:
+    from annotation.rounds.stages import round_evaluate as stage
 
     return stage(round_pk)
 
 
-@shared_task(name="annotation.tasks.round_simulate", acks_late=True, reject_on_worker_lost=True)
-def round_simulate(*, round_pk: int) -> str:
-    from annotation.rounds import round_simulate as stage
+@shared_task(name="annotation.tasks.round_simulate")
+def round_simulate_task(*, round_pk: int) -> str:
+    from annotation.rounds.stages import round_simulate as stage
 
     return stage(round_pk)
 
 
 @shared_task(name="annotation.tasks.rounds_reconcile")
-def rounds_reconcile() -> int:
-    from annotation.rounds import rounds_reconcile as reconcile
+def rounds_reconcile_task() -> int:
+    from annotation.rounds.driver import rounds_reconcile as reconcile
 
     return len(reconcile())
 
@@ -66,15 +70,15 @@ def ping() -> str:
 # --- exports and webhooks ------------------------------------------------------------------------------------------
 
 
-@shared_task(name="annotation.tasks.export_job_run", acks_late=True, reject_on_worker_lost=True)
-def export_job_run(*, job_pk: int) -> str:
-    from annotation.api.jobs import export_job_run as run
+@shared_task(name="annotation.tasks.export_job_run")
+def export_job_run_task(*, job_pk: int) -> str:
+    from annotation.exports.jobs import export_job_run as run
 
     return run(job_pk)
 
 
 @shared_task(name="annotation.tasks.webhook_deliver", bind=True, max_retries=None)
-def webhook_deliver(self, *, delivery_pk: int) -> str:
+def webhook_deliver_task(self, *, delivery_pk: int) -> str:
     """One attempt; a failure is retried with exponential backoff until CXR_WEBHOOK_MAX_ATTEMPTS."""
     from django.conf import settings
 
@@ -92,8 +96,8 @@ def webhook_deliver(self, *, delivery_pk: int) -> str:
 
 
 @shared_task(name="annotation.tasks.round_snapshot_freeze")
-def round_snapshot_freeze(*, round_pk: int) -> int:
-    from annotation.api.jobs import round_snapshot_freeze as freeze
+def round_snapshot_freeze_task(*, round_pk: int) -> int:
     from annotation.models import Round
+    from annotation.rounds.feedback import round_snapshot_freeze as freeze
 
-    return freeze(Round.objects.get(pk=round_pk))["rows"]
+    return freeze(Round.objects.get(pk=round_pk))["items"]

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import Study, Webhook, WebhookDelivery
+from annotation.tasks import webhook_deliver_task
 
 log = logging.getLogger("cxr.webhooks")
 EVENTS = ("round.status", "export.done")
@@ -36,8 +37,6 @@ def verify(secret: str, body: bytes, signature: str) -> bool:
 
 def emit(*, study: Study | int, event: str, payload: dict) -> list[WebhookDelivery]:
     """Queue a delivery of `event` to every active webhook of the study that wants it (after commit)."""
-    from annotation.tasks import webhook_deliver
-
     study_id = study if isinstance(study, int) else study.pk
     deliveries = []
     for hook in Webhook.objects.filter(study_id=study_id, active=True):
@@ -45,9 +44,16 @@ def emit(*, study: Study | int, event: str, payload: dict) -> list[WebhookDelive
             continue
         delivery = WebhookDelivery.objects.create(webhook=hook, event=event, payload={
             "event": event, "study": study_id, "sent_at": timezone.now().isoformat(), **payload})
-        transaction.on_commit(lambda pk=delivery.pk: webhook_deliver.delay(delivery_pk=pk))
+        transaction.on_commit(lambda pk=delivery.pk: webhook_deliver_task.delay(delivery_pk=pk))
         deliveries.append(delivery)
     return deliveries
+
+
+def on_round_status_changed(sender, *, round, status: str, previous: str, **_) -> None:
+    """The receiver of `round_status_changed`: tell the study's webhooks (deliveries are written in the same
+    transaction as the status, and sent after it commits)."""
+    emit(study=round.study_id, event="round.status", payload={"round": round.number, "round_id": round.pk,
+                                                              "status": status, "previous": previous})
 
 
 def deliver(delivery: WebhookDelivery) -> bool:

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.cleaning import CleaningConfig, clean_image, detect_text, refine_with_sam  # noqa: E402
-from inference.phantoms import generate_phantom  # noqa: E402
+from inference.ml.cleaning import CleaningConfig, clean_image, detect_text, refine_with_sam  # noqa: E402
+from inference.ml.phantoms import generate_phantom  # noqa: E402
 
 
 def _psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -50,7 +50,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def _tiny_sd_pipe(device: str):
     from diffusers import StableDiffusionInpaintPipeline
 
-    from inference.tiny import build_tiny_sd
+    from inference.ml.tiny import build_tiny_sd
 
     path = build_tiny_sd(Path(tempfile.mkdtemp(prefix="cleaning-bench-")) / "sd-inpaint", inpaint=True)
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
@@ -74,7 +74,7 @@ def run(
     import torch
     from segment_anything import SamPredictor
 
-    from inference.sam import build_tiny_sam
+    from inference.ml.sam import build_tiny_sam
 
     if threads:  # on a shared CPU, more intra-op threads than free cores make latency erratic
         torch.set_num_threads(threads)

@@ -34,7 +34,7 @@ from datetime import timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 from django.contrib.auth import get_user_model
-from annotation import services
+from annotation.studies import services
 from annotation.models import Image, ReadingCase, ReaderQueue, ReadingTask, Label, Round, Study, StudyMembership
 
 target = int(sys.argv[1])  # python -c CODE ARG: sys.argv[1] is ARG
@@ -104,7 +104,8 @@ print("LABELS", Label.objects.filter(task__round=rnd).count())
 EXPORT = r"""
 import resource, sys, time, json
 from pathlib import Path
-from annotation.exports import Selection, write_export
+from annotation.exports.formats import write_export
+from annotation.exports.selection import Selection
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 fmt, out = sys.argv[1], sys.argv[2]
 started = time.perf_counter()

@@ -41,8 +41,8 @@ def bare_lora_step_factory(base: Path, device, images, prompts, *, rank: int, al
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    from inference.devices import precision_for
-    from inference.loading import PipelineSpec, load_pipeline
+    from inference.ml.devices import precision_for
+    from inference.ml.loading import PipelineSpec, load_pipeline
 
     pipe = load_pipeline(PipelineSpec(base=str(base)), device)
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -99,11 +99,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from inference.devices import pick_device, synchronize
-    from inference.phantoms import generate_phantoms
-    from inference.tiny import TinySDConfig, build_tiny_sd
-    from training.diffusion import normalise_rewards
-    from training.finetune import BatchSampler, FinetuneConfig, FinetuneData, setup_training, train_step
+    from inference.ml.devices import pick_device, synchronize
+    from inference.ml.phantoms import generate_phantoms
+    from inference.ml.tiny import TinySDConfig, build_tiny_sd
+    from training.ml.diffusion import normalise_rewards
+    from training.ml.finetune import BatchSampler, FinetuneConfig, FinetuneData, setup_training, train_step
 
     device = pick_device(os.environ.get("CXR_DEVICE", "auto"))
     threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)

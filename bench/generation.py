@@ -56,10 +56,10 @@ def main() -> None:
 
     import torch
 
-    from inference.devices import pick_device, synchronize
-    from inference.generation import GenerationConfig, generate, plan_requests
-    from inference.loading import PIPELINES, PipelineSpec
-    from inference.tiny import TinySDConfig, build_tiny_sd
+    from inference.ml.devices import pick_device, synchronize
+    from inference.ml.generation import GenerationConfig, generate, plan_requests
+    from inference.ml.loading import PIPELINES, PipelineSpec
+    from inference.ml.tiny import TinySDConfig, build_tiny_sd
 
     device = pick_device(os.environ.get("CXR_DEVICE", "auto"))
     use_django = args.django if args.django is not None else device.type == "cpu"
@@ -93,20 +93,19 @@ def main() -> None:
 
     def worker(seed: int) -> None:
         if use_django:
-            from inference import services
+            from inference.services import generation_batch_run
 
             batch = GenerationBatch.objects.create(model_version=version, count=args.images, prompts=[], seed=1,
                                                    config=cfg.as_dict(), clean=False)
-            assert services.generation_batch_run(batch=batch).status == "done"
+            assert generation_batch_run(batch=batch).status == "done"
         else:
             for _ in generate(pipe, requests, cfg, device=device):
                 pass
 
     if use_django:  # the service keys its cache by model version: warm that entry too
-        from inference import services
+        from inference.services import version_pipeline
 
-        PIPELINES.get(("model-version", version.pk, version.base_path, version.lora_key),
-                      services.pipeline_spec(version), device)
+        version_pipeline(version, scheduler=cfg.scheduler, device=device)
     bare()  # warm-up (kernels, allocator)
     worker(0)
     synchronize(device)

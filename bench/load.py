@@ -35,16 +35,18 @@ SETUP = r"""
 import json, sys
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
-from annotation import assignment, services
+from annotation.reading import assignment
+from annotation.rounds.services import round_create, round_open_labeling
+from annotation.studies import services
 from annotation.models import Image
 readers, images, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 study = services.study_create(name="load", title="load", readers_per_image=k, task_kinds=["realism"],
                               display_size=64, real_fraction=0.5)
-rnd = services.round_create(study=study)
+rnd = round_create(study=study)
 Image.objects.bulk_create([Image(study=study, round=rnd, source="real" if i % 2 else "synthetic",
                                  storage_key=f"k{i}", display_key=f"d{i}", sha256=f"s{i}", width=64, height=64)
                            for i in range(images)])
-rnd = services.round_open_labeling(round=rnd)
+rnd = round_open_labeling(round=rnd)
 out = []
 for i in range(readers):
     user = get_user_model().objects.create_user(f"load-{i}")

@@ -7,8 +7,8 @@ For each database (--dbs) and round size (--sizes, reading cases of one "realism
      `manage.py migrate` in a subprocess;
   2. data, in a child process with django.setup(): a study (task_kinds=["realism"], readers_per_image=1),
      a round of N images bulk-created without files (as the `bulk_round` test fixture does), opened with
-     services.round_open_labeling; a 200-case warm-up study; 9 reader accounts (+1 in-process probe account)
-     with passwords and memberships added through services.membership_add;
+     round_open_labeling; a 200-case warm-up study; 9 reader accounts (+1 in-process probe account)
+     with passwords and memberships added through membership_add;
   3. in-process probe (child process, same database, before any HTTP traffic): SQL statements and wall time
      per call of annotation.assignment.tasks_next_for_reader / label_submit (CaptureQueriesContext), and of
      the whole views (django.test.Client, middleware included). The probe's tasks/labels are deleted again and
@@ -836,24 +836,25 @@ def child_main(mode, spec_path):
 def child_setup(spec):
     from django.contrib.auth import get_user_model
 
-    from annotation import services
     from annotation.models import Image, ReadingCase, Role
+    from annotation.rounds.services import round_create, round_open_labeling
+    from annotation.studies.services import membership_add, study_create
 
     User = get_user_model()
     t = {}
     t0 = time.perf_counter()
-    study = services.study_create(name="bench", title="Bench study", task_kinds=["realism"], readers_per_image=1)
-    warm = services.study_create(name="bench-warmup", title="Bench warm-up", task_kinds=["realism"],
+    study = study_create(name="bench", title="Bench study", task_kinds=["realism"], readers_per_image=1)
+    warm = study_create(name="bench-warmup", title="Bench warm-up", task_kinds=["realism"],
                                  readers_per_image=1)
     users = [User.objects.create_user(username=f"bench-r{i}", password=pw) for i, pw in enumerate(spec["passwords"])]
     users.append(User.objects.create_user(username=PROBE_USER, password=uuid.uuid4().hex))
     for u in users:
-        services.membership_add(study=study, user=u, role=Role.READER)
-        services.membership_add(study=warm, user=u, role=Role.READER)
+        membership_add(study=study, user=u, role=Role.READER)
+        membership_add(study=warm, user=u, role=Role.READER)
     t["users"] = round(time.perf_counter() - t0, 2)
 
     def bulk_round(st, n):
-        rnd = services.round_create(study=st)
+        rnd = round_create(study=st)
         t1 = time.perf_counter()
         Image.objects.bulk_create(
             [Image(study=st, round=rnd, source="real" if i % 2 else "synthetic", storage_key=f"k{i}",
@@ -861,7 +862,7 @@ def child_setup(spec):
             batch_size=5000,
         )
         t2 = time.perf_counter()
-        rnd = services.round_open_labeling(round=rnd)
+        rnd = round_open_labeling(round=rnd)
         return rnd, t2 - t1, time.perf_counter() - t2
 
     wrnd, _, _ = bulk_round(warm, spec["warmup_size"])
@@ -898,8 +899,8 @@ def child_probe(spec):
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from annotation.assignment import label_submit, queue_for_reader, tasks_next_for_reader
     from annotation.models import Label, ReaderQueue, ReadingCase, ReadingTask, Round
+    from annotation.reading.assignment import label_submit, queue_for_reader, tasks_next_for_reader
 
     n = spec["n"]
     user = get_user_model().objects.get(username=PROBE_USER)

@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from inference.phantoms import generate_phantom  # noqa: E402
-from training.reward import FeedbackItem, RewardConfig, predict, train_reward_model  # noqa: E402
+from inference.ml.phantoms import generate_phantom  # noqa: E402
+from training.ml.reward import FeedbackItem, RewardConfig, predict, train_reward_model  # noqa: E402
 
 ARMS = {  # production defaults for the 224-px arms
     "tiny-64": RewardConfig.tiny(),

@@ -167,17 +167,14 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Above the longest GPU task's time limit, so a running task is never handed to a second worker.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 6 * 3600)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_ROUTES = {
-    "inference.tasks.*": {"queue": "gpu"},
-    "training.tasks.*": {"queue": "gpu"},
-    "annotation.tasks.round_clean": {"queue": "gpu"},
-    "annotation.tasks.round_evaluate": {"queue": "gpu"},
-}
+#: The one set of GPU tasks: routed to the "gpu" queue with the hard time limit below (late acknowledgement and
+#: re-queueing on a lost worker, above, hold for every task).
+CXR_GPU_TASKS = ("inference.tasks.generation_batch_run", "training.tasks.training_run_execute",
+                 "annotation.tasks.round_clean", "annotation.tasks.round_evaluate")
+CELERY_TASK_ROUTES = {name: {"queue": "gpu"} for name in CXR_GPU_TASKS}
 #: Hard limit of one GPU task (generation batch, training run, cleaning, evaluating); below the visibility timeout.
 CXR_GPU_TASK_TIME_LIMIT_S = env_int("CXR_GPU_TASK_TIME_LIMIT_S", 5 * 3600)
-CELERY_TASK_ANNOTATIONS = {name: {"time_limit": CXR_GPU_TASK_TIME_LIMIT_S} for name in (
-    "inference.tasks.generation_batch_run", "training.tasks.training_run_execute", "annotation.tasks.round_clean",
-    "annotation.tasks.round_evaluate")}
+CELERY_TASK_ANNOTATIONS = {name: {"time_limit": CXR_GPU_TASK_TIME_LIMIT_S} for name in CXR_GPU_TASKS}
 #: A running stage whose heartbeat is older than this is sent again by the reconciler (lost message, dead worker).
 CXR_STAGE_TIMEOUT_S = env_int("CXR_STAGE_TIMEOUT_S", 15 * 60)
 CXR_RECONCILE_EVERY_S = env_int("CXR_RECONCILE_EVERY_S", 60)

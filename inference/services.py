@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import logging
 import shutil
 from pathlib import Path
@@ -15,17 +14,16 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
-from PIL import Image as PILImage
 
-from inference.devices import pick_device
-from inference.errors import WeightsError
-from inference.generation import GenerationConfig, generate, plan_requests
-from inference.loading import PIPELINES, PipelineSpec
+from inference.ml.devices import pick_device
+from inference.ml.errors import WeightsError
+from inference.ml.generation import GenerationConfig, generate, plan_requests
+from inference.ml.loading import PIPELINES, PipelineSpec
 from inference.models import GeneratedImage, GenerationBatch, JobStatus, ModelVersion
-from inference.signals import batch_finished  # noqa: F401 - re-exported: the layers above connect to it
+from inference.signals import batch_finished
+from inference.storage import local_copy, png_bytes
 
 log = logging.getLogger("cxr.inference")
-
 
 
 # --- local caches ---------------------------------------------------------------------------------------------------
@@ -37,7 +35,7 @@ def tiny_models_dir() -> Path:
 
 def tiny_models_ensure() -> dict[str, Path]:
     """Build the tiny models once per machine (a file lock keeps web and worker from building them twice)."""
-    from inference.tiny import build_tiny_models
+    from inference.ml.tiny import build_tiny_models
 
     out = tiny_models_dir()
     paths = {"sd": out / "sd", "sd_inpaint": out / "sd-inpaint", "sam": out / "sam-tiny.pth"}
@@ -53,21 +51,6 @@ def tiny_models_ensure() -> dict[str, Path]:
             shutil.rmtree(out, ignore_errors=True)
             staging.rename(out)
     return paths
-
-
-def local_copy(key: str) -> Path:
-    """A worker-local copy of a stored file (LoRA adapters, checkpoints), fetched once and reused."""
-    target = Path(settings.CXR_CACHE_DIR) / "storage" / key
-    if not default_storage.exists(key):
-        raise WeightsError(f"Stored file {key!r} does not exist.")
-    if target.exists() and target.stat().st_size == default_storage.size(key):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
-    with default_storage.open(key, "rb") as src, open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1024 * 1024)
-    partial.replace(target)
-    return target
 
 
 # --- model versions ------------------------------------------------------------------------------------------------
@@ -103,6 +86,13 @@ def pipeline_spec(version: ModelVersion, *, scheduler: str | None = None) -> Pip
                         single_file_config=settings.CXR_SINGLE_FILE_CONFIG or None, scheduler=scheduler)
 
 
+def version_pipeline(version: ModelVersion, *, scheduler: str | None, device):
+    """The version's text-to-image pipeline on `device`, from the worker's cache (keyed by the version's weights
+    and the scheduler, so two versions or two schedulers never share one)."""
+    return PIPELINES.get(("model-version", version.pk, version.base_path, version.lora_key, scheduler),
+                         pipeline_spec(version, scheduler=scheduler), device)
+
+
 def is_tiny_version(version: ModelVersion) -> bool:
     """Whether the version sits on one of the tiny bases built on this machine (CXR_MODELS_DIR/tiny*): those get
     the tiny generation and training presets."""
@@ -123,30 +113,24 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
                             owner: str = "", config: GenerationConfig | None = None,
                             clean: bool = True) -> GenerationBatch:
     """Create the job row and enqueue it once the transaction commits."""
-    from inference.tasks import generation_batch_run
+    from inference.tasks import generation_batch_run_task
 
     config = config or generation_config_default(model_version)
     if count < 1:
         raise ValueError("A batch needs at least one image.")
     batch = GenerationBatch.objects.create(model_version=model_version, count=count, prompts=list(prompts),
                                            seed=seed, owner=owner, config=config.as_dict(), clean=clean)
-    transaction.on_commit(lambda: generation_batch_run.delay(batch_pk=batch.pk))
+    transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))
     return batch
 
 
 def generation_batch_requeue(*, batch: GenerationBatch) -> None:
     """Send the batch's message again (a lost message or a dead worker); the run resumes where the stored images
     end. The heartbeat is stamped so a reconciler does not send it again before the stage timeout."""
-    from inference.tasks import generation_batch_run
+    from inference.tasks import generation_batch_run_task
 
     GenerationBatch.objects.filter(pk=batch.pk).exclude(status=JobStatus.DONE).update(heartbeat_at=timezone.now())
-    transaction.on_commit(lambda: generation_batch_run.delay(batch_pk=batch.pk))
-
-
-def _png(gray8: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    PILImage.fromarray(gray8, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+    transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))
 
 
 def _heartbeat(batch: GenerationBatch, **progress) -> None:
@@ -170,8 +154,7 @@ def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
                 if r.index not in done_indexes]
     try:
         device = pick_device(settings.CXR_DEVICE)
-        pipe = PIPELINES.get(("model-version", version.pk, version.base_path, version.lora_key), pipeline_spec(version, scheduler=config.scheduler),
-                             device)
+        pipe = version_pipeline(version, scheduler=config.scheduler, device=device)
         cleaner = Cleaner.for_settings(device) if batch.clean else None
         _heartbeat(batch, generated=len(done_indexes), total=batch.count)
         for request, image in generate(pipe, requests, config, device=device):
@@ -189,13 +172,13 @@ def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
 
 def _store_generated(batch: GenerationBatch, request, image: np.ndarray, cleaner) -> GeneratedImage:
     name = f"generated/{batch.pk}/{request.index:06d}-{request.seed}"
-    keys = {"raw_key": default_storage.save(f"{name}-raw.png", ContentFile(_png(image)))}
+    keys = {"raw_key": default_storage.save(f"{name}-raw.png", ContentFile(png_bytes(image)))}
     fraction = None
     if cleaner is not None:
         result = cleaner.clean(image)
         keys["mask_key"] = default_storage.save(f"{name}-mask.png",
-                                                ContentFile(_png(result.mask.astype(np.uint8) * 255)))
-        keys["cleaned_key"] = default_storage.save(f"{name}.png", ContentFile(_png(result.cleaned)))
+                                                ContentFile(png_bytes(result.mask.astype(np.uint8) * 255)))
+        keys["cleaned_key"] = default_storage.save(f"{name}.png", ContentFile(png_bytes(result.cleaned)))
         fraction = float(result.mask.mean())
     item, created = GeneratedImage.objects.get_or_create(
         batch=batch, index=request.index,
@@ -224,7 +207,7 @@ class Cleaner:
     _instances: dict[str, Cleaner] = {}
 
     def __init__(self, device, predictor=None, inpaint_pipe=None) -> None:
-        from inference.cleaning import CleaningConfig
+        from inference.ml.cleaning import CleaningConfig
 
         self.device, self.predictor, self.inpaint_pipe = device, predictor, inpaint_pipe
         self.config = CleaningConfig()
@@ -237,7 +220,7 @@ class Cleaner:
             if settings.CXR_SAM_CHECKPOINT:
                 from segment_anything import SamPredictor
 
-                from inference.sam import build_sam
+                from inference.ml.sam import build_sam
 
                 predictor = SamPredictor(build_sam(settings.CXR_SAM_KIND, settings.CXR_SAM_CHECKPOINT,
                                                    device=device))
@@ -249,6 +232,6 @@ class Cleaner:
         return cls._instances[key]
 
     def clean(self, image: np.ndarray):
-        from inference.cleaning import clean_image
+        from inference.ml.cleaning import clean_image
 
         return clean_image(image, self.config, predictor=self.predictor, sd_inpaint_pipe=self.inpaint_pipe)

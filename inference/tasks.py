@@ -1,14 +1,15 @@
+"""The inference app's Celery task. It imports its service when it runs (the service enqueues it); the registered
+name is a string in routing and in messages that may be in flight, and never changes. Its queue, time limit and
+late acknowledgement come from the settings (`CXR_GPU_TASKS`, `CELERY_TASK_ACKS_LATE`): a killed worker leaves the
+message for the next one."""
+
 from celery import shared_task
 
-from inference import services
-from inference.models import GenerationBatch
 
-# Routed to the "gpu" queue by CELERY_TASK_ROUTES; acks_late + reject_on_worker_lost: a killed worker
-# leaves the message for the next one.
-GPU_TASK = {"acks_late": True, "reject_on_worker_lost": True}
+@shared_task(name="inference.tasks.generation_batch_run")
+def generation_batch_run_task(*, batch_pk: int) -> str:
+    from inference.models import GenerationBatch
+    from inference.services import generation_batch_run
 
-
-@shared_task(name="inference.tasks.generation_batch_run", **GPU_TASK)
-def generation_batch_run(*, batch_pk: int) -> str:
     batch = GenerationBatch.objects.select_related("model_version").get(pk=batch_pk)
-    return services.generation_batch_run(batch=batch).status
+    return generation_batch_run(batch=batch).status

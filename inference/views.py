@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from PIL import Image as PILImage
 
-from inference.errors import WeightsError
+from inference.ml.errors import WeightsError
 
 
 class CleanForm(forms.Form):
@@ -71,7 +71,7 @@ def _to_gray8(image: PILImage.Image) -> np.ndarray:
 @staff_member_required
 def clean_preview(request: HttpRequest) -> HttpResponse:
     # torch loads here, not at import: web workers that never clean an image stay small
-    from inference.devices import pick_device
+    from inference.ml.devices import pick_device
     from inference.services import Cleaner
 
     form = CleanForm(request.POST or None, request.FILES or None)

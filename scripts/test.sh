@@ -15,4 +15,5 @@ if [ "${CI:-}" = "true" ]; then
 fi
 export CXR_VAR_DIR=${CXR_VAR_DIR:-$(mktemp -d)}
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache  # the layers and Django-free ml packages ([tool.importlinter] in pyproject.toml)
 exec .venv/bin/python -m pytest "$@"

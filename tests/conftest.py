@@ -65,23 +65,23 @@ def make_user(django_user_model):
 
 @pytest.fixture
 def make_study(make_user):
-    from annotation import services
+    from annotation.studies.services import study_create
 
     def make(name: str = "cxr", **kw):
         kw.setdefault("display_size", 64)
-        return services.study_create(name=name, title=f"Study {name}", **kw)
+        return study_create(name=name, title=f"Study {name}", **kw)
 
     return make
 
 
 @pytest.fixture
 def add_reader(make_user):
-    from annotation import services
     from annotation.models import Role
+    from annotation.studies.services import membership_add
 
     def add(study, username: str | None = None):
         user = make_user(username)
-        services.membership_add(study=study, user=user, role=Role.READER)
+        membership_add(study=study, user=user, role=Role.READER)
         return user
 
     return add
@@ -94,22 +94,23 @@ def random_pixels(seed: int, shape=(48, 40)) -> np.ndarray:
 @pytest.fixture
 def stored_round():
     """A round with real and synthetic images stored through the real path, opened for labeling."""
-    from annotation import services
+    from annotation.images.storage import image_store
+    from annotation.rounds.services import round_create, round_open_labeling
 
     def make(study, *, real: int = 10, synthetic: int = 10, catch: int = 0, open_: bool = True, shape=None):
-        rnd = services.round_create(study=study)
+        rnd = round_create(study=study)
         seed = rnd.pk * 100_000
         for i in range(real):
-            services.image_store(study=study, round=rnd, source="real", pixels=random_pixels(seed + i, shape
-                                 or (60, 48)), prompt=f"report {i}")
+            image_store(study=study, round=rnd, source="real", pixels=random_pixels(seed + i, shape or (60, 48)),
+                        prompt=f"report {i}")
         for i in range(synthetic):
-            services.image_store(study=study, round=rnd, source="synthetic",
-                                 pixels=random_pixels(seed + 50_000 + i, (64, 64)), prompt=f"prompt {i // 2}",
-                                 seed=i, generator="test")
+            image_store(study=study, round=rnd, source="synthetic",
+                        pixels=random_pixels(seed + 50_000 + i, (64, 64)), prompt=f"prompt {i // 2}", seed=i,
+                        generator="test")
         for i in range(catch):
-            services.image_store(study=study, round=rnd, source="synthetic", is_catch=True,
-                                 pixels=np.zeros((64, 64), np.float32) + (i + 1) / (catch + 2))
-        return services.round_open_labeling(round=rnd) if open_ else rnd
+            image_store(study=study, round=rnd, source="synthetic", is_catch=True,
+                        pixels=np.zeros((64, 64), np.float32) + (i + 1) / (catch + 2))
+        return round_open_labeling(round=rnd) if open_ else rnd
 
     return make
 
@@ -117,17 +118,17 @@ def stored_round():
 @pytest.fixture
 def bulk_round():
     """A labeling round with `n` cases per kind, rows only (no files): for size-independence checks."""
-    from annotation import services
     from annotation.models import Image
+    from annotation.rounds.services import round_create, round_open_labeling
 
     def make(study, n: int):
-        rnd = services.round_create(study=study)
+        rnd = round_create(study=study)
         Image.objects.bulk_create(
             [Image(study=study, round=rnd, source="real" if i % 2 else "synthetic", storage_key=f"k{i}",
                    display_key=f"d{i}", sha256=f"{rnd.pk}-{i}", width=64, height=64) for i in range(n)],
             batch_size=5000,
         )
-        return services.round_open_labeling(round=rnd)
+        return round_open_labeling(round=rnd)
 
     return make
 

@@ -8,7 +8,8 @@ import uuid
 import pytest
 from django.test import Client
 
-from annotation import assignment, services
+from annotation.reading import assignment
+from annotation.studies.services import membership_add
 
 pytestmark = pytest.mark.django_db
 
@@ -19,7 +20,7 @@ def world(make_study, add_reader, stored_round, make_user):
     rnd = stored_round(study, real=2, synthetic=2)
     reader = add_reader(study, "csrf-reader")
     admin = make_user("csrf-admin", is_superuser=True, is_staff=True)
-    services.membership_add(study=study, user=admin, role="admin")
+    membership_add(study=study, user=admin, role="admin")
     queue = assignment.queue_for_reader(round=rnd, reader=reader)
     task = assignment.tasks_next_for_reader(queue=queue)
     return {"study": study, "round": rnd, "reader": reader, "admin": admin, "task": task}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from django.urls import reverse
 from rest_framework import serializers
 
-from inference.models import ModelVersion
-
-from annotation.exports import FORMATS
+from annotation.exports.formats import FORMATS
 from annotation.models import ExportJob, Image, Label, ReadingTask, Round, Study, Webhook, WebhookDelivery
+from annotation.webhooks import EVENTS
+from inference.models import ModelVersion
 
 
 class DetailSerializer(serializers.Serializer):
@@ -186,8 +186,6 @@ class WebhookSerializer(serializers.ModelSerializer):
         return study
 
     def validate_events(self, events):
-        from annotation.webhooks import EVENTS
-
         unknown = set(events) - set(EVENTS)
         if unknown:
             raise serializers.ValidationError(f"unknown events {sorted(unknown)}; known: {list(EVENTS)}.")

@@ -16,15 +16,28 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
 from django.db.models import Q
 from django.http import FileResponse, StreamingHttpResponse
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotation import exports, rounds
+from annotation.api import serializers as s
+from annotation.api.access import (
+    COMMON,
+    ID,
+    ByIdCursor,
+    admin_study_ids,
+    choice_param,
+    filter_common,
+    int_param,
+    require_admin_action,
+    scoped,
+    token_scope,
+)
+from annotation.exports.formats import pairs_lines
+from annotation.exports.rows import csv_chunks, jsonl_chunks
+from annotation.exports.selection import selection_from
 from annotation.models import (
     ExportJob,
     Image,
@@ -38,104 +51,11 @@ from annotation.models import (
     Webhook,
     WebhookDelivery,
 )
-from annotation.services import IllegalTransition, audit
-from annotation.api import serializers as s
-
-# --- who may do what ------------------------------------------------------------------------------------------------
-
-
-def _scope(request) -> str:
-    """The token's scope, or 'session' for a logged-in browser."""
-    token = getattr(request, "auth", None)
-    return getattr(token, "scope", "session")
-
-
-def admin_study_ids(request) -> set[int] | None:
-    """Studies the caller may read as an admin (None: all, for superusers); empty for `read` tokens."""
-    if _scope(request) == TokenScope.READ:
-        return set()
-    if request.user.is_superuser:
-        return None
-    return set(StudyMembership.objects.filter(user=request.user, role=Role.ADMIN).values_list("study_id", flat=True))
-
-
-def require_admin_action(request, study_id: int) -> None:
-    if _scope(request) not in ("session", TokenScope.ADMIN):
-        raise PermissionDenied("This needs a token with the admin scope.")
-    allowed = admin_study_ids(request)
-    if allowed is not None and study_id not in allowed:
-        raise NotFound("No such study.")
-
-
-def _in(qs, field: str, request):
-    allowed = admin_study_ids(request)
-    return qs if allowed is None else qs.filter(**{f"{field}__in": allowed})
-
-
-MAX_ID = 2**63 - 1
-ID = r"[0-9]{1,18}"  # path ids: anything longer cannot be a row, and would overflow the database's integers
-
-
-class ByIdCursor(CursorPagination):
-    ordering = "pk"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
-# --- filters -------------------------------------------------------------------------------------------------------
-
-
-def _int(request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValidationError({name: "must be a whole number."}) from None
-    if not -MAX_ID <= number <= MAX_ID:
-        raise ValidationError({name: "is out of range."})
-    return number
-
-
-def _time(request, name: str):
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:  # well formed but impossible, e.g. 2026-02-30
-        parsed = None
-    if parsed is None:
-        raise ValidationError({name: "must be an ISO 8601 date-time, e.g. 2026-11-26T12:00:00Z."})
-    return parsed
-
-
-def _choice(request, name: str, choices) -> str | None:
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    if value not in choices:
-        raise ValidationError({name: f"must be one of {', '.join(choices)}."})
-    return value
-
-
-def _filter_common(qs, request, *, study: str, round_: str | None = None, created: str = "created_at"):
-    if (value := _int(request, "study")) is not None:
-        qs = qs.filter(**{study: value})
-    if round_ and (value := _int(request, "round")) is not None:
-        qs = qs.filter(**{round_: value})
-    if (value := _time(request, "created_after")) is not None:
-        qs = qs.filter(**{f"{created}__gt": value})
-    if (value := _time(request, "created_before")) is not None:
-        qs = qs.filter(**{f"{created}__lt": value})
-    return qs
-
-
-COMMON = [OpenApiParameter("study", int), OpenApiParameter("created_after", str),
-          OpenApiParameter("created_before", str)]
-
+from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
+from annotation.rounds.transitions import IllegalTransition
+from annotation.rounds.versions import study_versions
+from annotation.studies.audit import audit
+from annotation.tasks import export_job_run_task
 
 # --- studies -------------------------------------------------------------------------------------------------------
 
@@ -147,7 +67,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     pagination_class = ByIdCursor
 
     def get_queryset(self):
-        return _in(Study.objects.select_related("current_version"), "pk", self.request)
+        return scoped(Study.objects.select_related("current_version"), "pk", self.request)
 
     @extend_schema(parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv", "pairs"]),
                                OpenApiParameter("round", str), OpenApiParameter("since_round", int),
@@ -163,16 +83,16 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
             raise ValidationError({"format": "stream jsonl, csv or pairs here; parquet and imagefolder are jobs "
                                              "(POST /api/v1/exports/)."})
         try:
-            sel = exports.selection_from(dict(request.query_params.items()), study=study, is_admin=True)
+            sel = selection_from(dict(request.query_params.items()), study=study, is_admin=True)
         except DjangoValidationError as exc:
             raise ValidationError({"selection": exc.messages}) from None
         audit(actor=request.user, action="export.stream", study=study, obj=study, format=fmt)
         if fmt == "pairs":
-            response = StreamingHttpResponse(exports.pairs_lines(sel), content_type="application/jsonl")
+            response = StreamingHttpResponse(pairs_lines(sel), content_type="application/jsonl")
         elif fmt == "jsonl":
-            response = StreamingHttpResponse(exports.jsonl_chunks(sel), content_type="application/jsonl")
+            response = StreamingHttpResponse(jsonl_chunks(sel), content_type="application/jsonl")
         else:
-            response = StreamingHttpResponse(exports.csv_chunks(sel), content_type="text/csv; charset=utf-8")
+            response = StreamingHttpResponse(csv_chunks(sel), content_type="text/csv; charset=utf-8")
         ext = "csv" if fmt == "csv" else "jsonl"
         response["Content-Disposition"] = f'attachment; filename="{study.name}-{fmt}.{ext}"'
         return response
@@ -188,9 +108,9 @@ class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     pagination_class = ByIdCursor
 
     def get_queryset(self):
-        qs = _in(Round.objects.select_related("study", "model_version", "produced_version"), "study_id",
+        qs = scoped(Round.objects.select_related("study", "model_version", "produced_version"), "study_id",
                  self.request)
-        qs = _filter_common(qs, self.request, study="study_id")
+        qs = filter_common(qs, self.request, study="study_id")
         if (value := self.request.query_params.get("status")):
             qs = qs.filter(status=value)
         return qs
@@ -209,7 +129,7 @@ class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise NotFound("No such study.")
         require_admin_action(request, study.pk)
         try:
-            rnd = rounds.round_launch(study=study, actor=request.user, config=body.validated_data.get("config"))
+            rnd = round_launch(study=study, actor=request.user, config=body.validated_data.get("config"))
         except DjangoValidationError as exc:
             raise ValidationError({"config": exc.messages}) from None
         return Response(s.RoundSerializer(rnd).data, status=status.HTTP_201_CREATED)
@@ -227,18 +147,18 @@ class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def close(self, request, pk=None):
         """Close labeling now (the share answered is recorded) and start training."""
-        return self._act(request, rounds.round_close_labeling)
+        return self._act(request, round_close_labeling)
 
     @extend_schema(request=None, responses={200: s.RoundSerializer, 409: s.DetailSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         """Restart a failed round at the stage that failed."""
-        return self._act(request, rounds.round_retry)
+        return self._act(request, round_retry)
 
     @extend_schema(request=None, responses={200: s.RoundSerializer, 409: s.DetailSerializer})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        return self._act(request, rounds.round_cancel)
+        return self._act(request, round_cancel)
 
     @extend_schema(responses={200: dict, 404: s.DetailSerializer})
     @action(detail=True, methods=["get"])
@@ -261,13 +181,13 @@ class ImageViewSet(viewsets.ReadOnlyModelViewSet):
     pagination_class = ByIdCursor
 
     def get_queryset(self):
-        qs = _in(Image.objects.select_related("round", "model_version"), "study_id", self.request)
-        qs = _filter_common(qs, self.request, study="study_id")
-        if (value := _int(self.request, "round")) is not None:
+        qs = scoped(Image.objects.select_related("round", "model_version"), "study_id", self.request)
+        qs = filter_common(qs, self.request, study="study_id")
+        if (value := int_param(self.request, "round")) is not None:
             qs = qs.filter(round__number=value)
-        if (value := _choice(self.request, "source", ("real", "synthetic"))):
+        if (value := choice_param(self.request, "source", ("real", "synthetic"))):
             qs = qs.filter(source=value)
-        if (value := _int(self.request, "model_version")) is not None:
+        if (value := int_param(self.request, "model_version")) is not None:
             qs = qs.filter(model_version_id=value)
         return qs
 
@@ -292,16 +212,16 @@ class LabelViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         request = self.request
-        qs = _in(Label.objects.select_related("task__round", "task__image__model_version", "reader"),
+        qs = scoped(Label.objects.select_related("task__round", "task__image__model_version", "reader"),
                  "task__round__study_id", request)
-        qs = _filter_common(qs, request, study="task__round__study_id")
-        if (value := _int(request, "round")) is not None:
+        qs = filter_common(qs, request, study="task__round__study_id")
+        if (value := int_param(request, "round")) is not None:
             qs = qs.filter(task__round__number=value)
-        if (value := _choice(request, "kind", ("realism", "rubric", "preference"))):
+        if (value := choice_param(request, "kind", ("realism", "rubric", "preference"))):
             qs = qs.filter(task__kind=value)
-        if (value := _choice(request, "source", ("real", "synthetic"))):
+        if (value := choice_param(request, "source", ("real", "synthetic"))):
             qs = qs.filter(task__image__source=value)
-        if (value := _int(request, "model_version")) is not None:
+        if (value := int_param(request, "model_version")) is not None:
             qs = qs.filter(task__image__model_version_id=value)
         if (value := request.query_params.get("reader")):
             qs = qs.filter(Q(reader__memberships__pseudonym=value) | Q(reader__username=value)).distinct()
@@ -336,7 +256,7 @@ class TaskViewSet(viewsets.ReadOnlyModelViewSet):
     def _admin_view(self) -> bool:
         """Provenance only for callers who administer some study (or everything); a reader signed in through the
         browser, or anyone asking for `mine=1`, gets their own tasks blinded."""
-        if _scope(self.request) == TokenScope.READ or self.request.query_params.get("mine") == "1":
+        if token_scope(self.request) == TokenScope.READ or self.request.query_params.get("mine") == "1":
             return False
         allowed = admin_study_ids(self.request)
         return allowed is None or bool(allowed)
@@ -353,8 +273,8 @@ class TaskViewSet(viewsets.ReadOnlyModelViewSet):
             qs = qs if allowed is None else qs.filter(round__study_id__in=allowed)  # is under mine=1, blinded
         else:
             qs = qs.filter(reader=self.request.user)
-        qs = _filter_common(qs, self.request, study="round__study_id", created="claimed_at")
-        if (value := _choice(self.request, "kind", ("realism", "rubric", "preference"))):
+        qs = filter_common(qs, self.request, study="round__study_id", created="claimed_at")
+        if (value := choice_param(self.request, "kind", ("realism", "rubric", "preference"))):
             qs = qs.filter(kind=value)
         return qs
 
@@ -376,7 +296,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
             return ModelVersion.objects.all()
         ids: set[int] = set()
         for study in Study.objects.filter(pk__in=allowed):
-            ids |= {v.pk for v in rounds.study_versions(study)}
+            ids |= {v.pk for v in study_versions(study)}
         return ModelVersion.objects.filter(pk__in=ids)
 
 
@@ -390,14 +310,13 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     pagination_class = ByIdCursor
 
     def get_queryset(self):
-        return _in(ExportJob.objects.select_related("study"), "study_id", self.request)
+        return scoped(ExportJob.objects.select_related("study"), "study_id", self.request)
 
     @extend_schema(request=s.ExportRequestSerializer, responses={202: s.ExportJobSerializer})
     def create(self, request, *args, **kwargs):
         """Start an export job (any format); poll it, then download. Export or admin scope."""
         from django.db import transaction
 
-        from annotation.tasks import export_job_run
 
         body = s.ExportRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -407,13 +326,13 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise NotFound("No such study.")
         params = {k: v for k, v in body.validated_data.items() if k not in ("study", "format")}
         try:
-            sel = exports.selection_from(params, study=study, is_admin=True)
+            sel = selection_from(params, study=study, is_admin=True)
         except DjangoValidationError as exc:
             raise ValidationError({"selection": exc.messages}) from None
         job = ExportJob.objects.create(study=study, requested_by=request.user, format=body.validated_data["format"],
                                        selection=sel.as_dict())
         audit(actor=request.user, action="export.job", study=study, obj=job, format=job.format)
-        transaction.on_commit(lambda: export_job_run.delay(job_pk=job.pk))
+        transaction.on_commit(lambda: export_job_run_task.delay(job_pk=job.pk))
         return Response(s.ExportJobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes, 409: s.DetailSerializer})
@@ -439,9 +358,9 @@ class WebhookViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "delete"]
 
     def get_queryset(self):
-        if _scope(self.request) not in ("session", TokenScope.ADMIN):
+        if token_scope(self.request) not in ("session", TokenScope.ADMIN):
             return Webhook.objects.none()
-        return _in(Webhook.objects.all(), "study_id", self.request)
+        return scoped(Webhook.objects.all(), "study_id", self.request)
 
     def perform_create(self, serializer):
         study = serializer.validated_data["study"]

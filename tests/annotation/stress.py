@@ -18,22 +18,24 @@ def run_stress(*, readers: int = 8, images: int = 40, k: int = 2) -> dict:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from annotation import assignment, services
     from annotation.models import Image, Label, ReadingCase, ReadingTask, Role
+    from annotation.reading import assignment
+    from annotation.rounds.services import round_create, round_open_labeling
+    from annotation.studies.services import membership_add, study_create
 
     User = get_user_model()
-    study = services.study_create(name=f"stress-{uuid.uuid4().hex[:6]}", title="stress", readers_per_image=k,
+    study = study_create(name=f"stress-{uuid.uuid4().hex[:6]}", title="stress", readers_per_image=k,
                                   task_kinds=["realism"], display_size=64)
-    rnd = services.round_create(study=study)
+    rnd = round_create(study=study)
     Image.objects.bulk_create([
         Image(study=study, round=rnd, source="real" if i % 2 else "synthetic", storage_key=f"k{i}",
               display_key=f"d{i}", sha256=f"{rnd.pk}-{i}", width=64, height=64) for i in range(images)
     ])
-    rnd = services.round_open_labeling(round=rnd)
+    rnd = round_open_labeling(round=rnd)
     users = []
     for i in range(readers):
         user = User.objects.create_user(username=f"{study.name}-r{i}", password="x")
-        services.membership_add(study=study, user=user, role=Role.READER)
+        membership_add(study=study, user=user, role=Role.READER)
         users.append(user)
 
     handed: dict[int, list[int]] = defaultdict(list)

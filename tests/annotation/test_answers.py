@@ -1,8 +1,9 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from annotation.answers import validate_answer, validate_rubric_definition
 from annotation.models import default_rubric
+from annotation.reading.answers import validate_answer
+from annotation.studies.rubric import validate_rubric_definition
 
 RUBRIC = default_rubric()
 

@@ -9,8 +9,10 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from annotation import assignment, services
 from annotation.models import Label, ReadingCase, ReadingTask, TaskStatus
+from annotation.reading import assignment
+from annotation.rounds.services import round_open_labeling
+from annotation.rounds.transitions import IllegalTransition, round_transition
 
 pytestmark = pytest.mark.django_db
 
@@ -75,7 +77,7 @@ def test_queue_order_is_per_reader_reproducible_and_balanced(make_study, add_rea
         block = [t.slot for t in seq_a[start : start + 10]]
         assert abs(Counter(block)["real"] - 5) <= 1
     # the same seed gives the same order: replay reader a's queue on a copy of the round
-    from annotation.ordering import derive_seed, permute
+    from annotation.reading.ordering import derive_seed, permute
 
     n = rnd.pools["realism"]["real"]
     key = derive_seed(seq_a[0].queue.seed, "realism", "real")
@@ -229,11 +231,11 @@ def test_next_and_submit_queries_do_not_grow_with_the_round(make_study, add_read
 def test_round_transitions_are_guarded(make_study, stored_round):
     study = make_study()
     rnd = stored_round(study, real=1, synthetic=1, open_=False)
-    with pytest.raises(services.IllegalTransition):
-        services.round_transition(round=rnd, to="finetuning")
-    rnd = services.round_open_labeling(round=rnd)
-    assert rnd.status == "labeling" and services.round_open_labeling(round=rnd).status == "labeling"
-    done = services.round_transition(round=rnd, to="done")
+    with pytest.raises(IllegalTransition):
+        round_transition(round=rnd, to="finetuning")
+    rnd = round_open_labeling(round=rnd)
+    assert rnd.status == "labeling" and round_open_labeling(round=rnd).status == "labeling"
+    done = round_transition(round=rnd, to="done")
     assert done.finished_at is not None and done.labeling_closed_at is not None
-    with pytest.raises(services.IllegalTransition):
-        services.round_transition(round=done, to="labeling")
+    with pytest.raises(IllegalTransition):
+        round_transition(round=done, to="labeling")

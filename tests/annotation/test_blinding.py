@@ -8,8 +8,8 @@ import struct
 import pytest
 from PIL import Image as PILImage
 
-from annotation import assignment
 from annotation.models import Image, ReadingTask
+from annotation.reading import assignment
 
 pytestmark = pytest.mark.django_db
 
@@ -217,7 +217,7 @@ def test_blinding_audit_over_http_finds_nothing_that_tells_real_from_synthetic(a
 def test_the_timing_audit_catches_a_ten_millisecond_difference(audited, monkeypatch):
     import time
 
-    from annotation import views
+    from annotation.reading import views
 
     task_for = views._task
 

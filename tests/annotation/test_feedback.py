@@ -7,8 +7,8 @@ import uuid
 import pytest
 from django.core.files.storage import default_storage
 
-from annotation import assignment
-from annotation.feedback import feedback_items, feedback_snapshot_freeze
+from annotation.reading import assignment
+from annotation.rounds.feedback import feedback_items, feedback_snapshot_freeze
 
 pytestmark = pytest.mark.django_db
 
@@ -43,19 +43,19 @@ def test_targets_pairs_and_snapshot(make_study, add_reader, stored_round):
     answer_all(rnd, a, decide_a)
     answer_all(rnd, b, decide_b)
     data = feedback_items(rounds=[rnd])
-    items = {i["image"]: i for i in data["items"]}
+    items = {i.image: i for i in data.items}
     assert len(items) == 6
     for item in items.values():
-        assert item["reads"] == 2
-        assert item["realism"] == pytest.approx(4 / 5)  # confidence-weighted: 4 for "real", 1 for "synthetic"
-        assert set(item["criteria"]) == {"anatomy", "style", "artifacts"}
-        assert all(0 <= v <= 1 for v in item["criteria"].values())
-    sources = {p["source"] for p in data["pairs"]}
+        assert item.reads == 2
+        assert item.realism == pytest.approx(4 / 5)  # confidence-weighted: 4 for "real", 1 for "synthetic"
+        assert set(item.criteria) == {"anatomy", "style", "artifacts"}
+        assert all(0 <= v <= 1 for v in item.criteria.values())
+    sources = {p.source for p in data.pairs}
     assert sources == {"preference", "rubric_gap"}
-    explicit = [p for p in data["pairs"] if p["source"] == "preference"]
+    explicit = [p for p in data.pairs if p.source == "preference"]
     assert len(explicit) == 2  # reader a chose in both pair tasks; b could not assess
-    for pair in data["pairs"]:
-        assert pair["chosen"] != pair["rejected"] and pair["chosen_key"] and pair["prompt"] is not None
+    for pair in data.pairs:
+        assert pair.chosen != pair.rejected and pair.chosen_key and pair.prompt is not None
     key, digest, summary = feedback_snapshot_freeze(rounds=[rnd])
     with default_storage.open(key) as fh:
         payload = fh.read()
@@ -78,5 +78,35 @@ def test_readers_excluded_by_catch_trials_are_left_out(make_study, add_reader, s
         if ReadingTask.objects.filter(reader=sloppy, is_catch=True).exists():
             break
     data = feedback_items(rounds=[rnd])
-    assert data["excluded_readers"] == [sloppy.username]
-    assert all(item["reads"] == 1 for item in data["items"])
+    assert data.excluded_readers == [sloppy.username]
+    assert all(item.reads == 1 for item in data.items)
+
+
+def test_the_round_snapshot_is_frozen_once_and_is_what_training_reads(make_study, add_reader, stored_round):
+    from annotation.models import Round
+    from annotation.rounds.feedback import round_snapshot_freeze
+    from training.ml.snapshot import Snapshot
+
+    study = make_study(readers_per_image=2, task_kinds=["realism"])
+    rnd = stored_round(study, real=2, synthetic=2)
+    answer_all(rnd, add_reader(study, "r"), lambda t: {"call": "real", "confidence": 3})
+    first = round_snapshot_freeze(rnd)
+    answer_all(rnd, add_reader(study, "late"), lambda t: {"call": "synthetic", "confidence": 3})
+    assert feedback_items(rounds=[rnd]).items[0].realism == 0.5  # the late reader's answers are stored
+    again = round_snapshot_freeze(rnd)
+    assert again == first and Round.objects.get(pk=rnd.pk).metrics["snapshot"] == first
+    with default_storage.open(first["key"]) as fh:
+        payload = fh.read()
+    assert hashlib.sha256(payload).hexdigest() == first["sha256"]
+    snapshot = Snapshot.loads(payload)
+    assert first["items"] == len(snapshot.items) == 4 and first["rounds"] == [rnd.number]
+    assert all(item.realism == 1.0 for item in snapshot.items)  # the late reader came after the freeze
+
+
+def test_a_snapshot_of_an_unknown_layout_is_refused_with_a_sentence():
+    from training.ml.snapshot import Snapshot
+
+    with pytest.raises(ValueError, match="version 1 was expected, not 7"):
+        Snapshot.loads(json.dumps({"version": 7, "items": []}))
+    with pytest.raises(ValueError, match="malformed"):
+        Snapshot.loads(json.dumps({"version": 1, "items": [{"image": 1}]}))

@@ -150,16 +150,18 @@ def test_admin_upload_reports_per_file_errors_and_refuses_bad_zip(make_study, ad
 
 
 def test_cleaning_treats_real_and_synthetic_images_alike(make_study, stored_round):
-    from annotation import services
-    from inference.phantoms import generate_phantom
+    from annotation.images.storage import image_store
+    from annotation.rounds.services import round_create
+    from annotation.rounds.stages import round_clean_images
+    from inference.ml.phantoms import generate_phantom
 
     study = make_study(display_size=128)
-    rnd = services.round_create(study=study)
+    rnd = round_create(study=study)
     for i, source in enumerate(["real", "synthetic", "real", "synthetic"]):
         phantom = generate_phantom(seed=40 + i, size=256, burn_in_text=True)
-        services.image_store(study=study, round=rnd, source=source, pixels=phantom.image, prompt=phantom.report)
-    assert services.round_clean_images(round=rnd) == 4
-    assert services.round_clean_images(round=rnd) == 0  # twice: nothing new
+        image_store(study=study, round=rnd, source=source, pixels=phantom.image, prompt=phantom.report)
+    assert round_clean_images(round=rnd) == 4
+    assert round_clean_images(round=rnd) == 0  # twice: nothing new
     in_round = list(Image.objects.filter(round=rnd))
     assert len(in_round) == 4 and all(i.cleaned_from_id and i.mask_key for i in in_round)
     assert sorted(i.source for i in in_round) == ["real", "real", "synthetic", "synthetic"]

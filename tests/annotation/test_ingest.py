@@ -13,7 +13,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from annotation.ingest import (
+from annotation.images.ingest import (
     BASIC_PROFILE_TAGS,
     NOT_AN_IMAGE,
     ArchiveRejected,

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from annotation.ordering import permute, slot_for
+from annotation.reading.ordering import permute, slot_for
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 97, 1000, 4097])

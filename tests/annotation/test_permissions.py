@@ -5,7 +5,8 @@ import uuid
 import pytest
 from django.test import Client
 
-from annotation import assignment, services
+from annotation.reading import assignment
+from annotation.studies.services import membership_add, study_reveal
 
 pytestmark = pytest.mark.django_db
 
@@ -70,7 +71,7 @@ def test_submit_permission_matrix(world, who, status):
 
 def test_review_opens_after_reveal(world):
     study, queue, task, clients = world
-    services.study_reveal(study=study, actor=None)
+    study_reveal(study=study, actor=None)
     assert clients["reader_a"].get(f"/portal/q/{queue.token}/review/").status_code == 200
     assert clients["reader_b"].get(f"/portal/q/{queue.token}/review/").status_code == 404
 
@@ -108,7 +109,7 @@ def test_study_admins_see_only_their_studies_in_the_admin(make_study, make_user,
     stored_round(theirs, real=1, synthetic=1)
     staff = make_user("study-admin", is_staff=True)
     staff.user_permissions.set(Permission.objects.filter(content_type__app_label="annotation"))
-    services.membership_add(study=mine, user=staff, role=Role.ADMIN)
+    membership_add(study=mine, user=staff, role=Role.ADMIN)
     c = Client()
     c.force_login(staff)
     listing = c.get("/admin/annotation/study/").content.decode()

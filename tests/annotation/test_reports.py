@@ -6,9 +6,10 @@ import uuid
 import pytest
 from django.test import Client
 
-from annotation import assignment, services
 from annotation.models import Role
-from annotation.reports import findings_from_report, round_report_compute
+from annotation.reading import assignment
+from annotation.stats.reports import findings_from_report, round_report_compute
+from annotation.studies.services import membership_add
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +35,7 @@ def labelled(make_study, add_reader, stored_round, django_user_model):
                 answer = {"scores": {"anatomy": 1 + task.position % 5, "style": 3, "artifacts": 4}}
             assignment.label_submit(reader=reader, task_token=task.token, answer=answer, submission_id=uuid.uuid4())
     admin = django_user_model.objects.create_user("study-admin", password="x")
-    services.membership_add(study=study, user=admin, role=Role.ADMIN)
+    membership_add(study=study, user=admin, role=Role.ADMIN)
     return study, rnd, readers, admin
 
 

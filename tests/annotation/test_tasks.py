@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation import assignment
 from annotation.models import ReadingCase, ReadingTask
-from annotation.tasks import claims_expire_stale
+from annotation.reading import assignment
+from annotation.tasks import claims_expire_stale_task
 
 
 def _stale_claim(make_study, add_reader, stored_round):
@@ -22,8 +22,8 @@ def _stale_claim(make_study, add_reader, stored_round):
 @pytest.mark.django_db
 def test_expiry_task_run_twice_gives_the_same_state(make_study, add_reader, stored_round):
     task = _stale_claim(make_study, add_reader, stored_round)
-    assert claims_expire_stale() == 1
-    assert claims_expire_stale() == 0
+    assert claims_expire_stale_task() == 1
+    assert claims_expire_stale_task() == 0
     task.refresh_from_db()
     assert task.status == "expired" and ReadingCase.objects.get(pk=task.case_id).taken == 0
 

@@ -4,11 +4,17 @@ import uuid
 
 import pytest
 
+from annotation.studies.services import membership_add
+from training.ml.readers import SimulatedReader
+
 
 @pytest.fixture
 def labelled(make_study, add_reader, stored_round, make_user):
-    from annotation import assignment, services
-    from annotation.simulated import SimulatedProfile, round_simulate_readers, simulated_readers_ensure
+    from annotation.reading import assignment
+    from annotation.reading.simulated import (
+        round_simulate_readers,
+        simulated_readers_ensure,
+    )
 
     study = make_study("exp", readers_per_image=3, task_kinds=["realism", "rubric", "preference"])
     rnd = stored_round(study, real=4, synthetic=4)
@@ -27,10 +33,10 @@ def labelled(make_study, add_reader, stored_round, make_user):
     first = readers[0].reading_tasks.filter(kind="realism").order_by("position").first()
     assignment.label_submit(reader=readers[0], task_token=first.token, answer={"call": "synthetic", "confidence": 2},
                             submission_id=uuid.uuid4())  # a revision: the first label is now superseded
-    simulated_readers_ensure(study=study, count=1, profiles=[SimulatedProfile(accuracy=1.0)])
+    simulated_readers_ensure(study=study, count=1, readers=[SimulatedReader(accuracy=1.0)])
     round_simulate_readers(round=rnd)
     admin = make_user("studyadmin")
-    services.membership_add(study=study, user=admin, role="admin")
+    membership_add(study=study, user=admin, role="admin")
     return {"study": study, "round": rnd, "readers": readers, "admin": admin}
 
 
@@ -42,9 +48,12 @@ def world(labelled, make_user):
     from django.contrib.auth.models import Permission
     from rest_framework.test import APIClient
 
-    from annotation import assignment, services
     from annotation.api.auth import token_issue
+    from annotation.images.storage import image_store
     from annotation.models import ExportJob, Image, Label, Round, Webhook
+    from annotation.reading import assignment
+    from annotation.rounds.services import round_create
+    from annotation.studies.services import membership_add, study_create
     from inference.models import GeneratedImage, GenerationBatch, ModelVersion
 
     study, rnd = labelled["study"], labelled["round"]
@@ -62,13 +71,13 @@ def world(labelled, make_user):
                                            metrics={"report": {"reader": {}}})
     export = ExportJob.objects.create(study=study, requested_by=study_admin, format="jsonl")
     hook = Webhook.objects.create(study=study, url="http://127.0.0.1:9/hook", secret="s", created_by=study_admin)
-    other = services.study_create(name="elsewhere", title="Elsewhere")
-    other_round = services.round_create(study=other)
-    other_image = services.image_store(study=other, round=other_round, source="real",
+    other = study_create(name="elsewhere", title="Elsewhere")
+    other_round = round_create(study=other)
+    other_image = image_store(study=other, round=other_round, source="real",
                                        pixels=np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)).image
     other_hook = Webhook.objects.create(study=other, url="http://127.0.0.1:9/other", secret="s")
     stranger = make_user("stranger")
-    services.membership_add(study=other, user=stranger, role="admin", actor=stranger)  # an audit event of `other`
+    membership_add(study=other, user=stranger, role="admin", actor=stranger)  # an audit event of `other`
     token_issue(user=stranger, name="stranger's", scope="admin")
     queue = assignment.queue_for_reader(round=rnd, reader=alice)
     task = alice.reading_tasks.filter(kind="realism").order_by("position").first()

@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from rest_framework.test import APIClient
 
-from annotation import assignment
 from annotation.api.auth import token_issue
 from annotation.models import Label, Webhook, WebhookDelivery
+from annotation.reading import assignment
 from annotation.webhooks import verify
 
 pytestmark = pytest.mark.django_db
@@ -19,12 +19,12 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def callers(labelled, make_user):
-    from annotation import services
+    from annotation.studies.services import membership_add, study_create
 
     alice = labelled["readers"][0]
     other_admin = make_user("elsewhere")
-    other = services.study_create(name="other", title="Other")
-    services.membership_add(study=other, user=other_admin, role="admin")
+    other = study_create(name="other", title="Other")
+    membership_add(study=other, user=other_admin, role="admin")
     admin = labelled["admin"]
     tokens = {
         "reader_token": token_issue(user=alice, name="r", scope="read")[1],
@@ -189,15 +189,15 @@ def test_webhooks_are_signed_retried_after_a_failure_and_logged(labelled, caller
         assert callers("export_token").post("/api/v1/webhooks/", {"study": labelled["study"].pk,
                                                                   "url": "http://127.0.0.1/x"},
                                             format="json").status_code == 403
-        from annotation.rounds import round_cancel
+        from annotation.rounds.services import round_cancel
 
         round_cancel(round=labelled["round"])  # queues a 'round.status' delivery (sent after commit)
         hook = Webhook.objects.get()
         delivery = WebhookDelivery.objects.get(webhook=hook)
-        from annotation.tasks import webhook_deliver
+        from annotation.tasks import webhook_deliver_task
 
         # first attempt: 500; the retry (run at once when eager, after backoff on a worker) delivers
-        webhook_deliver.apply(kwargs={"delivery_pk": delivery.pk}, throw=False)
+        webhook_deliver_task.apply(kwargs={"delivery_pk": delivery.pk}, throw=False)
         delivery.refresh_from_db()
         assert delivery.status == "delivered" and delivery.attempts == 2
         assert [entry["code"] for entry in delivery.log] == [500, 204]

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.exports import Selection, jsonl_chunks, label_rows, manifest_verify
+from annotation.exports.formats import manifest_verify
+from annotation.exports.rows import jsonl_chunks, label_rows
+from annotation.exports.selection import Selection
 from annotation.models import Image, Label, ReadingTask, StudyMembership
 
 pytestmark = pytest.mark.django_db
@@ -93,9 +95,12 @@ def test_the_imagefolder_export_loads_with_hf_datasets_one_row_per_image(labelle
     for image in Image.objects.filter(round=labelled["round"]):
         row = rows[image.pk]
         assert row["source"] == image.source and row["reads"] == 2  # alice and bob; the simulated reader left out
-        calls = [t.current_label.answer["call"] for t in ReadingTask.objects.filter(
+        answers = [t.current_label.answer for t in ReadingTask.objects.filter(
             image=image, kind="realism", reader__in=labelled["readers"]).select_related("current_label")]
-        assert row["called_real_share"] == pytest.approx(calls.count("real") / 2)
+        real = [a["confidence"] for a in answers if a["call"] == "real"]
+        # the rule training uses: the confidence-weighted share of reads that called the image real
+        assert row["realism"] == pytest.approx(sum(real) / sum(a["confidence"] for a in answers))
+        assert row["called_real"] == len(real)
         assert row["rubric_anatomy_mean"] == 4
     assert data[0]["image"].size[0] > 0
 

@@ -28,19 +28,20 @@ PAYLOAD_KEYS = set("task kind images url answer rubric progress queue previous n
 def reader(transactional_db, make_study, add_reader):
     """A reader with a password and ten cases: two real and three synthetic phantoms, each read for realism and
     for the rubric."""
-    from annotation import services
-    from inference.phantoms import generate_phantom
+    from annotation.images.storage import image_store
+    from annotation.rounds.services import round_create, round_open_labeling
+    from inference.ml.phantoms import generate_phantom
 
     study = make_study(
         "keyboard", task_kinds=["realism", "rubric"], display_size=512, readers_per_image=1, seed=20240601
     )
-    rnd = services.round_create(study=study)
+    rnd = round_create(study=study)
     for seed in (11, 13):
-        services.image_store(
+        image_store(
             study=study, round=rnd, source="real", pixels=generate_phantom(seed=seed, size=512).image
         )
     for seed in (12, 14, 16):
-        services.image_store(
+        image_store(
             study=study,
             round=rnd,
             source="synthetic",
@@ -53,7 +54,7 @@ def reader(transactional_db, make_study, add_reader):
     # eager Celery would train the reward model inside the done page's request).
     rnd.config = {"train": False}
     rnd.save(update_fields=["config"])
-    services.round_open_labeling(round=rnd)
+    round_open_labeling(round=rnd)
     reader = add_reader(study, "dr-keys")
     reader.set_password(PASSWORD)
     reader.save()

@@ -7,11 +7,12 @@ import pytest
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from inference import services
-from inference.generation import GenerationConfig
-from inference.loading import PIPELINES
+from inference.ml.generation import GenerationConfig
+from inference.ml.loading import PIPELINES
 from inference.models import GeneratedImage, GenerationBatch, ModelVersion
-from inference.tasks import generation_batch_run
+from inference.services import generation_batch_create, generation_batch_run
+from inference.signals import batch_finished
+from inference.tasks import generation_batch_run_task
 
 pytestmark = pytest.mark.django_db
 CFG = GenerationConfig(steps=3, height=64, width=64, batch_size=4, images_per_prompt=2)
@@ -29,33 +30,33 @@ def pixels(key):
 
 def test_batch_runs_on_commit_and_twice_gives_the_same_images(version, django_capture_on_commit_callbacks):
     seen = []
-    services.batch_finished.connect(lambda sender, batch, **kw: seen.append(batch.status), weak=False,
+    batch_finished.connect(lambda sender, batch, **kw: seen.append(batch.status), weak=False,
                                     dispatch_uid="test-batch-finished")
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            batch = services.generation_batch_create(model_version=version, count=6, prompts=["PA chest."],
+            batch = generation_batch_create(model_version=version, count=6, prompts=["PA chest."],
                                                      seed=5, config=CFG, clean=False, owner="test:1")
         batch.refresh_from_db()
         assert batch.status == "done" and batch.progress["generated"] == 6 and batch.heartbeat_at
         items = list(batch.images.order_by("index"))
         assert [i.index for i in items] == list(range(6))
         assert len({i.seed for i in items}) == 6
-        assert generation_batch_run(batch_pk=batch.pk) == "done"  # run twice: nothing new
+        assert generation_batch_run_task(batch_pk=batch.pk) == "done"  # run twice: nothing new
         assert batch.images.count() == 6 and seen == ["done"]
     finally:
-        services.batch_finished.disconnect(dispatch_uid="test-batch-finished")
+        batch_finished.disconnect(dispatch_uid="test-batch-finished")
 
 
 def test_a_crashed_batch_resumes_without_duplicates(version):
     batch = GenerationBatch.objects.create(model_version=version, count=5, prompts=["AP chest."], seed=9,
                                            config=CFG.as_dict(), clean=False)
-    services.generation_batch_run(batch=batch)
+    generation_batch_run(batch=batch)
     originals = {i.index: pixels(i.raw_key) for i in batch.images.all()}
     GeneratedImage.objects.filter(batch=batch, index__in=[1, 3]).delete()
     GenerationBatch.objects.filter(pk=batch.pk).update(status="running")
     batch.refresh_from_db()
     loads = PIPELINES.loads
-    services.generation_batch_run(batch=batch)
+    generation_batch_run(batch=batch)
     assert PIPELINES.loads == loads  # warm worker: the second run loads nothing
     assert sorted(batch.images.values_list("index", flat=True)) == [0, 1, 2, 3, 4]
     for item in batch.images.all():
@@ -66,7 +67,7 @@ def test_missing_weights_fail_the_batch_with_a_clear_error(tmp_path):
     version = ModelVersion.objects.create(name="gone", base_path=str(tmp_path / "nowhere"))
     batch = GenerationBatch.objects.create(model_version=version, count=2, prompts=[], seed=1,
                                            config=CFG.as_dict(), clean=False)
-    assert generation_batch_run(batch_pk=batch.pk) == "failed"
+    assert generation_batch_run_task(batch_pk=batch.pk) == "failed"
     batch.refresh_from_db()
     version.refresh_from_db()
     assert "Base weights not found" in batch.error_message and batch.error_message == version.load_error
@@ -76,7 +77,7 @@ def test_missing_weights_fail_the_batch_with_a_clear_error(tmp_path):
 def test_pairs_share_a_prompt(version):
     batch = GenerationBatch.objects.create(model_version=version, count=4, prompts=["a.", "b.", "c."], seed=2,
                                            config=CFG.as_dict(), clean=False)
-    services.generation_batch_run(batch=batch)
+    generation_batch_run(batch=batch)
     prompts = list(batch.images.order_by("index").values_list("prompt", flat=True))
     assert prompts[0] == prompts[1] and prompts[2] == prompts[3]
 
@@ -84,7 +85,7 @@ def test_pairs_share_a_prompt(version):
 def test_cleaning_keeps_raw_image_and_mask_linked_to_the_cleaned_one(version):
     batch = GenerationBatch.objects.create(model_version=version, count=2, prompts=["PA chest."], seed=4,
                                            config=CFG.as_dict(), clean=True)
-    services.generation_batch_run(batch=batch)
+    generation_batch_run(batch=batch)
     for item in batch.images.all():
         raw, mask, cleaned = pixels(item.raw_key), pixels(item.mask_key), pixels(item.cleaned_key)
         assert raw.shape == mask.shape == cleaned.shape == (64, 64)

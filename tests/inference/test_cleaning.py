@@ -8,7 +8,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from inference.cleaning import (
+from inference.ml.cleaning import (
     Box,
     CleaningConfig,
     DetectorNotConfiguredError,
@@ -18,8 +18,8 @@ from inference.cleaning import (
     refine_with_sam,
     resolve_refine,
 )
-from inference.phantoms import generate_phantom
-from inference.sam import build_tiny_sam
+from inference.ml.phantoms import generate_phantom
+from inference.ml.sam import build_tiny_sam
 
 SEEDS = range(10)
 
@@ -145,7 +145,7 @@ def test_config_documents_every_field():
 def tiny_inpaint_pipe(tmp_path_factory):
     from diffusers import StableDiffusionInpaintPipeline
 
-    from inference.tiny import build_tiny_sd
+    from inference.ml.tiny import build_tiny_sd
 
     path = build_tiny_sd(tmp_path_factory.mktemp("tiny-models") / "sd-inpaint", inpaint=True)
     pipe = StableDiffusionInpaintPipeline.from_pretrained(

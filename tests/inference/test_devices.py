@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from inference import devices
+from inference.ml import devices
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.errors import WeightsError
-from inference.generation import GenerationConfig, Request, generate
-from inference.loading import PipelineCache, PipelineSpec, load_pipeline
+from inference.ml.errors import WeightsError
+from inference.ml.generation import GenerationConfig, Request, generate
+from inference.ml.loading import PipelineCache, PipelineSpec, load_pipeline
 
 CFG = GenerationConfig(steps=4, height=64, width=64, batch_size=4)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inference.phantoms import (
+from inference.ml.phantoms import (
     FINDING_TERMS,
     FINDINGS,
     Phantom,

@@ -9,8 +9,8 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.build_sam import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
 
-from inference import errors
-from inference.sam import SAM_KINDS, SamSpec, WeightsError, build_sam, build_tiny_sam, save_sam
+from inference.ml import errors
+from inference.ml.sam import SAM_KINDS, SamSpec, WeightsError, build_sam, build_tiny_sam, save_sam
 
 # Parameter counts of Meta's official models (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth).
 OFFICIAL_PARAMS = {"vit_b": 93_735_472, "vit_l": 312_342_832, "vit_h": 641_090_608}

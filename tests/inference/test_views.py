@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from inference.phantoms import generate_phantom
+from inference.ml.phantoms import generate_phantom
 
 pytestmark = pytest.mark.django_db
 

@@ -107,7 +107,7 @@ def live_worker(_round_worker, transactional_db, settings):
 def wait_for(predicate, *, timeout: float, worker: WorkerHandle | None = None, every: float = 0.2,
              reconcile: bool = False):
     """Poll until `predicate()` is truthy (returning it); with `reconcile`, run the reconciler at each poll."""
-    from annotation.rounds import rounds_reconcile
+    from annotation.rounds.driver import rounds_reconcile
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,17 +11,18 @@ TINY_ROUND = {
 
 
 def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, images: int = 8, **kw):
-    from annotation import services
-    from annotation.simulated import simulated_readers_ensure
-    from inference.phantoms import generate_phantom
+    from annotation.images.storage import image_store
+    from annotation.reading.simulated import simulated_readers_ensure
+    from annotation.studies.services import study_create
+    from inference.ml.phantoms import generate_phantom
 
     kw.setdefault("display_size", 64)
     kw.setdefault("task_kinds", ["realism", "rubric"])
-    study = services.study_create(name=name, title=f"Study {name}", images_per_round=images,
+    study = study_create(name=name, title=f"Study {name}", images_per_round=images,
                                   readers_per_image=readers, **kw)
     for i in range(real_pool):
         phantom = generate_phantom(seed=500 + i, size=64)
-        services.image_store(study=study, source="real", pixels=phantom.image, prompt=phantom.report,
+        image_store(study=study, source="real", pixels=phantom.image, prompt=phantom.report,
                              findings=list(phantom.findings))
     simulated_readers_ensure(study=study, count=readers)
     return study

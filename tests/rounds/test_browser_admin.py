@@ -13,12 +13,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(400)]
 
 def test_admin_launches_a_round_and_watches_it_finish(live_worker, live_server, page, artifacts_dir,  # noqa: F811
                                                       django_user_model):
-    from annotation import services
     from annotation.models import Round
+    from annotation.studies.services import membership_add
 
     study = tiny_study("browser-loop")
     admin = django_user_model.objects.create_user("loop-admin", password="loop-admin-pw")
-    services.membership_add(study=study, user=admin, role="admin")
+    membership_add(study=study, user=admin, role="admin")
 
     page.goto(live_server.url + "/dashboard/")
     page.fill("input[name=username]", "loop-admin")

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from annotation import rounds, services
 from annotation.models import Round
+from annotation.rounds.services import round_launch
+from annotation.studies.services import membership_add, study_create
 from tests.rounds.preset import TINY_ROUND, tiny_study
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -15,10 +16,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def people(make_user):
     study = tiny_study()
     admin, reader, stranger = make_user("boss"), make_user("reader1"), make_user("other-admin")
-    services.membership_add(study=study, user=admin, role="admin")
-    services.membership_add(study=study, user=reader, role="reader")
-    other = services.study_create(name="other", title="Other")
-    services.membership_add(study=other, user=stranger, role="admin")
+    membership_add(study=study, user=admin, role="admin")
+    membership_add(study=study, user=reader, role="reader")
+    other = study_create(name="other", title="Other")
+    membership_add(study=other, user=stranger, role="admin")
     return study, admin, reader, stranger
 
 
@@ -67,7 +68,7 @@ def test_admins_launch_a_round_watch_its_progress_and_see_its_pages(client, peop
 def test_admin_actions_refuse_what_the_state_machine_refuses_and_steer_versions(client, people):
     study, admin, _, _ = people
     client.force_login(admin)
-    rnd = rounds.round_launch(study=study, config={**TINY_ROUND, "promote": "manual"})
+    rnd = round_launch(study=study, config={**TINY_ROUND, "promote": "manual"})
     rnd.refresh_from_db()
     refused = client.post(f"/dashboard/rounds/{rnd.pk}/retry/")
     assert refused.status_code == 409 and b"only a failed round can be retried" in refused.content

@@ -3,8 +3,8 @@ that adapted version, cleaned and waiting for the demo reader."""
 
 import pytest
 
-from annotation.demo import demo_study_ensure
 from annotation.models import Image, Round
+from annotation.simulation.demo import demo_study_ensure
 from training.models import TrainingRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

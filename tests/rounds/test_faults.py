@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from annotation import rounds
 from annotation.models import Image, Label, Round
+from annotation.rounds.driver import rounds_reconcile
+from annotation.rounds.services import round_launch
 from inference.models import ModelVersion
 from tests.rounds.conftest import WorkerHandle
 from tests.rounds.preset import TINY_ROUND, tiny_study
@@ -89,7 +90,7 @@ def test_a_broker_that_restarts_empty_mid_round_loses_nothing(own_redis, tmp_pat
     try:
         worker.start()
         study = tiny_study("broker-fault")
-        rnd = rounds.round_launch(study=study, config={**TINY_ROUND, "reward": {"steps": 40}})
+        rnd = round_launch(study=study, config={**TINY_ROUND, "reward": {"steps": 40}})
         deadline = time.monotonic() + 180
         while Round.objects.get(pk=rnd.pk).status not in ("labeling", "training_reward", "finetuning"):
             assert time.monotonic() < deadline, worker.log()
@@ -100,7 +101,7 @@ def test_a_broker_that_restarts_empty_mid_round_loses_nothing(own_redis, tmp_pat
         deadline = time.monotonic() + 300
         while (status := Round.objects.get(pk=rnd.pk).status) not in ("done", "failed"):
             assert time.monotonic() < deadline, f"stuck in {status}\n{worker.log()}"
-            rounds.rounds_reconcile(timeout_s=3)  # what beat does every CXR_RECONCILE_EVERY_S
+            rounds_reconcile(timeout_s=3)  # what beat does every CXR_RECONCILE_EVERY_S
             time.sleep(1)
         rnd.refresh_from_db()
         assert rnd.status == "done", rnd.stage_error
@@ -119,8 +120,8 @@ def test_a_submit_whose_database_connection_drops_errors_and_its_retry_is_stored
     from django.db import connection
     from django.test import Client
 
-    from annotation import assignment
     from annotation.models import Label as LabelModel
+    from annotation.reading import assignment
 
     study = make_study(readers_per_image=1, task_kinds=["realism"])
     rnd = stored_round(study, real=2, synthetic=2)

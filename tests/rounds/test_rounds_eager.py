@@ -7,9 +7,23 @@ import uuid
 import pytest
 from django.core.exceptions import ValidationError
 
-from annotation import assignment, rounds, services, tasks
+from annotation import tasks
 from annotation.models import AuditEvent, Image, Label, ReadingTask, Round, RoundStatus
-from annotation.services import ROUND_TRANSITIONS, IllegalTransition
+from annotation.reading import assignment
+from annotation.rounds import stages
+from annotation.rounds.driver import round_advance, rounds_reconcile
+from annotation.rounds.services import (
+    labeling_share,
+    round_cancel,
+    round_close_labeling,
+    round_create,
+    round_launch,
+    round_retry,
+)
+from annotation.rounds.stages import round_clean_images
+from annotation.rounds.transitions import ROUND_TRANSITIONS, IllegalTransition, round_transition
+from annotation.rounds.versions import study_version, study_version_choose, study_version_rollback
+from annotation.studies.services import membership_add
 from inference.models import GeneratedImage, ModelVersion
 from tests.rounds.preset import TINY_ROUND, tiny_study
 from training.models import TrainingRun
@@ -25,24 +39,24 @@ def _counts():
 
 @pytest.mark.parametrize("source,target", list(itertools.product(RoundStatus.values, RoundStatus.values)))
 def test_every_transition_is_legal_or_refused(make_study, source, target):
-    rnd = services.round_create(study=make_study())
+    rnd = round_create(study=make_study())
     Round.objects.filter(pk=rnd.pk).update(status=source)
     if source == target:
-        assert services.round_transition(round=rnd, to=target).status == source  # a repeat is a no-op
+        assert round_transition(round=rnd, to=target).status == source  # a repeat is a no-op
     elif target in ROUND_TRANSITIONS[source]:
-        assert services.round_transition(round=rnd, to=target).status == target
+        assert round_transition(round=rnd, to=target).status == target
     else:
         with pytest.raises(IllegalTransition, match=f"from {source} to {target}"):
-            services.round_transition(round=rnd, to=target)
+            round_transition(round=rnd, to=target)
         assert Round.objects.get(pk=rnd.pk).status == source
 
 
 def test_a_round_runs_every_stage_and_each_stage_run_twice_changes_nothing():
-    from inference.tasks import generation_batch_run
-    from training.tasks import training_run_execute
+    from inference.tasks import generation_batch_run_task
+    from training.tasks import training_run_execute_task
 
     study = tiny_study()
-    rnd = rounds.round_launch(study=study, config=TINY_ROUND)
+    rnd = round_launch(study=study, config=TINY_ROUND)
     rnd.refresh_from_db()
     assert rnd.status == "done", (rnd.status, rnd.stage_error)
     assert Image.objects.filter(round=rnd, source="synthetic").count() == 4
@@ -62,43 +76,43 @@ def test_a_round_runs_every_stage_and_each_stage_run_twice_changes_nothing():
         "round.evaluating", "round.done"]
 
     before, metrics = _counts(), rnd.metrics
-    for stage in (tasks.round_clean, tasks.round_simulate, tasks.round_evaluate, tasks.round_advance):
+    for stage in (tasks.round_clean_task, tasks.round_simulate_task, tasks.round_evaluate_task, tasks.round_advance_task):
         stage(round_pk=rnd.pk)
-    generation_batch_run(batch_pk=rnd.generation_batch_id)
+    generation_batch_run_task(batch_pk=rnd.generation_batch_id)
     for run in (rnd.reward_run_id, rnd.finetune_run_id):
-        assert training_run_execute(run_pk=run) == "done"
-    assert rounds.rounds_reconcile(timeout_s=0) == []
+        assert training_run_execute_task(run_pk=run) == "done"
+    assert rounds_reconcile(timeout_s=0) == []
     rnd.refresh_from_db()
     assert _counts() == before and rnd.status == "done" and rnd.metrics == metrics
 
 
 def test_a_failed_stage_records_why_and_a_retry_finishes_the_round(monkeypatch):
     study = tiny_study()
-    real_clean = services.round_clean_images
-    monkeypatch.setattr(services, "round_clean_images", lambda **kw: (_ for _ in ()).throw(OSError("disk full")))
-    rnd = rounds.round_launch(study=study, config=TINY_ROUND)
+    real_clean = round_clean_images
+    monkeypatch.setattr(stages, "round_clean_images", lambda **kw: (_ for _ in ()).throw(OSError("disk full")))
+    rnd = round_launch(study=study, config=TINY_ROUND)
     rnd.refresh_from_db()
     assert (rnd.status, rnd.failed_stage) == ("failed", "cleaning")
     assert rnd.stage_error == "cleaning: OSError: disk full"
     with pytest.raises(IllegalTransition):
-        rounds.round_launch(study=study, round=rnd)
-    monkeypatch.setattr(services, "round_clean_images", real_clean)
-    rnd = rounds.round_retry(round=rnd)
+        round_launch(study=study, round=rnd)
+    monkeypatch.setattr(stages, "round_clean_images", real_clean)
+    rnd = round_retry(round=rnd)
     assert rnd.status == "done", rnd.stage_error
     with pytest.raises(IllegalTransition, match="only a failed round"):
-        rounds.round_retry(round=rnd)
+        round_retry(round=rnd)
 
 
 def test_an_admin_closes_labeling_early_and_the_share_answered_is_kept(make_user):
     study = tiny_study(readers=1)
     study.readers_per_image = 2  # one simulated reader cannot complete K = 2
     study.save()
-    rnd = rounds.round_launch(study=study, config={**TINY_ROUND, "train": False})
+    rnd = round_launch(study=study, config={**TINY_ROUND, "train": False})
     rnd.refresh_from_db()
     assert rnd.status == "labeling"
-    assert rounds.labeling_share(rnd) == {"answered": 16, "planned": 32, "share": 0.5}
+    assert labeling_share(rnd) == {"answered": 16, "planned": 32, "share": 0.5}
     admin = make_user("boss", is_superuser=True)
-    rnd = rounds.round_close_labeling(round=rnd, actor=admin)
+    rnd = round_close_labeling(round=rnd, actor=admin)
     assert rnd.status == "done" and rnd.metrics["labeling"]["share"] == 0.5  # train: False ends here
     event = AuditEvent.objects.get(action="round.close_labeling")
     assert event.actor == admin and event.data["share"] == 0.5
@@ -107,52 +121,52 @@ def test_an_admin_closes_labeling_early_and_the_share_answered_is_kept(make_user
 def test_cancel_stops_handing_out_tasks_and_nothing_is_scheduled_after(make_user):
     study = tiny_study(readers=1)
     human = make_user("human")
-    services.membership_add(study=study, user=human, role="reader")
+    membership_add(study=study, user=human, role="reader")
     study.readers_per_image = 2
     study.save()
-    rnd = rounds.round_launch(study=study, config=TINY_ROUND)
+    rnd = round_launch(study=study, config=TINY_ROUND)
     rnd.refresh_from_db()
     queue = assignment.queue_for_reader(round=rnd, reader=human)
     task = assignment.tasks_next_for_reader(queue=queue)
     assert task is not None
-    rounds.round_cancel(round=rnd)
+    round_cancel(round=rnd)
     assert assignment.tasks_next_for_reader(queue=queue) is None
     with pytest.raises(ValidationError):
         assignment.label_submit(reader=human, task_token=task.token, answer={"call": "real", "confidence": 3},
                                 submission_id=uuid.uuid4())
-    assert rounds.round_advance(round=rnd).status == "cancelled" and rounds.rounds_reconcile(timeout_s=0) == []
+    assert round_advance(round=rnd).status == "cancelled" and rounds_reconcile(timeout_s=0) == []
     with pytest.raises(IllegalTransition):
-        rounds.round_close_labeling(round=rnd)
+        round_close_labeling(round=rnd)
 
 
 def test_a_version_that_scores_worse_is_not_promoted_and_admins_choose_or_roll_back(make_user, make_study):
     study = tiny_study()
-    rnd = rounds.round_launch(study=study, config={**TINY_ROUND, "promote_margin": -1.0})  # must gain 1.0: never
+    rnd = round_launch(study=study, config={**TINY_ROUND, "promote_margin": -1.0})  # must gain 1.0: never
     rnd.refresh_from_db()
     promotion = rnd.metrics["promotion"]
     assert promotion["promoted"] is False and promotion["reason"].startswith("kept tiny-sd")
     study.refresh_from_db()
     assert study.current_version == rnd.model_version  # not silently replaced
     admin = make_user("boss", is_superuser=True)
-    rounds.study_version_choose(study=study, version=rnd.produced_version, actor=admin)
+    study_version_choose(study=study, version=rnd.produced_version, actor=admin)
     study.refresh_from_db()
     assert study.current_version == rnd.produced_version
-    rounds.study_version_rollback(study=study, actor=admin)
+    study_version_rollback(study=study, actor=admin)
     study.refresh_from_db()
     assert study.current_version == rnd.model_version
     foreign = ModelVersion.objects.create(name="elsewhere", base_path="/nowhere")
     with pytest.raises(ValidationError, match="does not belong"):
-        rounds.study_version_choose(study=study, version=foreign, actor=admin)
+        study_version_choose(study=study, version=foreign, actor=admin)
     with pytest.raises(ValidationError, match="no parent"):
-        rounds.study_version_rollback(study=study, actor=admin)
+        study_version_rollback(study=study, actor=admin)
 
 
 def test_active_selection_uses_the_last_reward_model_and_is_reproducible():
-    from annotation.selection import select_generated
+    from annotation.rounds.selection import select_generated
 
     study = tiny_study(real_pool=16)
-    first = rounds.round_launch(study=study, config=TINY_ROUND)
-    second = rounds.round_launch(study=study, config={**TINY_ROUND, "oversample": 3, "selection": "active"})
+    first = round_launch(study=study, config=TINY_ROUND)
+    second = round_launch(study=study, config={**TINY_ROUND, "oversample": 3, "selection": "active"})
     first.refresh_from_db()
     second.refresh_from_db()
     assert second.status == "done", second.stage_error
@@ -170,7 +184,7 @@ def test_active_selection_uses_the_last_reward_model_and_is_reproducible():
 
 def test_bad_launch_settings_get_a_sentence_and_store_nothing():
     study = tiny_study()
-    rounds.study_version(study)  # the study's default version is registered on first use
+    study_version(study)  # the study's default version is registered on first use
     before = (Round.objects.count(), _counts())
     for config, message in [({"selection": "clever"}, "selection must be one of"),
                             ({"stepz": 3}, "Unknown round settings: stepz"),
@@ -178,5 +192,5 @@ def test_bad_launch_settings_get_a_sentence_and_store_nothing():
                             ({"oversample": 0.5}, "oversample must be"),
                             ({"generation": {"stepz": 3}}, "generation: Unknown generation settings")]:
         with pytest.raises(ValidationError, match=message):
-            rounds.round_launch(study=study, config=config)
+            round_launch(study=study, config=config)
     assert (Round.objects.count(), _counts()) == before

@@ -2,8 +2,9 @@
 
 import pytest
 
-from annotation import rounds
 from annotation.models import Image, Label, Round
+from annotation.rounds.driver import rounds_reconcile
+from annotation.rounds.services import round_launch
 from inference.models import GeneratedImage, ModelVersion
 from tests.rounds.conftest import wait_for
 from tests.rounds.preset import TINY_ROUND, tiny_study
@@ -25,11 +26,11 @@ def test_the_reconciler_recovers_a_round_whose_message_was_dropped(live_worker, 
     from inference import tasks as inference_tasks
 
     study = tiny_study("dropped")
-    monkeypatch.setattr(inference_tasks.generation_batch_run, "delay", lambda **kw: None)  # the message is lost
-    rnd = rounds.round_launch(study=study, config=TINY_ROUND)
+    monkeypatch.setattr(inference_tasks.generation_batch_run_task, "delay", lambda **kw: None)  # the message is lost
+    rnd = round_launch(study=study, config=TINY_ROUND)
     monkeypatch.undo()
-    assert rounds.rounds_reconcile(timeout_s=60) == []  # heartbeat still fresh: nothing re-sent yet
-    actions = rounds.rounds_reconcile(timeout_s=0)
+    assert rounds_reconcile(timeout_s=60) == []  # heartbeat still fresh: nothing re-sent yet
+    actions = rounds_reconcile(timeout_s=0)
     assert actions == [{"round": rnd.pk, "status": "generating", "action": "requeue",
                         "job": f"GenerationBatch:{rnd.generation_batch_id}"}]
     assert wait_for(lambda: _finished(rnd), timeout=240, worker=live_worker) == "done", \
@@ -45,7 +46,7 @@ def test_a_worker_killed_during_finetuning_is_replaced_and_the_round_resumes_fro
 
     study = tiny_study("killed")
     config = {**TINY_ROUND, "finetune": {"steps": 60, "checkpoint_every": 5, "val_every": 0}}
-    rnd = rounds.round_launch(study=study, config=config)
+    rnd = round_launch(study=study, config=config)
 
     def checkpointed():
         rnd.refresh_from_db()

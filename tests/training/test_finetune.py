@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inference.phantoms import generate_phantoms
-from training import diffusion as D
-from training.finetune import (
+from inference.ml.phantoms import generate_phantoms
+from training.ml import diffusion as D
+from training.ml.finetune import (
     ADAPTER_FILE,
     Batch,
     BatchSampler,
@@ -31,7 +31,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from inference.tiny import build_tiny_sd
+    from inference.ml.tiny import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "sd")
 
@@ -194,8 +194,8 @@ def test_only_lora_weights_change(base, trained):
 
 
 def test_saved_adapter_loads_with_the_worker_loader_and_reproduces_outputs(base, trained):
-    from inference.generation import GenerationConfig, generate, plan_requests
-    from inference.loading import PipelineSpec, load_pipeline
+    from inference.ml.generation import GenerationConfig, generate, plan_requests
+    from inference.ml.loading import PipelineSpec, load_pipeline
 
     result, out = trained
     assert result.lora_path == out / ADAPTER_FILE and result.steps == 3 and len(result.losses) == 3

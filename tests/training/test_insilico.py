@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.insilico import (
-    PROPERTIES,
-    InSilicoConfig,
-    SimulatedReader,
-    centre_contrast,
-    paired_comparison,
-    run_insilico,
-)
+from training.ml.insilico import InSilicoConfig, paired_comparison, run_insilico
+from training.ml.readers import PROPERTIES, SimulatedReader, centre_contrast
 
 SEEDS = (0, 1, 2)
 
@@ -69,7 +63,7 @@ def test_paired_comparison_is_one_sided():
 def test_config_round_trips_through_json():
     cfg = InSilicoConfig(reader=SimulatedReader(property="contrast", direction=-1.0))
     assert InSilicoConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="Unknown in-silico settings: steps"):
         InSilicoConfig.from_dict({"steps": 3})
 
 

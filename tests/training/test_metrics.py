@@ -7,26 +7,28 @@ import pytest
 import torch
 from scipy import linalg
 
-from inference.phantoms import FINDINGS, generate_phantom
-from training import metrics
-from training.metrics import (
+from inference.ml.phantoms import FINDINGS, generate_phantom
+from training.ml import metrics
+from training.ml.features import (
     FeatureStats,
-    MetricsConfig,
     MetricSkipped,
     batches,
     build_extractors,
-    downstream_utility,
     extract_features,
     fid,
-    image_metrics,
     inception_fid,
+    random_features,
+    timm_features,
+)
+from training.ml.metrics import (
+    MetricsConfig,
+    downstream_utility,
+    image_metrics,
     memorisation,
     ms_ssim_diversity,
     multi_hot,
     prdc,
-    random_features,
     report_lines,
-    timm_features,
 )
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from inference.phantoms import generate_phantom
-from training.reward import (
+from inference.ml.phantoms import generate_phantom
+from training.ml.reward import (
     FeedbackItem,
     RewardConfig,
     RewardModel,
@@ -96,10 +96,10 @@ def batch():
 
 def test_config_round_trips_through_json_and_rejects_bad_values():
     cfg = tiny(pretrained_path="/nowhere.safetensors")
-    assert RewardConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert RewardConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
     assert RewardConfig().backbone == "convnext_atto" and RewardConfig().image_size == 224
-    with pytest.raises(ValueError, match="unknown"):
-        RewardConfig.from_dict({**cfg.to_dict(), "lerning_rate": 1})
+    with pytest.raises(ValueError, match="Unknown reward-model settings: lerning_rate"):
+        RewardConfig.from_dict({**cfg.as_dict(), "lerning_rate": 1})
     for bad in (
         dict(mismatched_negative_rate=1.5),
         dict(criteria=("a", "a")),

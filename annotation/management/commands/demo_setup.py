@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from annotation.demo import DEMO_USERS, demo_study_ensure
+from annotation.simulation.demo import DEMO_USERS, demo_study_ensure
 
 
 class Command(BaseCommand):

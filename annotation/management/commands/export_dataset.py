@@ -12,7 +12,8 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.exports import FORMATS, selection_from, write_export
+from annotation.exports.formats import FORMATS, write_export
+from annotation.exports.selection import selection_from
 from annotation.models import Study
 
 

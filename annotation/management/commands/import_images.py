@@ -8,7 +8,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.importing import ArchiveRejected, images_import_path, read_reports_csv
+from annotation.images.importing import ArchiveRejected, images_import_path, read_reports_csv
 from annotation.models import Round, Study
 
 

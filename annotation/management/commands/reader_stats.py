@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.stats import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read, reader_report
+from annotation.stats.readers import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read, reader_report
 
 CSV_COLUMNS = ("case_id", "truth", "call", "reader")
 CSV_OPTIONAL = ("confidence",)

@@ -11,15 +11,16 @@ import math
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.loop import (
+from annotation.models import RoundStatus
+from annotation.rounds.services import round_launch
+from annotation.simulation.loop import (
     embedded_worker_start,
     loop_study_ensure,
+    real_pool_ensure,
     round_summary,
     round_wait,
     worker_answers,
 )
-from annotation.models import RoundStatus
-from annotation.rounds import round_launch
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -64,8 +65,6 @@ class Command(BaseCommand):
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
             for _ in range(rounds):
-                from annotation.loop import real_pool_ensure
-
                 real_pool_ensure(study=the_study, unused=the_study.images_per_round)
                 try:
                     rnd = round_launch(study=the_study, config=overrides)
@@ -110,6 +109,6 @@ def _json_loads(text: str) -> dict:
 def _json_dumps(value) -> str:
     import json as _json
 
-    from training.jsonable import json_safe
+    from training.ml.jsonable import json_safe
 
     return _json.dumps(json_safe(value), allow_nan=False, default=str)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand
 
+from inference.ml.tiny import build_tiny_models
 from inference.services import tiny_models_dir, tiny_models_ensure
-from inference.tiny import build_tiny_models
 
 
 class Command(BaseCommand):

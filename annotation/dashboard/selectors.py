@@ -1,0 +1,42 @@
+"""Reads for the dashboard: a round's progress as its bars show it, from the rows (no stage keeps state elsewhere)."""
+
+from __future__ import annotations
+
+from annotation.models import ReaderQueue, ReadingCase, Role, Round, StudyMembership
+from annotation.rounds.services import labeling_share
+
+
+def _run_progress(run) -> dict | None:
+    if run is None:
+        return None
+    curve = run.loss_curve or []
+    return {"run": run.pk, "status": run.status, "step": (run.progress or {}).get("step", 0),
+            "total": (run.progress or {}).get("total") or run.config.get("steps"),
+            "loss": curve[-1][1] if curve else None, "error": run.error_message or None}
+
+
+def round_progress(rnd: Round, *, names: bool = True) -> dict:
+    """Everything the progress bars show, from the rows (no stage keeps state elsewhere)."""
+    batch = rnd.generation_batch
+    readers = []
+    if rnd.labeling_opened_at:
+        members = {m.user_id: m for m in StudyMembership.objects.filter(study_id=rnd.study_id, role=Role.READER)}
+        for q in ReaderQueue.objects.filter(round=rnd).select_related("reader").order_by("pk"):
+            member = members.get(q.reader_id)  # one query for all readers: this endpoint is polled every 2 s
+            readers.append({"reader": q.reader.get_username() if names else (member.pseudonym if member else "?"),
+                            "answered": q.done_count, "simulated": bool(member and member.is_simulated)})
+    progress = rnd.progress or {}
+    return {
+        "round": rnd.number, "pk": rnd.pk, "status": rnd.status, "failed_stage": rnd.failed_stage or None,
+        "error": rnd.stage_error or None,
+        "generation": None if batch is None else {"done": (batch.progress or {}).get("generated", 0),
+                                                  "total": batch.count, "status": batch.status},
+        "cleaning": {"done": progress.get("cleaned", 0), "total": progress.get("to_clean", 0)},
+        "labeling": {**labeling_share(rnd), "readers": readers,
+                     "cases": ReadingCase.objects.filter(round=rnd, is_catch=False).count()}
+        if rnd.labeling_opened_at else None,
+        "reward": _run_progress(rnd.reward_run),
+        "finetune": _run_progress(rnd.finetune_run),
+        "heartbeat_at": rnd.heartbeat_at.isoformat() if rnd.heartbeat_at else None,
+        "promotion": (rnd.metrics or {}).get("promotion"),
+    }

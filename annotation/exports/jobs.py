@@ -1,0 +1,53 @@
+"""Export jobs: large exports written by a worker to storage, with their manifest and the `export.done` webhook."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from annotation.exports.formats import write_export
+from annotation.exports.selection import selection_load
+from annotation.models import ExportJob
+from annotation.webhooks import emit
+
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl"}
+
+
+def _store(local: Path, key: str) -> str:
+    if default_storage.exists(key):
+        default_storage.delete(key)
+    with open(local, "rb") as handle:
+        return default_storage.save(key, handle)
+
+
+def export_job_run(job_pk: int) -> str:
+    """Write the job's export to a temporary file, then to storage with its manifest; webhook 'export.done'."""
+    job = ExportJob.objects.select_related("study").get(pk=job_pk)
+    if job.status == "done":
+        return job.status
+    ExportJob.objects.filter(pk=job.pk).update(status="running", error_message="")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            name = f"{job.study.name}-export-{job.pk}.{EXTENSIONS[job.format]}"
+            local = Path(tmp) / name
+
+            def progress(n: int) -> None:
+                ExportJob.objects.filter(pk=job.pk).update(progress={"rows": n})
+
+            manifest = write_export(selection_load(job.selection), job.format, local, on_progress=progress)
+            key = _store(local, f"exports/{job.study.name}/{job.pk}/{name}")
+            _store(local.with_name(name + ".manifest.json"), f"exports/{job.study.name}/{job.pk}/{name}.manifest.json")
+    except Exception as exc:
+        ExportJob.objects.filter(pk=job.pk).update(status="failed", error_message=f"{type(exc).__name__}: {exc}",
+                                                   finished_at=timezone.now())
+        raise
+    ExportJob.objects.filter(pk=job.pk).update(status="done", file_key=key, manifest=manifest,
+                                               progress=manifest["counts"], finished_at=timezone.now())
+    emit(study=job.study_id, event="export.done", payload={"export": job.pk, "format": job.format,
+                                                          "counts": manifest["counts"]})
+    return "done"
+
+

@@ -1,0 +1,118 @@
+"""Studies and who is in them: the study's settings, memberships and roles, the audit trail."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def default_rubric() -> list[dict]:
+    return [
+        {"key": "anatomy", "label": "Anatomy", "min": 1, "max": 5},
+        {"key": "style", "label": "Style / appearance", "min": 1, "max": 5},
+        {"key": "artifacts", "label": "Free of artifacts", "min": 1, "max": 5},
+    ]
+
+
+def default_catch_rule() -> dict:
+    return {"min_accuracy": 0.8, "action": "flag", "min_trials": 1}
+
+
+def default_kinds() -> list[str]:
+    return ["realism", "rubric"]
+
+
+class Source(models.TextChoices):
+    REAL = "real", "Real"
+    SYNTHETIC = "synthetic", "Synthetic"
+
+
+class TaskKind(models.TextChoices):
+    REALISM = "realism", "Real or synthetic"
+    RUBRIC = "rubric", "Quality rubric"
+    PREFERENCE = "preference", "Pairwise preference"
+
+
+class Study(models.Model):
+    name = models.SlugField(max_length=80, unique=True, help_text="Short identifier used by the CLI and API.")
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    images_per_round = models.PositiveIntegerField(default=100)
+    real_fraction = models.FloatField(default=0.5, help_text="Share of real images in each reader's queue.")
+    readers_per_image = models.PositiveIntegerField(default=2, help_text="K: at most this many readers per image.")
+    task_kinds = models.JSONField(default=default_kinds, help_text="Kinds read in each round, in this order.")
+    rubric = models.JSONField(default=default_rubric, help_text="Criteria: key, label, min, max.")
+    display_size = models.PositiveIntegerField(default=512, help_text="Side of the square images readers see, px.")
+    catch_rate = models.FloatField(default=0.0, help_text="Share of queue positions given to catch trials.")
+    repeat_rate = models.FloatField(default=0.0, help_text="Share of queue positions that repeat an earlier case.")
+    repeat_washout = models.PositiveIntegerField(default=20, help_text="Cases between a case and its repeat.")
+    seed = models.BigIntegerField(default=new_seed, help_text="Seeds every reader's order; reproducible.")
+    prompt_source = models.CharField(
+        max_length=20, default="templates", choices=[("templates", "Templates"), ("reports", "Report corpus")]
+    )
+    equivalence_margin = models.FloatField(
+        default=0.10, help_text="TOST margin around 0.5 accuracy for 'indistinguishable'.")
+    catch_rule = models.JSONField(
+        default=default_catch_rule, help_text="min_accuracy, action (flag | exclude), min_trials.")
+    revealed_at = models.DateTimeField(null=True, blank=True, help_text="When readers were shown the truth.")
+    current_version = models.ForeignKey(
+        "inference.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The model version the next round samples from (changed by promotion, roll-back or an admin).")
+    round_defaults = models.JSONField(default=dict, blank=True,
+                                      help_text="RoundConfig fields every new round of the study starts from.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title or self.name
+
+
+class Role(models.TextChoices):
+    READER = "reader", "Reader"
+    ADMIN = "admin", "Study admin"
+
+
+class StudyMembership(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    pseudonym = models.CharField(max_length=32, help_text="How exports name this reader to non-admins.")
+    is_simulated = models.BooleanField(default=False, help_text="A virtual reader driven by code.")
+    simulation = models.JSONField(default=dict, blank=True, help_text="A simulated reader's settings (training.ml.readers.SimulatedReader.as_dict).")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "user", "role"], name="uniq_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} of {self.study}"
+
+
+class AuditEvent(models.Model):
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    action = models.CharField(max_length=40)
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action}"

@@ -1,0 +1,25 @@
+"""Who administers which study: the one scoping rule the dashboard, the API and the Django admin share.
+
+A superuser administers every study; anyone else the studies where they hold the study-admin role. Readers'
+access is not decided here: a reader reaches only their own queues and tasks, by their tokens.
+"""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from annotation.models import Role, StudyMembership
+
+
+def administered_study_ids(user) -> set[int] | None:
+    """The ids of the studies `user` administers; None means every study (a superuser)."""
+    if user.is_superuser:
+        return None
+    return set(StudyMembership.objects.filter(user=user, role=Role.ADMIN).values_list("study_id", flat=True))
+
+
+def administered(qs: QuerySet, user, path: str = "study") -> QuerySet:
+    """`qs` limited to rows of the studies `user` administers; `path` is how a row reaches its study ("pk" for
+    studies themselves, "round__study" for tasks, ...)."""
+    ids = administered_study_ids(user)
+    return qs if ids is None else qs.filter(**{f"{path}__in": ids})

@@ -1,0 +1,98 @@
+"""What one round does (`RoundConfig`, fixed on the round at launch) and the round's seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+
+from annotation.models import Round, Study
+from annotation.reading.answers import number_in
+from inference.ml.config import Settings, option
+from training.models import RunKind
+
+SELECTIONS = ("random", "active")
+OBJECTIVES = {"reward_weighted": RunKind.FINETUNE, "dpo": RunKind.DPO}
+MAX_IMAGES = 100_000  # per round: a bound that keeps every count a sane integer for the database and the sampler
+MAX_OVERSAMPLE = 100
+
+
+@dataclass(frozen=True)
+class RoundConfig(Settings):
+    """What one round does. Stored on the round at launch; a study's `round_defaults` pre-fill it."""
+
+    what = "round settings"
+
+    synthetic: int | None = option(None, "Synthetic images readers see; default: the study's images_per_round × "
+                                         "(1 − real_fraction).")
+    real: int | None = option(None, "Real images mixed in; default: the rest of images_per_round.")
+    oversample: float = option(1.0, "Generate this many times the synthetic budget; `selection` picks which go "
+                                    "to readers (≥ 1).")
+    selection: str = option("random", "'random' (seeded) or 'active' (reward-model uncertainty + diversity).")
+    uncertainty_weight: float = option(0.5, "Active selection: weight of uncertainty against diversity, 0–1.")
+    objective: str = option("reward_weighted", "'reward_weighted' (the seed paper's) or 'dpo' (preference pairs).")
+    train: bool = option(True, "Train the reward model and finetune after labeling; off: the round ends there.")
+    feedback_rounds: str = option("all", "'all': labels of every finished round of the study feed training; "
+                                         "'this': only this round's.")
+    generation: dict = option({}, "GenerationConfig overrides (steps, guidance_scale, height, ...).")
+    reward: dict = option({}, "RewardConfig overrides.")
+    finetune: dict = option({}, "FinetuneConfig overrides (steps, lr, beta, rank, ...).")
+    eval_samples: int = option(8, "Paired samples (same prompts and seeds) of the old and new version scored by "
+                                  "the reward model before the new version is promoted.")
+    promote: str = option("auto", "'auto': the new version becomes the study's current one when it scores no "
+                                  "worse than `promote_margin` below its parent; 'manual': an admin decides.")
+    promote_margin: float = option(0.0, "How far (reward units, −1 to 1) the new version may score below its "
+                                        "parent and still be promoted; negative: it must score that much better.")
+    image_metrics: bool = option(True, "Compute image metrics (FID when weights are configured, PRDC, ...) in the "
+                                       "evaluating stage.")
+    auto_next: bool = option(False, "Launch the next round with the same settings when this one is done.")
+    seed: int | None = option(None, "Seeds prompts, sampling and selection; default: from the study seed and "
+                                    "round number.")
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValidationError(f"selection must be one of {', '.join(SELECTIONS)}.")
+        if self.objective not in OBJECTIVES:
+            raise ValidationError(f"objective must be one of {', '.join(OBJECTIVES)}.")
+        if self.feedback_rounds not in ("all", "this") or self.promote not in ("auto", "manual"):
+            raise ValidationError("feedback_rounds must be 'all' or 'this'; promote 'auto' or 'manual'.")
+        number_in(self.oversample, 1, MAX_OVERSAMPLE, "oversample", whole=False)
+        number_in(self.uncertainty_weight, 0, 1, "uncertainty_weight", whole=False)
+        number_in(self.promote_margin, -1, 1, "promote_margin", whole=False)  # negative: the new version must score better
+        number_in(self.eval_samples, 0, MAX_IMAGES, "eval_samples")
+        for name in ("synthetic", "real"):
+            if getattr(self, name) is not None:
+                number_in(getattr(self, name), 0, MAX_IMAGES, name)
+        if self.seed is not None:
+            number_in(self.seed, 0, 2**31 - 1, "seed")
+        for name in ("train", "image_metrics", "auto_next"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(f"{name} must be true or false.")
+        for name in ("generation", "reward", "finetune"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValidationError(f"{name} must be an object of settings.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RoundConfig:
+        try:
+            return super().from_dict(data)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def budget(self, study: Study) -> tuple[int, int]:
+        """(synthetic, real) images readers see."""
+        synthetic = self.synthetic if self.synthetic is not None else round(
+            study.images_per_round * (1 - study.real_fraction))
+        real = self.real if self.real is not None else max(0, study.images_per_round - synthetic)
+        return synthetic, real
+
+
+def round_config(rnd: Round) -> RoundConfig:
+    return RoundConfig.from_dict(rnd.config)
+
+
+def round_seed(rnd: Round) -> int:
+    """Seeds the round's prompts, sampling and selection: the configured seed, else one from the study's seed and
+    the round number."""
+    cfg = round_config(rnd)
+    return int(cfg.seed) if cfg.seed is not None else (rnd.study.seed * 1_000_003 + rnd.number) % 2**31

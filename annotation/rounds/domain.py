@@ -1,0 +1,74 @@
+"""The study's first model version: the base adapted to its real image–report pairs (the seed paper's first step).
+
+On real weights this is a `domain` training run (LoRA, 10 epochs at 512 px in the seed paper) started from the
+configured base. On the embedded default the base is the tiny SD with its VAE fitted and its UNet pretrained on
+phantoms (`training.ml.insilico.build_insilico_base`, cached under CXR_MODELS_DIR/tiny-domain by recipe, about a CPU
+minute once), and the LoRA run is its tiny preset; the version it registers is reused by every later call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from annotation.models import Study
+from annotation.rounds.feedback import domain_snapshot_freeze
+from annotation.rounds.messages import owner_of, owner_pk
+from annotation.rounds.versions import study_version_choose
+from annotation.studies.audit import audit
+from inference.models import ModelVersion
+from training.models import RunKind, RunStatus, TrainingRun
+
+TINY_DOMAIN_STEPS = 40
+
+
+def tiny_domain_base() -> ModelVersion:
+    """The pretrained tiny base (built once per machine, reused when its recipe is unchanged)."""
+    from training.ml.insilico import build_insilico_base
+
+    path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain")
+    version, _ = ModelVersion.objects.get_or_create(name="tiny-domain", defaults={"base_path": str(path)})
+    return version
+
+
+def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict | None = None,
+                 actor=None) -> TrainingRun:
+    """Start (or find) the study's domain-adaptation run; when it is done its version becomes the study's
+    current one. Runs on the worker (inline when tasks are eager)."""
+    from inference.services import is_tiny_version
+    from training.ml.finetune import FinetuneConfig
+    from training.services import training_run_create
+
+    owner = owner_of(study)
+    existing = TrainingRun.objects.filter(kind=RunKind.DOMAIN, owner=owner).exclude(
+        status=RunStatus.FAILED).order_by("-pk").first()
+    if existing is not None:
+        return existing
+    base = base or tiny_domain_base()
+    preset = (FinetuneConfig.tiny().as_dict() | {"steps": TINY_DOMAIN_STEPS, "val_every": 0}
+              if is_tiny_version(base) else FinetuneConfig().as_dict())
+    cfg = FinetuneConfig.from_dict({**preset, **(config or {}), "objective": "domain"})
+    key, digest, summary = domain_snapshot_freeze(study=study)
+    if not summary["items"]:
+        raise ValueError(f"Study {study.name} has no real images with reports to adapt to.")
+    with transaction.atomic():
+        run = training_run_create(kind=RunKind.DOMAIN, owner=owner, config=cfg.as_dict(), snapshot_key=key,
+                                  snapshot_sha256=digest, base_version=base)
+        audit(actor=actor, action="domain.start", study=study, obj=run, images=summary["items"])
+    return run
+
+
+def on_domain_finished(sender=None, *, run: TrainingRun, **_) -> None:
+    """A study's domain run ended: its version becomes the study's current one (unless an admin chose another).
+    The receiver of `training.signals.run_finished`; also called directly by whoever waited for the run."""
+    pk = owner_pk(run.owner, Study)
+    if run.kind != RunKind.DOMAIN or pk is None or run.status != RunStatus.DONE:
+        return
+    study = Study.objects.filter(pk=pk).first()
+    if study is None or run.produced_version is None:
+        return
+    if study.current_version_id in (None, run.base_version_id):
+        study_version_choose(study=study, version=run.produced_version, actor=None,
+                             reason=f"domain adaptation (run {run.pk})")

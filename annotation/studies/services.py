@@ -1,0 +1,60 @@
+"""Writes for studies and their members: create (validated), add a member, reveal the truth to readers."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from annotation.models import Role, Study, StudyMembership, TaskKind
+from annotation.studies.audit import audit
+from annotation.studies.rubric import validate_rubric_definition
+
+
+def study_create(*, name: str, title: str, actor: AbstractUser | None = None, **settings_) -> Study:
+    study = Study(name=name, title=title, created_by=actor if actor and actor.is_authenticated else None,
+                  **settings_)
+    study_validate(study=study)
+    with transaction.atomic():
+        study.save()
+        audit(actor=actor, action="study.create", study=study, obj=study, name=name)
+    return study
+
+
+def study_validate(*, study: Study) -> None:
+    validate_rubric_definition(study.rubric)
+    if not 0.0 <= study.real_fraction <= 1.0:
+        raise ValidationError("real_fraction must be between 0 and 1.")
+    if not 0.0 <= study.catch_rate < 0.5 or not 0.0 <= study.repeat_rate < 0.5:
+        raise ValidationError("catch_rate and repeat_rate must be in [0, 0.5).")
+    unknown = set(study.task_kinds) - set(TaskKind.values)
+    if not study.task_kinds or unknown:
+        raise ValidationError(f"task_kinds must be a non-empty list drawn from {list(TaskKind.values)}.")
+    if study.readers_per_image < 1 or not 64 <= study.display_size <= 2048:
+        raise ValidationError("readers_per_image must be ≥ 1 and display_size within 64–2048 px.")
+
+
+def membership_add(*, study: Study, user: AbstractUser, role: str, simulated: bool = False,
+                   actor: AbstractUser | None = None) -> StudyMembership:
+    with transaction.atomic():
+        member, created = StudyMembership.objects.get_or_create(
+            study=study, user=user, role=role,
+            defaults={"pseudonym": f"{'R' if role == Role.READER else 'A'}-{uuid.uuid4().hex[:8]}",
+                      "is_simulated": simulated},
+        )
+        if created:
+            audit(actor=actor, action="membership.add", study=study, obj=member, user=user.username, role=role)
+    return member
+
+
+def study_reveal(*, study: Study, actor: AbstractUser) -> Study:
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(pk=study.pk)
+        if study.revealed_at is None:
+            study.revealed_at = timezone.now()
+            study.save(update_fields=["revealed_at"])
+            audit(actor=actor, action="study.reveal", study=study, obj=study)
+    return study

@@ -1,0 +1,39 @@
+"""What the GPU worker runs for a reward run: the model trained on the frozen feedback snapshot, stored with its
+config and held-out metrics; and loading a finished run's model (worker-local copy cached)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from inference.storage import image_load
+from training.models import RunKind, RunStatus, TrainingRun
+from training.runs.storage import Progress, SnapshotError, download_dir, snapshot_load, upload_dir, work_dir
+
+REWARD_FILES = ["model.safetensors", "config.json", "metrics.json"]
+
+
+def reward_run_execute(run: TrainingRun) -> None:
+    from inference.ml.devices import pick_device
+    from training.ml.reward import FeedbackItem, RewardConfig, save_reward_model, train_reward_model
+
+    cfg = RewardConfig.from_dict(run.config)
+    items = [FeedbackItem.from_snapshot(item, image_load(item.key)) for item in snapshot_load(run).items
+             if item.labelled]
+    if len(items) < 4:
+        raise SnapshotError(f"Too little feedback to train a reward model ({len(items)} labelled images).")
+    progress = Progress(run, cfg.steps)
+    model, metrics = train_reward_model(items, cfg, device=pick_device(settings.CXR_DEVICE), on_progress=progress)
+    progress.flush(cfg.steps)
+    out = save_reward_model(model, cfg, work_dir(run) / "reward", metrics)
+    prefix = upload_dir(out, f"runs/{run.pk}/reward")
+    TrainingRun.objects.filter(pk=run.pk).update(artifact_key=prefix, metrics=metrics)
+
+
+def reward_model_load(run: TrainingRun, device):
+    """The reward model a finished reward run produced, loaded on `device` (worker-local copy cached)."""
+    from training.ml.reward import load_reward_model
+
+    if run.kind != RunKind.REWARD or run.status != RunStatus.DONE:
+        raise ValueError(f"Run {run.pk} is not a finished reward run.")
+    local = download_dir(run.artifact_key, REWARD_FILES, work_dir(run) / "reward-copy")
+    return load_reward_model(local, device)
