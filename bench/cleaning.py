@@ -25,8 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.ml.cleaning import CleaningConfig, clean_image, detect_text, refine_with_sam  # noqa: E402
+from inference.ml.cleaning import CleaningConfig, detect_text  # noqa: E402
 from inference.ml.phantoms import generate_phantom  # noqa: E402
+from inference.ml.text_removal import clean_image, refine_with_sam  # noqa: E402
 
 
 def _psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:

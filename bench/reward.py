@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inference.ml.phantoms import generate_phantom  # noqa: E402
-from training.ml.reward import FeedbackItem, RewardConfig, predict, train_reward_model  # noqa: E402
+from training.ml.reward import predict  # noqa: E402
+from training.ml.reward_data import FeedbackItem, RewardConfig  # noqa: E402
+from training.ml.reward_training import train_reward_model  # noqa: E402
 
 ARMS = {  # production defaults for the 224-px arms
     "tiny-64": RewardConfig.tiny(),

@@ -232,6 +232,6 @@ class Cleaner:
         return cls._instances[key]
 
     def clean(self, image: np.ndarray):
-        from inference.ml.cleaning import clean_image
+        from inference.ml.text_removal import clean_image
 
         return clean_image(image, self.config, predictor=self.predictor, sd_inpaint_pipe=self.inpaint_pipe)

@@ -40,3 +40,13 @@ def test_every_registered_task_name_is_discovered_and_routing_and_beat_name_real
     beat = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert routed | beat <= discovered
     assert {n for n, r in settings.CELERY_TASK_ROUTES.items() if r["queue"] == "gpu"} == set(settings.CXR_GPU_TASKS)
+
+
+def test_no_module_is_longer_than_one_sitting():
+    """A module you cannot read in one sitting (> 400 lines) is two modules; migrations and tests aside."""
+    long = []
+    for folder in (*APPS, "config", "bench", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "migrations" not in path.parts and len(path.read_text().splitlines()) > 400:
+                long.append(str(path.relative_to(ROOT)))
+    assert long == []

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from annotation.stats.readers import CONFIDENCE_RANGE
+from annotation.stats.reads import CONFIDENCE_RANGE
 
 MAX_COMMENT = 2000
 MAX_BOXES = 50

@@ -114,7 +114,9 @@ def done(request: HttpRequest, token: str) -> HttpResponse:
     queue = _queue(request, token)
     return render(request, "portal/done.html", {
         "queue": queue, "study": queue.round.study, "progress": selectors.queue_progress(queue=queue),
-        "closed": queue.round.status != RoundStatus.LABELING,
+        # closed early (an admin's decision, a cancellation) — not closed because every case got its reads
+        "closed": queue.round.status != RoundStatus.LABELING
+        and ((queue.round.metrics or {}).get("labeling") or {}).get("share") != 1,
     })
 
 

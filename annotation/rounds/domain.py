@@ -2,7 +2,7 @@
 
 On real weights this is a `domain` training run (LoRA, 10 epochs at 512 px in the seed paper) started from the
 configured base. On the embedded default the base is the tiny SD with its VAE fitted and its UNet pretrained on
-phantoms (`training.ml.insilico.build_insilico_base`, cached under CXR_MODELS_DIR/tiny-domain by recipe, about a CPU
+phantoms (`training.ml.insilico_base.build_insilico_base`, cached under CXR_MODELS_DIR/tiny-domain by recipe, about a CPU
 minute once), and the LoRA run is its tiny preset; the version it registers is reused by every later call.
 """
 
@@ -26,7 +26,7 @@ TINY_DOMAIN_STEPS = 40
 
 def tiny_domain_base() -> ModelVersion:
     """The pretrained tiny base (built once per machine, reused when its recipe is unchanged)."""
-    from training.ml.insilico import build_insilico_base
+    from training.ml.insilico_base import build_insilico_base
 
     path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain")
     version, _ = ModelVersion.objects.get_or_create(name="tiny-domain", defaults={"base_path": str(path)})
@@ -38,7 +38,7 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
     """Start (or find) the study's domain-adaptation run; when it is done its version becomes the study's
     current one. Runs on the worker (inline when tasks are eager)."""
     from inference.services import is_tiny_version
-    from training.ml.finetune import FinetuneConfig
+    from training.ml.finetune_data import FinetuneConfig
     from training.services import training_run_create
 
     owner = owner_of(study)

@@ -72,7 +72,7 @@ def _to(rnd: Round, current: str, to: str, *, then=None, **fields_) -> Round:
 
 
 def _advance_reward(rnd: Round) -> Round:
-    from training.ml.reward import RewardConfig
+    from training.ml.reward_data import RewardConfig
     from training.services import training_run_create
 
     run = rnd.reward_run
@@ -102,7 +102,7 @@ def _advance_reward(rnd: Round) -> Round:
 
 
 def _start_finetune(rnd: Round) -> Round:
-    from training.ml.finetune import FinetuneConfig
+    from training.ml.finetune_data import FinetuneConfig
     from training.runs.storage import snapshot_load
     from training.services import training_run_create
 

@@ -11,7 +11,8 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from annotation.models import Image, ReadingTask, Round, Source, TaskStatus
-from annotation.stats.readers import CatchRule, Read, RubricRead, reader_report
+from annotation.stats.readers import reader_report
+from annotation.stats.reads import CatchRule, Read, RubricRead
 from inference.ml.phantoms import FINDING_TERMS
 from inference.storage import image_load
 

@@ -1,4 +1,6 @@
 """Remove burned-in text, laterality markers and ECG leads from radiographs: detect → (SAM) refine → inpaint.
+This module holds the settings, the result types and the detector; refining, inpainting and `clean_image` are in
+`inference.ml.text_removal`.
 
 Each stage is a pure function of arrays, so the worker, the benchmarks and the tests call the same code:
 
@@ -19,9 +21,8 @@ device by the caller; nothing here picks a device. No Django here.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -35,12 +36,8 @@ __all__ = [
     "DetectorNotConfiguredError",
     "TextDetection",
     "TextDetector",
-    "clean_image",
     "detect_text",
-    "inpaint",
     "mask_boxes",
-    "refine_with_sam",
-    "resolve_refine",
 ]
 
 
@@ -155,20 +152,20 @@ class CleaningResult:
 # --- detection ------------------------------------------------------------------------------------------------------
 
 
-def _scale(image: np.ndarray, cfg: CleaningConfig) -> float:
+def image_scale(image: np.ndarray, cfg: CleaningConfig) -> float:
     return min(image.shape[:2]) / cfg.reference_size_px
 
 
-def _px(value: float, scale: float, *, odd: bool = False, least: int = 1) -> int:
+def scaled_px(value: float, scale: float, *, odd: bool = False, least: int = 1) -> int:
     n = max(least, round(value * scale))
     return n + 1 if odd and n % 2 == 0 else n
 
 
-def _disk(diameter: int) -> np.ndarray:
+def disk(diameter: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def as_gray(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"expected a uint8 H x W or H x W x 3 image, got {image.dtype} {image.shape}")
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -193,7 +190,7 @@ def _overlay_mask(
     The overlay's intensity is the brightest seed pixel within the contrast window; pieces that never reach
     `core_level` of it (JPEG ringing, anatomy beside a wire) are dropped.
     """
-    window = _disk(_px(cfg.contrast_window_px, scale, odd=True))
+    window = disk(scaled_px(cfg.contrast_window_px, scale, odd=True))
     near = cv2.dilate(seeds.astype(np.uint8), window) > 0
     contrast = np.where(near, cv2.dilate(np.where(seeds, f, 0).astype(np.float32), window) - bg, 0)
     region = cv2.dilate(seeds.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
@@ -219,9 +216,9 @@ class _Features(NamedTuple):
 
 
 def _features(gray: np.ndarray, cfg: CleaningConfig) -> _Features:
-    s = _scale(gray, cfg)
+    s = image_scale(gray, cfg)
     f = gray.astype(np.float32)
-    bg = cv2.morphologyEx(f, cv2.MORPH_OPEN, _disk(_px(cfg.background_kernel_px, s, odd=True, least=3)))
+    bg = cv2.morphologyEx(f, cv2.MORPH_OPEN, disk(scaled_px(cfg.background_kernel_px, s, odd=True, least=3)))
     residual = f - bg
     highpass = f - cv2.GaussianBlur(f, (0, 0), max(cfg.highpass_sigma_px * s, 0.5))
     noise = _noise_sigma(highpass)
@@ -232,7 +229,7 @@ def _features(gray: np.ndarray, cfg: CleaningConfig) -> _Features:
 
 def _classical_mask(gray: np.ndarray, cfg: CleaningConfig) -> np.ndarray:
     f, bg, residual, sharp, low, s = _features(gray, cfg)
-    gate = cv2.dilate(sharp.astype(np.uint8), _disk(_px(cfg.edge_gate_px, s, odd=True))) > 0
+    gate = cv2.dilate(sharp.astype(np.uint8), disk(scaled_px(cfg.edge_gate_px, s, odd=True))) > 0
     candidates = ((residual > low) & gate).astype(np.uint8)
 
     n, labels = cv2.connectedComponents(candidates, connectivity=8)
@@ -247,7 +244,7 @@ def _classical_mask(gray: np.ndarray, cfg: CleaningConfig) -> np.ndarray:
     members = member[labels]
 
     # Judge groups, not components: a character's dot or a faint stretch of wire lives on its neighbours.
-    gx, gy = (_px(v, s) for v in cfg.group_px)
+    gx, gy = (scaled_px(v, s) for v in cfg.group_px)
     grouped = cv2.dilate(members.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (gx, gy)))
     ng, group_labels = cv2.connectedComponents(grouped, connectivity=8)
     group_of = np.zeros(n, np.int64)
@@ -272,8 +269,8 @@ def mask_boxes(mask: np.ndarray, cfg: CleaningConfig) -> list[Box]:
     """Boxes around runs of mask pixels (characters of a line join into one box), padded and clipped."""
     if not mask.any():
         return []
-    s = _scale(mask, cfg)
-    gx, gy = (_px(v, s) for v in cfg.box_group_px)
+    s = image_scale(mask, cfg)
+    gx, gy = (scaled_px(v, s) for v in cfg.box_group_px)
     joined = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (gx, gy)))
     n, labels = cv2.connectedComponents(joined, connectivity=8)
     ys, xs = np.nonzero(mask)
@@ -285,7 +282,7 @@ def mask_boxes(mask: np.ndarray, cfg: CleaningConfig) -> list[Box]:
     np.maximum.at(hi_x, which, xs)
     np.maximum.at(hi_y, which, ys)
     h, w = mask.shape
-    pad = _px(cfg.box_pad_px, s, least=0)
+    pad = scaled_px(cfg.box_pad_px, s, least=0)
     boxes = [
         Box(
             max(0, int(lo_x[i]) - pad),
@@ -304,7 +301,7 @@ def detect_text(
 ) -> TextDetection:
     """Boxes and a pixel mask of burned-in text, markers and leads; unpacks as `boxes, mask = detect_text(...)`."""
     cfg = cfg or CleaningConfig()
-    gray = _gray(image)
+    gray = as_gray(image)
     if cfg.detector == "classical":
         mask = _classical_mask(gray, cfg)
         return TextDetection(mask_boxes(mask, cfg), mask)
@@ -326,145 +323,3 @@ def detect_text(
     return TextDetection(
         boxes, _overlay_mask(feats.f, feats.bg, seeds, cfg, feats.scale, sharp=feats.sharp) & inside
     )
-
-
-# --- SAM refinement -------------------------------------------------------------------------------------------------
-
-
-def resolve_refine(cfg: CleaningConfig, predictor: Any | None) -> str:
-    """The refinement `clean_image` will use; raises if SAM is asked for without a predictor."""
-    if cfg.refine == "auto":
-        model = getattr(predictor, "model", None)
-        spec = getattr(model, "cxr_spec", None)
-        trained = getattr(model, "cxr_checkpoint", None) is not None and getattr(spec, "name", "") != "tiny"
-        return "sam_and_classical" if trained else "classical"
-    if cfg.refine not in ("classical", "sam", "sam_and_classical"):
-        raise ValueError(f"unknown refine {cfg.refine!r}")
-    if cfg.refine != "classical" and predictor is None:
-        raise ValueError(f"refine={cfg.refine!r} needs a SamPredictor (predictor=...)")
-    return cfg.refine
-
-
-def refine_with_sam(image: np.ndarray, boxes: list[Box], predictor: Any, *, batch: int = 64) -> np.ndarray:
-    """Union of SAM's single-mask answers to one box prompt per box, each clipped to its own box."""
-    import torch
-
-    h, w = image.shape[:2]
-    mask = np.zeros((h, w), bool)
-    if not boxes:
-        return mask
-    rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    predictor.set_image(np.ascontiguousarray(rgb), image_format="RGB")
-    prompts = torch.tensor([list(b) for b in boxes], dtype=torch.float32, device=predictor.device)
-    with torch.inference_mode():
-        for start in range(0, len(boxes), batch):
-            chunk = predictor.transform.apply_boxes_torch(prompts[start : start + batch], (h, w))
-            masks, _, _ = predictor.predict_torch(None, None, boxes=chunk, multimask_output=False)
-            for b, m in zip(boxes[start : start + batch], masks[:, 0].cpu().numpy(), strict=True):
-                mask[b.y0 : b.y1, b.x0 : b.x1] |= m[b.y0 : b.y1, b.x0 : b.x1]
-    predictor.reset_image()
-    return mask
-
-
-# --- inpainting -----------------------------------------------------------------------------------------------------
-
-
-def inpaint(
-    image: np.ndarray, mask: np.ndarray, cfg: CleaningConfig | None = None, sd_inpaint_pipe: Any = None
-) -> np.ndarray:
-    """`image` with the pixels under `mask` filled in; every pixel outside the mask is returned unchanged."""
-    cfg = cfg or CleaningConfig()
-    _gray(image)  # validates dtype and shape
-    mask = np.asarray(mask, bool)
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} does not match image {image.shape[:2]}")
-    if not mask.any():
-        return image.copy()
-    if sd_inpaint_pipe is None:
-        flag = cv2.INPAINT_TELEA if cfg.inpaint_method == "telea" else cv2.INPAINT_NS
-        filled = cv2.inpaint(image, mask.astype(np.uint8) * 255, cfg.inpaint_radius_px, flag)
-    else:
-        filled = _sd_fill(image, mask, cfg, sd_inpaint_pipe)
-    out = image.copy()
-    out[mask] = filled[mask]
-    return out
-
-
-def _sd_fill(image: np.ndarray, mask: np.ndarray, cfg: CleaningConfig, pipe: Any) -> np.ndarray:
-    """SD2-inpainting of the whole frame at a multiple-of-8 size; the caller composites inside the mask."""
-    import torch
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    m = mask.astype(np.uint8) * 255
-    if cfg.sd_resolution is None:  # pad with reflected content, so no pixel is resampled
-        ph, pw = -h % 8, -w % 8
-        rgb_in = cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
-        m_in = cv2.copyMakeBorder(m, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
-    else:
-        k = cfg.sd_resolution / max(h, w)
-        size = (max(8, round(w * k / 8) * 8), max(8, round(h * k / 8) * 8))
-        rgb_in = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        m_in = np.where(cv2.resize(m, size, interpolation=cv2.INTER_AREA) > 0, 255, 0).astype(
-            np.uint8
-        )  # any cover
-    generator = torch.Generator("cpu").manual_seed(cfg.sd_seed)
-    result = pipe(
-        prompt=cfg.sd_prompt,
-        negative_prompt=cfg.sd_negative_prompt or None,
-        image=Image.fromarray(rgb_in),
-        mask_image=Image.fromarray(m_in),
-        height=rgb_in.shape[0],
-        width=rgb_in.shape[1],
-        num_inference_steps=cfg.sd_steps,
-        guidance_scale=cfg.sd_guidance_scale,
-        strength=cfg.sd_strength,
-        generator=generator,
-        output_type="np",
-    ).images[0]
-    out = np.clip(np.asarray(result, np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
-    out = out[:h, :w] if cfg.sd_resolution is None else cv2.resize(out, (w, h), interpolation=cv2.INTER_CUBIC)
-    return out if image.ndim == 3 else cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
-
-
-# --- the whole pipeline ---------------------------------------------------------------------------------------------
-
-
-def clean_image(
-    image: np.ndarray,
-    cfg: CleaningConfig | None = None,
-    *,
-    predictor: Any = None,
-    sd_inpaint_pipe: Any = None,
-    ocr: TextDetector | None = None,
-) -> CleaningResult:
-    """Detect, refine and inpaint burned-in text. `predictor` is a SamPredictor and `sd_inpaint_pipe` a
-    StableDiffusionInpaintPipeline, both already on their device; without them the classical mask and OpenCV
-    inpainting are used."""
-    cfg = cfg or CleaningConfig()
-    refine = resolve_refine(cfg, predictor)
-    timings: dict[str, float] = {}
-    start = t = time.perf_counter()
-
-    boxes, mask = detect_text(image, cfg, ocr=ocr)
-    now = time.perf_counter()
-    timings["detect"], t = (now - t) * 1e3, now
-
-    if refine != "classical":
-        sam_mask = refine_with_sam(image, boxes, predictor, batch=cfg.sam_batch)
-        if refine == "sam_and_classical":
-            d = _px(cfg.sam_classical_dilate_px, _scale(mask, cfg), odd=True)
-            sam_mask &= cv2.dilate(mask.astype(np.uint8), _disk(d)) > 0
-        mask = sam_mask
-    now = time.perf_counter()
-    timings["refine"], t = (now - t) * 1e3, now
-
-    grow = _px(cfg.inpaint_dilate_px, _scale(mask, cfg), least=0)
-    to_fill = cv2.dilate(mask.astype(np.uint8), _disk(2 * grow + 1)) > 0 if grow else mask.copy()
-    cleaned = inpaint(image, to_fill, cfg, sd_inpaint_pipe)
-    now = time.perf_counter()
-    timings["inpaint"] = (now - t) * 1e3
-    timings["total"] = (now - start) * 1e3
-    inpainter = "sd" if sd_inpaint_pipe is not None else cfg.inpaint_method
-    return CleaningResult(cleaned, mask, boxes, timings, to_fill, refine, inpainter)

@@ -13,14 +13,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
+from annotation.images.deidentify import BASIC_PROFILE_TAGS, deidentify_dataset
 from annotation.images.ingest import (
-    BASIC_PROFILE_TAGS,
     NOT_AN_IMAGE,
     ArchiveRejected,
     ImageRejected,
     IngestLimits,
     decode_image,
-    deidentify_dataset,
     iter_archive,
     read_member,
 )

@@ -8,18 +8,10 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from inference.ml.cleaning import (
-    Box,
-    CleaningConfig,
-    DetectorNotConfiguredError,
-    clean_image,
-    detect_text,
-    inpaint,
-    refine_with_sam,
-    resolve_refine,
-)
+from inference.ml.cleaning import Box, CleaningConfig, DetectorNotConfiguredError, detect_text
 from inference.ml.phantoms import generate_phantom
 from inference.ml.sam import build_tiny_sam
+from inference.ml.text_removal import clean_image, inpaint, refine_with_sam, resolve_refine
 
 SEEDS = range(10)
 

@@ -12,19 +12,9 @@ from safetensors.torch import load_file
 
 from inference.ml.phantoms import generate_phantoms
 from training.ml import diffusion as D
-from training.ml.finetune import (
-    ADAPTER_FILE,
-    Batch,
-    BatchSampler,
-    FinetuneConfig,
-    FinetuneData,
-    compute_loss,
-    list_checkpoints,
-    load_adapter_state,
-    run_finetune,
-    setup_training,
-    train_step,
-)
+from training.ml.finetune import compute_loss, run_finetune, setup_training, train_step
+from training.ml.finetune_checkpoints import ADAPTER_FILE, list_checkpoints, load_adapter_state
+from training.ml.finetune_data import Batch, BatchSampler, FinetuneConfig, FinetuneData
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.ml.insilico import InSilicoConfig, paired_comparison, run_insilico
+from training.ml.insilico import paired_comparison, run_insilico
+from training.ml.insilico_base import InSilicoConfig
 from training.ml.readers import PROPERTIES, SimulatedReader, centre_contrast
 
 SEEDS = (0, 1, 2)

@@ -8,7 +8,7 @@ import torch
 from scipy import linalg
 
 from inference.ml.phantoms import FINDINGS, generate_phantom
-from training.ml import metrics
+from training.ml import metrics, set_metrics
 from training.ml.features import (
     FeatureStats,
     MetricSkipped,
@@ -20,16 +20,8 @@ from training.ml.features import (
     random_features,
     timm_features,
 )
-from training.ml.metrics import (
-    MetricsConfig,
-    downstream_utility,
-    image_metrics,
-    memorisation,
-    ms_ssim_diversity,
-    multi_hot,
-    prdc,
-    report_lines,
-)
+from training.ml.metrics import MetricsConfig, image_metrics, report_lines
+from training.ml.set_metrics import downstream_utility, memorisation, ms_ssim_diversity, multi_hot, prdc
 
 
 def phantoms(n: int, start: int = 0, **kw) -> list[np.ndarray]:
@@ -152,7 +144,7 @@ def test_prdc_matches_the_papers_formulas_with_small_chunks(monkeypatch):
         "density": (1 / k) * (d_rf < r_real[:, None]).sum(0).mean(),
         "coverage": (d_rf.min(1) < r_real).mean(),
     }
-    monkeypatch.setattr(metrics, "_CHUNK", 7)
+    monkeypatch.setattr(set_metrics, "_CHUNK", 7)
     got = prdc(real, fake, k=k)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
@@ -178,11 +170,11 @@ def test_memorisation_flags_an_exact_copy_and_not_a_different_image(extractor, r
 
 
 def test_ms_ssim_on_64_px_images(real_images):
-    assert metrics._msssim_setup(64) == (
+    assert set_metrics._msssim_setup(64) == (
         11,
         pytest.approx((0.0448 / 0.6305, 0.2856 / 0.6305, 0.3001 / 0.6305)),
     )
-    assert len(metrics._msssim_setup(256)[1]) == 5 and len(metrics._msssim_setup(128)[1]) == 4
+    assert len(set_metrics._msssim_setup(256)[1]) == 5 and len(set_metrics._msssim_setup(128)[1]) == 4
     same = ms_ssim_diversity([real_images[0]] * 2, pairs=5)
     assert same["mean"] == pytest.approx(1.0, abs=1e-5) and same["scales"] == 3
     varied = ms_ssim_diversity(real_images[:30], pairs=40, seed=1)
@@ -334,7 +326,7 @@ def test_module_imports_no_django():
     import subprocess
     import sys
 
-    code = "import sys, training.metrics; print(any(m.startswith('django') for m in sys.modules))"
+    code = "import sys, training.ml.metrics, training.ml.set_metrics; print(any(m.startswith('django') for m in sys.modules))"
     assert (
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -14,22 +14,26 @@ from safetensors.torch import save_file
 
 from inference.ml.phantoms import generate_phantom
 from training.ml.reward import (
-    FeedbackItem,
-    RewardConfig,
     RewardModel,
     combine_reward,
-    evaluate_reward_model,
-    expected_calibration_error,
     load_reward_model,
-    mismatch_negatives,
     predict,
-    resize_images,
     reward,
-    reward_loss,
     save_reward_model,
+    text_token_ids,
+)
+from training.ml.reward_data import (
+    FeedbackItem,
+    RewardConfig,
+    mismatch_negatives,
+    resize_images,
     split_by_image,
     targets_for,
-    text_token_ids,
+)
+from training.ml.reward_training import (
+    evaluate_reward_model,
+    expected_calibration_error,
+    reward_loss,
     train_reward_model,
 )
 

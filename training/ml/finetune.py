@@ -18,107 +18,44 @@ scheduler), evaluates a held-out real-image loss, writes checkpoints and reports
   the adapter of the best evaluation.
 
 The final adapter (`out_dir/pytorch_lora_weights.safetensors`) loads with `PipelineSpec(base, lora=out_dir)`.
+Settings, data and the batch order are in `training.ml.finetune_data`, adapter files and checkpoints in
+`training.ml.finetune_checkpoints`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from inference.ml.config import Settings, option
 from training.ml import diffusion as D
+from training.ml.finetune_checkpoints import (
+    ADAPTER_FILE,
+    list_checkpoints,
+    load_adapter_state,
+    load_checkpoint,
+    peft_state,
+    save_adapter,
+    save_checkpoint,
+    set_adapter,
+)
+from training.ml.finetune_data import (
+    Batch,
+    BatchSampler,
+    FinetuneConfig,
+    FinetuneData,
+    Models,
+    Session,
+    check_data,
+    split_validation,
+)
 
-OBJECTIVES = ("reward_weighted", "dpo", "domain")
-MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
-BEST_ADAPTER_FILE = "best_lora_weights.safetensors"
-#: Settings that may change between a run and its resumption (they do not change what a step computes).
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_last"})
 _VAL_SEED_OFFSET = 7_919  # the held-out loss uses its own fixed noise, not the training stream's
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(Settings):
-    """One finetuning job. Defaults are the seed paper's (SD v2-1-base, LoRA, lr 1e-4, beta 0.3, 512 px)."""
-
-    what = "finetuning settings"
-
-    objective: str = option("reward_weighted", "'reward_weighted' (beta·L(real) + r·L(synthetic)), 'dpo' "
-                                             "(pairwise preferences) or 'domain' (real image–report pairs only).")
-    beta: float = option(0.3, "Weight of the real-image loss in the reward-weighted objective, unitless.")
-    reward_normalisation: str = option("none", "How rewards become weights, over the whole synthetic set: 'none' "
-                                             "(as given), 'minmax' (to [0, 1]) or 'standardise' (z-scores).")
-    real_fraction: float = option(0.5, "Share of each reward-weighted micro-batch drawn from real images, 0–1.")
-    dpo_beta: float = option(2500.0, "Diffusion-DPO KL strength beta, unitless (paper: 2500 for SD 1.5).")
-    lr: float = option(1e-4, "AdamW learning rate for the LoRA weights, per optimiser step.")
-    lr_warmup_steps: int = option(0, "Linear LR warm-up, optimiser steps; constant afterwards.")
-    weight_decay: float = option(1e-2, "AdamW weight decay, unitless.")
-    max_grad_norm: float = option(1.0, "Gradient-norm clipping threshold (L2); 0 turns clipping off.")
-    steps: int = option(1000, "Optimiser steps to train (domain adaptation: epochs × images / (batch × accum)).")
-    batch_size: int = option(4, "Images per micro-batch per process (DPO: pairs per micro-batch).")
-    grad_accum: int = option(1, "Micro-batches accumulated per optimiser step.")
-    rank: int = option(4, "LoRA rank r.")
-    alpha: float = option(4.0, "LoRA alpha; the update is scaled by alpha / rank.")
-    resolution: int = option(512, "Training image side, px (images are resized on the short side and centre-cropped).")
-    mixed_precision: str = option("auto", "'auto' (bf16/fp16 autocast on accelerators, none on CPU), 'no', 'fp16', "
-                                        "'bf16'. LoRA weights stay fp32 in every case.")
-    gradient_checkpointing: bool = option(False, "Recompute UNet activations in backward: less memory, ~30% slower.")
-    checkpoint_every: int = option(500, "Save a checkpoint every this many optimiser steps (and at the end); 0 = end only.")
-    keep_last: int = option(3, "Checkpoints kept on disk, newest first.")
-    val_every: int = option(100, "Evaluate the held-out real loss every this many optimiser steps; 0 = never.")
-    val_fraction: float = option(0.05, "Share of real images held out when no validation set is given, 0–1.")
-    val_max_images: int = option(64, "Most held-out images evaluated, images.")
-    early_stopping_patience: int = option(5, "Stop after this many evaluations without improvement; 0 = never stop.")
-    early_stopping_min_delta: float = option(0.0, "Smallest decrease of the held-out loss that counts as improvement.")
-    restore_best: bool = option(True, "Write the adapter of the best held-out evaluation as the final adapter.")
-    seed: int = option(0, "Seeds the LoRA init, data order, noise, timesteps and the validation split.")
-
-    @classmethod
-    def tiny(cls) -> FinetuneConfig:
-        """Seconds on a CPU with the tiny SD from `inference.tiny`."""
-        return cls(lr=1e-3, dpo_beta=50.0, steps=8, batch_size=2, resolution=64, checkpoint_every=4, keep_last=2,
-                   val_every=4, val_fraction=0.25, val_max_images=4, early_stopping_patience=0)
-
-    def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, not {self.mixed_precision!r}")
-        if self.reward_normalisation not in D.REWARD_NORMALISATIONS:
-            raise ValueError(f"reward_normalisation must be one of {D.REWARD_NORMALISATIONS}")
-        if min(self.steps, self.batch_size, self.grad_accum, self.rank, self.keep_last) < 1:
-            raise ValueError("steps, batch_size, grad_accum, rank and keep_last must be at least 1")
-        if self.resolution % 8:
-            raise ValueError("resolution must be a multiple of 8 (the VAE downsamples by 8)")
-        if self.objective == "reward_weighted":
-            self.real_synthetic_split()
-
-    def real_synthetic_split(self) -> tuple[int, int]:
-        """(real, synthetic) images per reward-weighted micro-batch; one forward pass takes both."""
-        n_real = round(self.batch_size * self.real_fraction) if self.beta > 0 else 0
-        n_real = min(max(n_real, 1 if self.beta > 0 else 0), self.batch_size - 1)
-        if self.batch_size - n_real < 1 or (self.beta > 0 and n_real < 1):
-            raise ValueError("a reward-weighted micro-batch needs a real and a synthetic image: batch_size >= 2")
-        return n_real, self.batch_size - n_real
-
-
-@dataclass
-class FinetuneData:
-    """Training data as plain Python. Images are uint8 (H, W) arrays (float 0–1 also accepted)."""
-
-    real: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (image, report)
-    synthetic: list[tuple[np.ndarray, str, float]] = field(default_factory=list)  # (image, prompt, reward)
-    pairs: list[tuple[np.ndarray, np.ndarray, str]] = field(default_factory=list)  # (chosen, rejected, prompt)
-    val_real: list[tuple[np.ndarray, str]] | None = None  # held-out real pairs; None = split off `real`
 
 
 @dataclass
@@ -132,33 +69,7 @@ class FinetuneResult:
     pipeline: Any = None  # the trained pipeline (adapter active), only with keep_pipeline=True
 
 
-# --- models and the pure step -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Models:
-    unet: Any  # what the forward pass calls (wrapped by accelerate for autocast / DDP)
-    peft_unet: Any  # the same UNet unwrapped: adapters are toggled and saved through it
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    noise_scheduler: Any
-    dtype: torch.dtype  # of the frozen weights
-    device: torch.device  # kept here: diffusers' `ModelMixin.device` walks every module (ms per call)
-
-
-@dataclass
-class Batch:
-    """One micro-batch, images as prepared float tensors (B, 1, R, R) in 0–1 on the CPU."""
-
-    real: torch.Tensor | None = None
-    real_prompts: list[str] = field(default_factory=list)
-    synthetic: torch.Tensor | None = None
-    synthetic_prompts: list[str] = field(default_factory=list)
-    rewards: torch.Tensor | None = None  # normalised, (B,)
-    chosen: torch.Tensor | None = None
-    rejected: torch.Tensor | None = None
-    pair_prompts: list[str] = field(default_factory=list)
+# --- the pure step ------------------------------------------------------------------------------------------------
 
 
 def compute_loss(models: Models, batch: Batch, cfg: FinetuneConfig, *,
@@ -222,18 +133,6 @@ def validation_loss(models: Models, images: torch.Tensor, prompts: Sequence[str]
 # --- session: models, optimiser and the step ----------------------------------------------------------------------
 
 
-@dataclass
-class Session:
-    cfg: FinetuneConfig
-    accelerator: Any
-    models: Models
-    pipe: Any
-    params: list[torch.nn.Parameter]
-    optimizer: Any
-    lr_scheduler: Any
-    device: torch.device
-
-
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
     from inference.ml.devices import precision_for
 
@@ -286,7 +185,7 @@ def setup_training(base_path: str | Path, cfg: FinetuneConfig, device: torch.dev
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     if init_lora is not None:
-        _set_adapter(unet, load_adapter_state(Path(init_lora)))
+        set_adapter(unet, load_adapter_state(Path(init_lora)))
     cast_training_params(unet, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -329,196 +228,6 @@ def train_step(session: Session, batches: Sequence[Batch], *, step: int) -> tupl
     return summary[0], dict(zip(metrics, summary[1:], strict=True))
 
 
-# --- data order --------------------------------------------------------------------------------------------------
-
-
-class _Order:
-    """Position p of a stream → item index: a seeded permutation per epoch, so any position is reproducible."""
-
-    def __init__(self, n: int, seed: int, stream: int) -> None:
-        self.n, self.seed, self.stream = n, seed, stream
-        self._perms: dict[int, np.ndarray] = {}
-
-    def take(self, start: int, count: int) -> list[int]:
-        out = []
-        for position in range(start, start + count):
-            epoch, i = divmod(position, self.n)
-            if epoch not in self._perms:
-                self._perms = {epoch: np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)}
-            out.append(int(self._perms[epoch][i]))
-        return out
-
-
-class BatchSampler:
-    """Builds micro-batches from the data and advances the stream cursors (the data position)."""
-
-    def __init__(self, cfg: FinetuneConfig, data: FinetuneData, rewards: np.ndarray, *, process: int,
-                 processes: int) -> None:
-        self.cfg, self.data, self.rewards = cfg, data, rewards
-        self.process, self.processes = process, processes
-        self.orders = {name: _Order(len(items), cfg.seed, k) for k, (name, items) in
-                       enumerate((("real", data.real), ("synthetic", data.synthetic), ("pairs", data.pairs)))
-                       if items}
-        self.cursors = {"real": 0, "synthetic": 0, "pairs": 0}
-
-    def _indices(self, stream: str, count: int) -> list[int]:
-        start = self.cursors[stream] + self.process * count
-        self.cursors[stream] += count * self.processes
-        return self.orders[stream].take(start, count)
-
-    def next_batch(self) -> Batch:
-        cfg, data, res = self.cfg, self.data, self.cfg.resolution
-        if cfg.objective == "dpo":
-            idx = self._indices("pairs", cfg.batch_size)
-            return Batch(chosen=D.prepare_images([data.pairs[i][0] for i in idx], res),
-                         rejected=D.prepare_images([data.pairs[i][1] for i in idx], res),
-                         pair_prompts=[data.pairs[i][2] for i in idx])
-        n_real, n_synth = (cfg.batch_size, 0) if cfg.objective == "domain" else cfg.real_synthetic_split()
-        batch = Batch()
-        if n_real:
-            idx = self._indices("real", n_real)
-            batch.real = D.prepare_images([data.real[i][0] for i in idx], res)
-            batch.real_prompts = [data.real[i][1] for i in idx]
-        if n_synth:
-            idx = self._indices("synthetic", n_synth)
-            batch.synthetic = D.prepare_images([data.synthetic[i][0] for i in idx], res)
-            batch.synthetic_prompts = [data.synthetic[i][1] for i in idx]
-            batch.rewards = torch.tensor(self.rewards[idx], dtype=torch.float32)
-        return batch
-
-
-def split_validation(cfg: FinetuneConfig, data: FinetuneData) -> tuple[FinetuneData, list[tuple[np.ndarray, str]]]:
-    """(training data, held-out real pairs): the given validation set, else a seeded share of the real images (DPO
-    does not train on real images, so there all of them, up to `val_max_images`, are held out)."""
-    if cfg.val_every <= 0:
-        return data, []
-    if data.val_real is not None:
-        return data, list(data.val_real)[: cfg.val_max_images]
-    if cfg.objective == "dpo":
-        order = np.random.default_rng([cfg.seed, 99]).permutation(len(data.real))[: cfg.val_max_images]
-        return data, [data.real[i] for i in sorted(order.tolist())]
-    if len(data.real) < 2:
-        return data, []
-    n_val = min(max(1, round(len(data.real) * cfg.val_fraction)), cfg.val_max_images, len(data.real) - 1)
-    held = set(np.random.default_rng([cfg.seed, 99]).permutation(len(data.real))[:n_val].tolist())
-    train = FinetuneData(real=[x for i, x in enumerate(data.real) if i not in held], synthetic=data.synthetic,
-                         pairs=data.pairs)
-    return train, [x for i, x in enumerate(data.real) if i in held]
-
-
-def _check_data(cfg: FinetuneConfig, data: FinetuneData) -> None:
-    need = {"domain": ("real",), "dpo": ("pairs",), "reward_weighted": ("synthetic",) + (("real",) if cfg.beta else ())}
-    missing = [name for name in need[cfg.objective] if not getattr(data, name)]
-    if missing:
-        raise ValueError(f"the {cfg.objective} objective needs {' and '.join(missing)} data")
-
-
-# --- checkpoints ---------------------------------------------------------------------------------------------------
-
-
-def _peft_state(unet) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unet).items()}
-
-
-def save_adapter(state: dict[str, torch.Tensor], directory: Path, lora_config, weight_name: str = ADAPTER_FILE) -> Path:
-    """A peft-format LoRA state → diffusers' LoRA safetensors (what `pipe.load_lora_weights` reads)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    StableDiffusionPipeline.save_lora_weights(
-        directory, unet_lora_layers=convert_state_dict_to_diffusers(state), weight_name=weight_name,
-        safe_serialization=True, unet_lora_adapter_metadata=lora_config.to_dict(),
-    )
-    return Path(directory) / weight_name
-
-
-def load_adapter_state(path: Path) -> dict[str, torch.Tensor]:
-    """diffusers' LoRA safetensors → the peft-format state `set_peft_model_state_dict` takes."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
-    from safetensors.torch import load_file
-
-    raw = load_file(str(path))
-    return convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in raw.items()})
-
-
-def _set_adapter(unet, state: dict[str, torch.Tensor]) -> None:
-    from peft import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(unet, state, adapter_name="default")
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"adapter keys do not match the model: {result.unexpected_keys[:3]}")
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
-                       "has_gauss": np_state[3], "cached": np_state[4]}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def list_checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoints (their state.json written), oldest first."""
-    found = [p for p in Path(out_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _save_checkpoint(session: Session, out_dir: Path, state: dict, best: dict | None) -> Path:
-    """Written to a temporary folder and renamed, so a crash never leaves a half-written latest checkpoint."""
-    step = state["step"]
-    final, tmp = out_dir / f"checkpoint-{step}", out_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    lora_config = session.models.peft_unet.peft_config["default"]
-    save_adapter(_peft_state(session.models.peft_unet), tmp, lora_config)
-    if best is not None:
-        save_adapter(best, tmp, lora_config, BEST_ADAPTER_FILE)
-    torch.save(session.optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(session.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = _rng_state()
-    if session.accelerator.scaler is not None:
-        rng["grad_scaler"] = session.accelerator.scaler.state_dict()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in list_checkpoints(out_dir)[: -session.cfg.keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _load_checkpoint(session: Session, path: Path) -> tuple[dict, dict | None]:
-    state = json.loads((path / "state.json").read_text())
-    stored = state["config"]
-    changed = {k for k, v in session.cfg.as_dict().items() if stored.get(k) != v} - RESUMABLE_CHANGES
-    if changed:
-        raise ValueError(f"{path} was written with other settings ({', '.join(sorted(changed))}); "
-                         "resume with the same configuration or start a new run")
-    _set_adapter(session.models.peft_unet, load_adapter_state(path / ADAPTER_FILE))
-    session.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=session.device))
-    session.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
-    rng = torch.load(path / "rng.pt")
-    _set_rng_state(rng)
-    if "grad_scaler" in rng and session.accelerator.scaler is not None:
-        session.accelerator.scaler.load_state_dict(rng["grad_scaler"])
-    best = load_adapter_state(path / BEST_ADAPTER_FILE) if (path / BEST_ADAPTER_FILE).exists() else None
-    return state, best
-
-
 # --- the loop ----------------------------------------------------------------------------------------------------
 
 
@@ -542,13 +251,13 @@ def run_finetune(
     the parent version's adapter instead of a fresh one; DPO's reference stays the base with the adapter off."""
     data = data if isinstance(data, FinetuneData) else FinetuneData(**data)
     cfg.validate()
-    _check_data(cfg, data)
+    check_data(cfg, data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     session = setup_training(base_path, cfg, device, init_lora)
     acc, models = session.accelerator, session.models
     train_data, val_pairs = split_validation(cfg, data)
-    _check_data(cfg, train_data)
+    check_data(cfg, train_data)
     val_images = D.prepare_images([x[0] for x in val_pairs], cfg.resolution) if val_pairs else None
     val_prompts = [x[1] for x in val_pairs]
     rewards = D.normalise_rewards([x[2] for x in train_data.synthetic], cfg.reward_normalisation)
@@ -561,7 +270,7 @@ def run_finetune(
     best: dict | None = None
     checkpoints = list_checkpoints(out_dir)
     if resume and checkpoints:
-        state, best = _load_checkpoint(session, checkpoints[-1])
+        state, best = load_checkpoint(session, checkpoints[-1])
         if state["data_sizes"] != sizes:
             raise ValueError(f"{checkpoints[-1]} was trained on other data ({state['data_sizes']} vs {sizes})")
         state["config"] = cfg.as_dict()
@@ -578,7 +287,7 @@ def run_finetune(
         state["val_losses"].append([step, value])
         if state["best_val"] is None or value < state["best_val"] - cfg.early_stopping_min_delta:
             state.update(best_val=value, best_step=step, bad_evals=0)
-            best = _peft_state(models.peft_unet)
+            best = peft_state(models.peft_unet)
         else:
             state["bad_evals"] += 1
             if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
@@ -599,25 +308,19 @@ def run_finetune(
         done = step >= cfg.steps or state["stopped_early"]
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done:
             if acc.is_main_process:
-                _save_checkpoint(session, out_dir, state, best)
+                save_checkpoint(session, out_dir, state, best)
             acc.wait_for_everyone()
         if on_progress is not None and acc.is_main_process:
             on_progress(step, cfg.steps, loss, extra)
 
     if cfg.restore_best and best is not None:
-        _set_adapter(models.peft_unet, best)
+        set_adapter(models.peft_unet, best)
     lora_path = out_dir / ADAPTER_FILE
     if acc.is_main_process:
-        save_adapter(_peft_state(models.peft_unet), out_dir, models.peft_unet.peft_config["default"])
+        save_adapter(peft_state(models.peft_unet), out_dir, models.peft_unet.peft_config["default"])
     acc.wait_for_everyone()
     models.peft_unet.eval()
     return FinetuneResult(lora_path=lora_path, steps=state["step"], losses=list(state["losses"]),
                           val_losses=[tuple(v) for v in state["val_losses"]], stopped_early=state["stopped_early"],
                           best_step=state["best_step"] if best is not None else None,
                           pipeline=session.pipe if keep_pipeline else None)
-
-
-def epochs_to_steps(n_images: int, epochs: float, cfg: FinetuneConfig, *, processes: int = 1) -> int:
-    """Optimiser steps for `epochs` passes over `n_images` (e.g. the seed paper's 10 domain-adaptation epochs)."""
-    per_step = cfg.batch_size * cfg.grad_accum * processes
-    return max(1, math.ceil(n_images * epochs / per_step))

@@ -6,21 +6,9 @@ rewards must move the measured property of freshly generated images toward the p
 control finetune whose rewards are permuted across the same images (same seed, steps, noise, real-data term and
 configuration). Both comparisons are paired over shared sampling seeds.
 
-The generator is `inference.tiny`'s random SD with two short fits, done once and shared by all seeds
-(`build_insilico_base`), because the random model cannot carry the proof:
+The generator and the settings are in `training.ml.insilico_base` (`build_insilico_base`, `InSilicoConfig`).
 
-- its VAE is fitted as an autoencoder. With random weights the pixel → latent → pixel round trip keeps no pixel
-  property (brightness of an image vs of its reconstruction: Spearman 0.03), and finetuning sees only latents;
-- its UNet is pretrained on phantoms (a tiny stand-in for SD domain-adapted to CXRs). A LoRA on the attention
-  layers of a random UNet barely learns anything in a CPU budget (its loss does not fall in 300 steps), so both
-  arms only drift.
-
-The default preference is `centre_contrast` (centre of the image brighter than its surround), not plain brightness:
-the tiny UNet normalises each channel (GroupNorm with one channel per group) right before its output, so it cannot
-move a latent channel's spatial mean, which is what whole-image brightness is; brightness labels are learnt
-(reward-model Spearman 0.98) but neither arm's brightness can follow them.
-
-    python -m training.insilico --out bench/results/insilico.json          # seeds 0, 1, 2 on the CPU
+    python -m training.ml.insilico --out bench/results/insilico.json          # seeds 0, 1, 2 on the CPU
 """
 
 from __future__ import annotations
@@ -32,234 +20,19 @@ import platform
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from inference.ml.config import Settings, option
-from inference.ml.tiny import TEMPLATE_REPORTS, TinySDConfig
+from inference.ml.tiny import TEMPLATE_REPORTS
+from training.ml.insilico_base import BASE_MARKER, InSilicoConfig, build_insilico_base
 from training.ml.jsonable import json_safe
-from training.ml.readers import SimulatedReader
 
-BASE_MARKER = "insilico.json"
 # Sampling-seed streams: the labelled set, the reward model's held-out check, the paired comparison.
 _TRAIN, _HELD_OUT, _FRESH = 0, 1, 2
-
-
-# --- configuration -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InSilicoConfig(Settings):
-    """One in-silico run (per seed). The defaults are the tuned CPU settings the slow test uses."""
-
-    reader: SimulatedReader = option(
-        SimulatedReader(), "The simulated reader; calibrated on the base's images."
-    )
-    reader_quantile: float = option(0.5, "Share of the base's images the calibrated reader scores below 0.5.")
-    reader_spread: float = option(
-        1.0, "The reader's logistic scale, in stds of the property over the base's images."
-    )
-    vae_channels: tuple[int, ...] = option(
-        (16, 16, 32, 32), "Tiny VAE block widths (4 blocks: 8x downsampling)."
-    )
-    vae_norm_groups: int = option(8, "Tiny VAE GroupNorm groups.")
-    vae_steps: int = option(300, "Autoencoder fitting steps of the tiny VAE, batch 16 (shared by all seeds).")
-    vae_lr: float = option(2e-3, "Adam learning rate of the VAE fit.")
-    vae_images: int = option(256, "Images the VAE is fitted on: half phantoms, half smooth random textures.")
-    vae_crop: int = option(32, "Side of the random crops the VAE is fitted on, px (it is convolutional).")
-    unet_steps: int = option(400, "Full-UNet pretraining steps on phantoms, batch 16 (shared by all seeds).")
-    unet_lr: float = option(1e-3, "AdamW learning rate of the UNet pretraining.")
-    unet_images: int = option(256, "Phantoms (with their reports) the UNet is pretrained on.")
-    n_samples: int = option(
-        96, "Base images labelled by the reader: the reward model's and the finetune's set."
-    )
-    n_heldout: int = option(
-        64, "Other base images on which the reward model's Spearman with the reader is measured."
-    )
-    n_fresh: int = option(
-        64, "Fresh sampling seeds shared by the base and both finetuned arms (the paired tests)."
-    )
-    n_real: int = option(
-        64, "Phantoms (with reports) in the finetune's real-data term, the same for both arms."
-    )
-    generation_steps: int = option(8, "Denoising steps per generated image.")
-    guidance_scale: float = option(4.0, "Classifier-free guidance scale of the sampler.")
-    reward_steps: int = option(150, "Reward-model optimiser steps (otherwise `RewardConfig.tiny()`).")
-    finetune_steps: int = option(150, "Finetune optimiser steps per arm.")
-    finetune_lr: float = option(
-        1e-3, "LoRA learning rate (5e-3 and above made both arms drift apart at random)."
-    )
-    rank: int = option(8, "LoRA rank (alpha = rank).")
-    beta: float = option(
-        0.02, "Weight of the real-data loss; at 0.1 its pull outweighed the reward in 150 steps."
-    )
-    batch_size: int = option(8, "Images per finetune micro-batch, real and synthetic together.")
-    real_fraction: float = option(0.25, "Share of each finetune micro-batch drawn from the real images.")
-    reward_normalisation: str = option(
-        "standardise",
-        "How rewards become weights: 'none', 'minmax' or 'standardise'. Standardised weights also push away from "
-        "low-reward samples: over these 150 steps that moved the property 1.5-1.8 base SDs (minmax: 0.1-0.25, too "
-        "close to the base to count as moved on every tokenizer/base build).",
-    )
-    significance: float = option(0.01, "One-sided level at which a run counts as passed.")
-
-    what = "in-silico settings"
-
-    @classmethod
-    def _inflate(cls, data: dict) -> dict:
-        if isinstance(data.get("reader"), dict):
-            data["reader"] = SimulatedReader.from_dict(data["reader"])
-        if "vae_channels" in data:
-            data["vae_channels"] = tuple(data["vae_channels"])
-        return data
-
-
-# --- the base: tiny SD with a fitted VAE and a pretrained UNet -------------------------------------------------------
-
-
-def _textures(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Smooth random textures of random mean grey level and contrast, float (n, size, size) in 0–1."""
-    import cv2
-
-    out = np.empty((n, size, size), np.float32)
-    for i in range(n):
-        noise = cv2.GaussianBlur(
-            rng.standard_normal((size, size)).astype(np.float32), (0, 0), rng.uniform(1, 6)
-        )
-        out[i] = np.clip(noise / noise.std() * rng.uniform(0.03, 0.25) + rng.uniform(0.2, 0.8), 0, 1)
-    return out
-
-
-def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
-    """Fit the VAE as an autoencoder (MSE + a tiny KL) on phantoms and smooth textures, then set its scaling factor
-    so that scaled latents have unit std, as SD's does."""
-    from inference.ml.phantoms import generate_phantoms
-
-    rng = np.random.default_rng(seed)
-    half = cfg.vae_images // 2
-    phantoms = np.stack([p.image for p in generate_phantoms(half, seed=10_000 + seed, size=64)]) / np.float32(
-        255
-    )
-    pixels = (
-        torch.from_numpy(np.concatenate([phantoms, _textures(cfg.vae_images - half, 64, rng)]))[:, None] * 2
-        - 1
-    )
-    gen = torch.Generator().manual_seed(seed)
-    vae.requires_grad_(True).train()
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
-    crop, losses = cfg.vae_crop, []
-    for _ in range(cfg.vae_steps):
-        idx = torch.randint(0, len(pixels), (16,), generator=gen)
-        top, left = torch.randint(0, 64 - crop + 1, (2,), generator=gen).tolist()
-        x = pixels[idx, :, top : top + crop, left : left + crop].repeat(1, 3, 1, 1)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    vae.requires_grad_(False).eval()
-    with torch.no_grad():
-        latents = vae.encode(pixels[:64].repeat(1, 3, 1, 1)).latent_dist.mean
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
-    return {
-        "first_loss": float(np.mean(losses[:20])),
-        "final_loss": float(np.mean(losses[-20:])),
-        "scaling_factor": scaling,
-    }
-
-
-def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
-    """Train the whole UNet briefly on phantoms and their reports (10% empty prompts, so guidance has an
-    unconditional model to work from)."""
-    from diffusers import DDPMScheduler
-
-    from inference.ml.phantoms import generate_phantoms
-    from training.ml import diffusion as D
-
-    phantoms = list(generate_phantoms(cfg.unet_images, seed=20_000 + seed, size=64))
-    cpu = torch.device("cpu")
-    latents = D.encode_images(pipe.vae, D.prepare_images([p.image for p in phantoms]), cpu, torch.float32)
-    embeds = D.encode_prompts(pipe.tokenizer, pipe.text_encoder, [p.report for p in phantoms], device=cpu)
-    empty = D.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], device=cpu)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet = pipe.unet.requires_grad_(True).train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(cfg.unet_steps):
-        idx = torch.randint(0, len(phantoms), (16,), generator=gen)
-        text = torch.where((torch.rand(16, generator=gen) < 0.1)[:, None, None], empty, embeds[idx])
-        loss = D.diffusion_loss_per_sample(unet, scheduler, latents[idx], text, generator=gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    unet.requires_grad_(False).eval()
-    return {"first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-20:]))}
-
-
-def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None, *, seed: int = 0) -> Path:
-    """`base_dir/sd`: the tiny SD with its VAE fitted and its UNet pretrained, reused when already built with the
-    same recipe. Trains on the CPU with one thread (the thread count is restored)."""
-    from diffusers import StableDiffusionPipeline
-
-    from inference.ml.tiny import build_tiny_sd
-
-    cfg = cfg or InSilicoConfig()
-    path = Path(base_dir) / "sd"
-    keys = (
-        "vae_channels",
-        "vae_norm_groups",
-        "vae_steps",
-        "vae_lr",
-        "vae_images",
-        "vae_crop",
-        "unet_steps",
-        "unet_lr",
-        "unet_images",
-    )
-    recipe = {"seed": seed, **{k: v for k, v in cfg.as_dict().items() if k in keys}}
-    marker = path / BASE_MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe:
-        return path
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        started = time.perf_counter()
-        build_tiny_sd(
-            path,
-            TinySDConfig(
-                vae_block_out_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups, seed=seed
-            ),
-        )
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False
-        )
-        vae_fit = fit_vae(pipe.vae, cfg, seed=seed)
-        unet_fit = pretrain_unet(pipe, cfg, seed=seed)
-        pipe.vae.save_pretrained(str(path / "vae"))
-        pipe.unet.save_pretrained(str(path / "unet"))
-        marker.write_text(
-            json.dumps(
-                {
-                    "recipe": recipe,
-                    "vae_fit": vae_fit,
-                    "unet_pretraining": unet_fit,
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            )
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return path
 
 
 # --- one run ---------------------------------------------------------------------------------------------------------
@@ -307,7 +80,8 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 def _finetune_arm(base: Path, cfg: InSilicoConfig, seed: int, data, out_dir: Path, device: torch.device):
     """One reward-weighted LoRA finetune; everything but the synthetic rewards is shared by the two arms."""
-    from training.ml.finetune import FinetuneConfig, run_finetune
+    from training.ml.finetune import run_finetune
+    from training.ml.finetune_data import FinetuneConfig
 
     ft = FinetuneConfig(
         objective="reward_weighted",
@@ -362,8 +136,10 @@ def run_insilico(
 
     from inference.ml.loading import PipelineSpec, load_pipeline
     from inference.ml.phantoms import generate_phantoms
-    from training.ml.finetune import FinetuneData
-    from training.ml.reward import RewardConfig, reward, train_reward_model
+    from training.ml.finetune_data import FinetuneData
+    from training.ml.reward import reward
+    from training.ml.reward_data import RewardConfig
+    from training.ml.reward_training import train_reward_model
 
     cfg = replace(cfg or InSilicoConfig(), **overrides)
     device, base_dir = torch.device(device), Path(base_dir)

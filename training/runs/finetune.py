@@ -23,7 +23,7 @@ def _checkpoint_prefix(run: TrainingRun) -> str:
 
 def restore_latest_checkpoint(run: TrainingRun, out_dir: Path) -> str | None:
     """Copy the newest checkpoint in storage into a fresh local folder (a new worker resuming a run)."""
-    from training.ml.finetune import list_checkpoints
+    from training.ml.finetune_checkpoints import list_checkpoints
 
     if list_checkpoints(out_dir):
         return None
@@ -45,13 +45,13 @@ class CheckpointMirror:
     """After each step: upload checkpoints the loop wrote since the last call, and prune old ones from storage."""
 
     def __init__(self, run: TrainingRun, out_dir: Path, keep_last: int) -> None:
-        from training.ml.finetune import list_checkpoints
+        from training.ml.finetune_checkpoints import list_checkpoints
 
         self.run, self.out_dir, self.keep_last = run, out_dir, keep_last
         self.uploaded = {p.name for p in list_checkpoints(out_dir)}
 
     def __call__(self) -> None:
-        from training.ml.finetune import list_checkpoints
+        from training.ml.finetune_checkpoints import list_checkpoints
 
         local = list_checkpoints(self.out_dir)
         for path in local:
@@ -89,7 +89,8 @@ def finetune_data(run: TrainingRun, device) -> dict:
 
 def finetune_run_execute(run: TrainingRun) -> None:
     from inference.ml.devices import pick_device
-    from training.ml.finetune import FinetuneConfig, run_finetune
+    from training.ml.finetune import run_finetune
+    from training.ml.finetune_data import FinetuneConfig
 
     if run.base_version is None:
         raise ValueError("A finetune run needs the model version it starts from.")
@@ -97,7 +98,7 @@ def finetune_run_execute(run: TrainingRun) -> None:
     device = pick_device(settings.CXR_DEVICE)
     out_dir = work_dir(run) / "finetune"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from training.ml.finetune import list_checkpoints
+    from training.ml.finetune_checkpoints import list_checkpoints
 
     restore_latest_checkpoint(run, out_dir)
     local = list_checkpoints(out_dir)

@@ -14,7 +14,9 @@ REWARD_FILES = ["model.safetensors", "config.json", "metrics.json"]
 
 def reward_run_execute(run: TrainingRun) -> None:
     from inference.ml.devices import pick_device
-    from training.ml.reward import FeedbackItem, RewardConfig, save_reward_model, train_reward_model
+    from training.ml.reward import save_reward_model
+    from training.ml.reward_data import FeedbackItem, RewardConfig
+    from training.ml.reward_training import train_reward_model
 
     cfg = RewardConfig.from_dict(run.config)
     items = [FeedbackItem.from_snapshot(item, image_load(item.key)) for item in snapshot_load(run).items

@@ -14,7 +14,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.stats.readers import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read, reader_report
+from annotation.stats.readers import reader_report
+from annotation.stats.reads import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read
 
 CSV_COLUMNS = ("case_id", "truth", "call", "reader")
 CSV_OPTIONAL = ("confidence",)
