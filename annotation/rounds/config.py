@@ -87,6 +87,26 @@ class RoundConfig(Settings):
         return synthetic, real
 
 
+def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None):
+    """The finetune a round on `version` runs: the tiny or the full defaults, the round's overrides, its seed.
+    Settings that cannot work on `version` are refused with the reason (a ValidationError, at launch): a LoRA
+    rank other than the one of the adapter the finetune continues."""
+    from inference.services import is_tiny_version  # torch: loaded only when a round is launched or trained
+    from training.ml.finetune_data import FinetuneConfig
+
+    base = FinetuneConfig.tiny() if is_tiny_version(version) else FinetuneConfig()
+    try:
+        ft = FinetuneConfig.from_dict({**base.as_dict(), **cfg.finetune, **({} if seed is None else {"seed": seed})})
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"finetune settings: {exc}") from None
+    parent_rank = (version.config or {}).get("rank") if version.lora_key else None
+    if parent_rank and ft.rank != parent_rank:
+        raise ValidationError(
+            f"finetune settings: rank {ft.rank} cannot continue {version.name}, whose LoRA adapter has rank "
+            f"{parent_rank}; use rank {parent_rank}, or start the study from a version without an adapter.")
+    return ft
+
+
 def round_config(rnd: Round) -> RoundConfig:
     return RoundConfig.from_dict(rnd.config)
 

@@ -13,12 +13,13 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import Round, RoundStatus
 from annotation.reading.simulated import simulated_members
-from annotation.rounds.config import OBJECTIVES, round_config, round_seed
+from annotation.rounds.config import OBJECTIVES, finetune_settings, round_config, round_seed
 from annotation.rounds.feedback import round_snapshot_freeze
 from annotation.rounds.messages import owner_of, stage_enqueue
 from annotation.rounds.services import labeling_complete, round_close_labeling, round_fail
@@ -102,7 +103,6 @@ def _advance_reward(rnd: Round) -> Round:
 
 
 def _start_finetune(rnd: Round) -> Round:
-    from training.ml.finetune_data import FinetuneConfig
     from training.runs.storage import snapshot_load
     from training.services import training_run_create
 
@@ -113,11 +113,10 @@ def _start_finetune(rnd: Round) -> Round:
         return round_fail(round=rnd, stage=rnd.status,
                           error="DPO needs preference pairs; this round's labels gave none (add the preference task "
                                 "kind, or use objective reward_weighted).")
-    base = FinetuneConfig.tiny() if _tiny(rnd) else FinetuneConfig()
     try:
-        ft = FinetuneConfig.from_dict({**base.as_dict(), **cfg.finetune, "seed": round_seed(rnd)})
-    except (TypeError, ValueError) as exc:
-        return round_fail(round=rnd, stage=rnd.status, error=f"finetune settings: {exc}")
+        ft = finetune_settings(cfg, rnd.model_version, seed=round_seed(rnd))
+    except ValidationError as exc:
+        return round_fail(round=rnd, stage=rnd.status, error=exc.messages[0])
     with transaction.atomic():
         locked = Round.objects.select_for_update().get(pk=rnd.pk)
         if locked.status != RoundStatus.TRAINING_REWARD:

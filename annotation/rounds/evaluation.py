@@ -79,7 +79,8 @@ def _generated_pixels(rnd: Round) -> list[np.ndarray]:
 def _promotion_check(rnd: Round, cfg, profiles: list) -> tuple[dict, bool]:
     child, parent = rnd.produced_version, rnd.model_version
     if child is None or parent is None:
-        return {"skipped": "the round produced no new version"}, False
+        no_change = ((rnd.metrics or {}).get("finetune") or {}).get("no_change")
+        return {"skipped": no_change or "the round produced no new version"}, False
     if rnd.reward_run is None or cfg.eval_samples < 1:
         return {"skipped": "no reward model or eval_samples = 0: an admin decides", "version": child.name}, False
     # torch and diffusers load here, in the worker only (web processes import this module too)

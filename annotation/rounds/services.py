@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from annotation.models import Image, ReadingCase, Round, RoundStatus, Source, Study, TaskKind
 from annotation.reading.cases import cases_build, cases_table_analyze
-from annotation.rounds.config import RoundConfig, round_config, round_seed
+from annotation.rounds.config import RoundConfig, finetune_settings, round_config, round_seed
 from annotation.rounds.messages import advance_later, owner_of, stage_enqueue
 from annotation.rounds.transitions import ACTIVE, ROUND_TRANSITIONS, IllegalTransition, round_transition
 from annotation.rounds.versions import study_version
@@ -82,6 +82,8 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
         gen_cfg = GenerationConfig.from_dict({**gen, **cfg.generation})
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"generation: {exc}") from None
+    if cfg.train:
+        finetune_settings(cfg, version)  # refused now, before any image is generated, if it cannot work
     prompts = []
     if study.prompt_source == "reports":
         prompts = list(Image.objects.filter(study=study, source=Source.REAL).exclude(prompt="")

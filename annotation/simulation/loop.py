@@ -25,6 +25,26 @@ from training.ml.readers import SimulatedReader
 log = logging.getLogger("cxr.loop")
 TERMINAL = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.CANCELLED)
 
+#: `run_loop`'s default round: sized so that one round moves the tiny domain-adapted model by more than the noise
+#: on a CPU (the in-silico harness's recipe: 150 reward and 150 finetune steps, standardised rewards, lr 1e-3, no
+#: early stopping on a held-out set too small to decide; rank 4, the parent adapter's). About half a CPU minute a
+#: round. `--preset tiny` runs the product's tiny defaults instead (8 finetune steps: a smoke test, not learning).
+LOOP_ROUND = {
+    "synthetic": 48, "real": 16, "eval_samples": 32,
+    "reward": {"steps": 150},
+    "finetune": {"steps": 150, "lr": 1e-3, "reward_normalisation": "standardise", "val_every": 0,
+                 "restore_best": False, "checkpoint_every": 0},
+}
+PRESETS = {"loop": LOOP_ROUND, "tiny": {}}
+
+
+def round_settings(preset: str, overrides: dict) -> dict:
+    """The preset with `overrides` on top; the nested settings (generation, reward, finetune) merge key by key."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[preset].items()}
+    for key, value in overrides.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
 
 def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
     """At least `unused` real phantoms (with their reports) not yet read in any round; returns how many it added."""

@@ -85,3 +85,14 @@ def test_admin_actions_refuse_what_the_state_machine_refuses_and_steer_versions(
     missing = client.post(f"/dashboard/studies/{study.pk}/version/", {"version": "999999"})
     assert missing.status_code == 400 and b"Choose a model version" in missing.content
     assert client.get(f"/dashboard/rounds/{rnd.pk}/cancel/").status_code == 405  # actions are POST only
+
+
+def test_a_statistic_from_too_few_items_reads_too_few_not_a_number(client, people):
+    study, admin, _, _ = people
+    round_ = Round.objects.create(study=study, number=1, status="done", metrics={
+        "reward_auroc": None, "skipped": {"reward_auroc": "too few (n=2)"}, "reader_accuracy": 0.5})
+    client.force_login(admin)
+    page = client.get(f"/dashboard/studies/{study.pk}/").content.decode()
+    row = page[page.index(f'href="/dashboard/rounds/{round_.pk}/"'):]
+    row = row[:row.index("</tr>")]
+    assert "too few (n=2)" in row and "0.000" not in row and "1.000" not in row

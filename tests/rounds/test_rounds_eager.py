@@ -194,3 +194,17 @@ def test_bad_launch_settings_get_a_sentence_and_store_nothing():
         with pytest.raises(ValidationError, match=message):
             round_launch(study=study, config=config)
     assert (Round.objects.count(), _counts()) == before
+
+
+def test_a_round_asking_for_another_lora_rank_is_refused_before_any_image_is_generated(make_study):
+    from inference.models import GenerationBatch
+
+    study = make_study("rank", readers_per_image=1, task_kinds=["realism"])
+    adapted = ModelVersion.objects.create(name="adapted-r4", base_path="/nonexistent", lora_key="loras/x.safetensors",
+                                          config={"rank": 4})
+    study.current_version = adapted
+    study.save(update_fields=["current_version"])
+    with pytest.raises(ValidationError, match="rank 8 cannot continue adapted-r4, whose LoRA adapter has rank 4"):
+        round_launch(study=study, config={"finetune": {"rank": 8}})
+    assert not GenerationBatch.objects.filter(model_version=adapted).exists()
+    assert not study.rounds.exists()

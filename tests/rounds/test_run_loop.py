@@ -18,7 +18,7 @@ KEYS = {"round", "model_version", "images", "labels", "reader_accuracy", "simula
 @pytest.mark.slow
 def test_run_loop_runs_two_rounds_on_a_real_worker_and_ends_with_json(live_worker):
     out = io.StringIO()
-    call_command("run_loop", study="cli", rounds=2, simulated_readers=2, images=8, base="tiny",
+    call_command("run_loop", study="cli", rounds=2, simulated_readers=2, images=8, base="tiny", preset="tiny",
                  config=json.dumps({**TINY_ROUND, "image_metrics": True}), json=True, stdout=out)
     lines = out.getvalue().strip().splitlines()
     assert lines[0].startswith("round 1: done, sampled from tiny-sd, 8 images, 32 labels")
@@ -38,7 +38,7 @@ def test_run_loop_runs_two_rounds_on_a_real_worker_and_ends_with_json(live_worke
 def test_a_failing_stage_exits_non_zero_with_a_sentence():
     with pytest.raises(CommandError, match=r"Round 1 of bad-cli failed: training_reward: reward settings: "
                                            r"steps, batch_size"):
-        call_command("run_loop", study="bad-cli", rounds=1, simulated_readers=2, images=8, base="tiny",
+        call_command("run_loop", study="bad-cli", rounds=1, simulated_readers=2, images=8, base="tiny", preset="tiny",
                      config=json.dumps({**TINY_ROUND, "reward": {"steps": 0}}), stdout=io.StringIO())
     with pytest.raises(CommandError, match="--config is not valid JSON"):
         call_command("run_loop", study="x", config="{nope", stdout=io.StringIO())

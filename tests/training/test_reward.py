@@ -282,10 +282,17 @@ def test_metrics_are_strict_json_and_progress_is_reported(trained):
 
 def test_auroc_is_null_with_a_reason_for_one_class(trained):
     model, _, _ = trained
-    one_class = [it for it in grain_task(12, start=7000) if it.realism == 1.0]
+    one_class = [it for it in grain_task(40, start=7000) if it.realism == 1.0]
+    assert len(one_class) >= 10
     metrics = evaluate_reward_model(model, one_class)
     assert metrics["realism"]["auroc"] is None and "one class" in metrics["realism"]["auroc_skipped"]
     json.dumps(metrics, allow_nan=False)
+
+
+def test_an_auroc_from_a_handful_of_images_is_too_few_not_a_number(trained):
+    model, _, _ = trained
+    metrics = evaluate_reward_model(model, grain_task(4, start=7100))
+    assert metrics["realism"]["auroc"] is None and metrics["realism"]["auroc_skipped"] == "too few (n=4)"
 
 
 def test_ece_and_brier_basics():

@@ -132,3 +132,17 @@ def test_a_run_killed_mid_way_resumes_on_another_worker_exactly(snapshot, tiny_v
     assert resumed.keys() == expected.keys()
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)  # same weights as the uninterrupted run
     assert crashed.progress["step"] == 4
+
+
+def test_a_finetune_whose_best_step_is_0_registers_no_version_and_says_so(snapshot, tiny_version):
+    """Early stopping kept the parent's adapter: that is not a new model, so nothing can be promoted as one."""
+    key, digest, _ = snapshot
+    config = {**_finetune_config(4).as_dict(), "val_every": 2, "restore_best": True,
+              "early_stopping_min_delta": 1e9}  # no held-out loss after step 0 counts as an improvement
+    run = TrainingRun.objects.create(kind="domain", config=config, snapshot_key=key, snapshot_sha256=digest,
+                                     base_version=tiny_version)
+    assert training_run_execute_task(run_pk=run.pk) == "done", TrainingRun.objects.get(pk=run.pk).error_message
+    run.refresh_from_db()
+    assert run.produced_version is None and run.metrics["best_step"] == 0
+    assert run.metrics["no_change"].startswith("best step 0: no change")
+    assert [step for step, _ in run.metrics["val_losses"]][:1] == [0]  # the held-out curve it decided on

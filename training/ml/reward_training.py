@@ -165,9 +165,15 @@ def expected_calibration_error(prob: np.ndarray, target: np.ndarray, bins: int =
     )
 
 
+#: Held-out targets below which an AUROC is not reported: on a handful of images it is 0, 0.5 or 1 by chance.
+MIN_AUROC_TARGETS = 10
+
+
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, str | None]:
     from sklearn.metrics import roc_auc_score
 
+    if len(labels) < MIN_AUROC_TARGETS:
+        return None, f"too few (n={len(labels)})"
     if len(np.unique(labels)) < 2:
         return None, f"only one class among {len(labels)} validation targets"
     return float(roc_auc_score(labels, scores)), None

@@ -117,13 +117,20 @@ def finetune_run_execute(run: TrainingRun) -> None:
     result = run_finetune(parent.base_path, cfg, finetune_data(run, device), out_dir, device=device, resume=True,
                           on_progress=on_progress, init_lora=init)
     progress.flush(result.steps)
+    metrics = {"steps": result.steps, "resumed_from": resumed,
+               "final_loss": result.losses[-1] if result.losses else None,
+               "val_losses": [list(v) for v in result.val_losses], "stopped_early": result.stopped_early,
+               "best_step": result.best_step}
+    if result.best_step == 0 and cfg.restore_best:
+        # The held-out loss was lowest before any update: the adapter written is the parent's. That is no new
+        # model, so no version is registered (and nothing can be promoted as one).
+        metrics["no_change"] = ("best step 0: no change (the held-out loss never fell below the parent's, so the "
+                                "parent's adapter was kept)")
+        TrainingRun.objects.filter(pk=run.pk).update(metrics=metrics)
+        return
     version = model_version_register(
         name=f"{parent.name}+{run.kind}{run.pk}", parent=parent, lora_file=result.lora_path,
         produced_by=f"training.run:{run.pk}", config=cfg.as_dict(),
     )
-    TrainingRun.objects.filter(pk=run.pk).update(
-        artifact_key=version.lora_key, produced_version=version,
-        metrics={"steps": result.steps, "resumed_from": resumed, "final_loss": result.losses[-1] if result.losses else None,
-                 "val_losses": [list(v) for v in result.val_losses], "stopped_early": result.stopped_early,
-                 "best_step": result.best_step},
-    )
+    TrainingRun.objects.filter(pk=run.pk).update(artifact_key=version.lora_key, produced_version=version,
+                                                 metrics=metrics)

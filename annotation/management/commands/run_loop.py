@@ -14,9 +14,11 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.models import RoundStatus
 from annotation.rounds.services import round_launch
 from annotation.simulation.loop import (
+    PRESETS,
     embedded_worker_start,
     loop_study_ensure,
     real_pool_ensure,
+    round_settings,
     round_summary,
     round_wait,
     worker_answers,
@@ -34,21 +36,25 @@ class Command(BaseCommand):
         parser.add_argument("--study", required=True, help="Study name (created on phantoms if missing).")
         parser.add_argument("--rounds", type=int, default=1, help="Rounds to run (default 1).")
         parser.add_argument("--simulated-readers", type=int, default=3, help="Simulated readers (default 3).")
-        parser.add_argument("--images", type=int, default=8, help="Images per round for a new study (default 8).")
+        parser.add_argument("--images", type=int, default=64,
+                            help="Images per round for a new study (default 64; the preset's budget wins).")
         parser.add_argument("--base", choices=["domain", "tiny"], default="domain",
                             help="New study's first version: 'domain' (tiny base adapted to phantoms, cached) or "
                                  "'tiny' (random tiny weights, fastest).")
-        parser.add_argument("--config", default="{}", help="RoundConfig overrides as JSON, e.g. "
+        parser.add_argument("--preset", choices=sorted(PRESETS), default="loop",
+                            help="Round settings to start from: 'loop' (sized to learn within a CPU budget, "
+                                 "default) or 'tiny' (the product's tiny defaults: a smoke test).")
+        parser.add_argument("--config", default="{}", help="RoundConfig overrides as JSON on top of the preset, e.g. "
                                                             "'{\"selection\": \"active\", \"oversample\": 2}'.")
         parser.add_argument("--round-timeout", type=float, default=3600.0, help="Seconds one round may take.")
         parser.add_argument("--json", action="store_true", help="End with one JSON line of per-round metrics.")
 
     def handle(self, *args, study: str, rounds: int, simulated_readers: int, images: int, base: str, config: str,
-               round_timeout: float, json: bool, **options):
+               round_timeout: float, json: bool, preset: str = "loop", **options):
         if rounds < 1 or simulated_readers < 0 or images < 2:
             raise CommandError("--rounds must be at least 1, --simulated-readers at least 0, --images at least 2.")
         try:
-            overrides = _json_loads(config)
+            overrides = round_settings(preset, _json_loads(config))
         except ValueError as exc:
             raise CommandError(f"--config is not valid JSON: {exc}") from None
         worker = None
@@ -65,7 +71,7 @@ class Command(BaseCommand):
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
             for _ in range(rounds):
-                real_pool_ensure(study=the_study, unused=the_study.images_per_round)
+                real_pool_ensure(study=the_study, unused=max(the_study.images_per_round, overrides.get("real") or 0))
                 try:
                     rnd = round_launch(study=the_study, config=overrides)
                 except ValidationError as exc:
