@@ -124,7 +124,8 @@ def labeling_complete(rnd: Round) -> bool:
 
 def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> Round:
     """End labeling (every task answered, or an admin's decision) and start training, or finish the round when
-    it does not train. The share answered is recorded on the round."""
+    it does not train (its config says so, or it sampled from no model version). The share answered is recorded on
+    the round."""
     with transaction.atomic():
         rnd = Round.objects.select_for_update().select_related("study").get(pk=round.pk)
         if rnd.status != RoundStatus.LABELING:
@@ -134,7 +135,8 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
         share = labeling_share(rnd)
         rnd.metrics = {**rnd.metrics, "labeling": share}
         rnd.save(update_fields=["metrics"])
-        train = round_config(rnd).train
+        # a round of images stored directly (it sampled from no model version) has nothing to finetune: it ends here
+        train = round_config(rnd).train and rnd.model_version_id is not None
         rnd = round_transition(round=rnd, to=RoundStatus.TRAINING_REWARD if train else RoundStatus.DONE,
                                actor=actor)
         audit(actor=actor, action="round.close_labeling", study=rnd.study, obj=rnd, **share)

@@ -239,3 +239,14 @@ def test_round_transitions_are_guarded(make_study, stored_round):
     assert done.finished_at is not None and done.labeling_closed_at is not None
     with pytest.raises(IllegalTransition):
         round_transition(round=done, to="labeling")
+
+
+def test_a_round_of_stored_images_ends_when_labeling_closes(make_study, add_reader, stored_round):
+    """It sampled from no model version, so there is nothing to finetune: closing labeling finishes it."""
+    from annotation.rounds.services import round_close_labeling
+
+    study = make_study(readers_per_image=1, task_kinds=["realism"])
+    rnd = stored_round(study, real=1, synthetic=1)
+    assert rnd.model_version_id is None
+    closed = round_close_labeling(round=rnd)
+    assert closed.status == "done" and closed.metrics["labeling"]["planned"] == 2
