@@ -50,6 +50,13 @@ def _media(settings, tmp_path):
     settings.CXR_CACHE_DIR = str(tmp_path / "cache")
     cache.clear()  # under CI the cache is Redis: login-throttle counters must not leak between tests or runs
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    yield
+    # An eager task sets Celery's process-global "a join would block" flag while it runs and restores it after;
+    # eager tasks on several threads at once (readers submitting in parallel, each last answer driving its round)
+    # can restore it in the wrong order and leave it set, which would refuse every later result.get().
+    from celery.result import _set_task_join_will_block
+
+    _set_task_join_will_block(False)
 
 
 @pytest.fixture
