@@ -108,7 +108,7 @@ def _promotion_check(rnd: Round, cfg, profiles: list) -> tuple[dict, bool]:
         "parent": parent.name, "version": child.name, "samples": len(requests),
         "reward_parent": float(scores["parent"].mean()), "reward_child": float(scores["child"].mean()),
         "reward_diff": float(diff.mean()), "child_better_share": float((diff > 0).mean()),
-        "margin": cfg.promote_margin, "mode": cfg.promote,
+        "margin": cfg.promote_margin, "mode": cfg.promote, **paired_promotion_test(diff, cfg.promote_margin),
     }
     if profiles:
         result["simulated_preference_parent"] = float(np.mean([[p.score(i) for i in samples["parent"]]
@@ -125,3 +125,19 @@ def _promotion_check(rnd: Round, cfg, profiles: list) -> tuple[dict, bool]:
              f"(margin {cfg.promote_margin})" if not passed
         else "passed the check; promote is manual: an admin decides")
     return result, promote
+
+
+def paired_promotion_test(diff: np.ndarray, margin: float) -> dict:
+    """One-sided Wilcoxon signed-rank test that the new version scores no worse than `margin` below its parent
+    (child − parent + margin > 0) over the paired samples, with its n. Recorded beside the mean rule that decides
+    promotion today; fewer than 6 pairs cannot reach p < 0.05 and read "too few"."""
+    from scipy.stats import wilcoxon
+
+    shifted = np.asarray(diff, dtype=float) + margin
+    out = {"p_value": None, "n_pairs": int(len(shifted)),
+           "test": "Wilcoxon signed-rank, one-sided: child - parent + margin > 0"}
+    if len(shifted) < 6:
+        return {**out, "p_value_skipped": f"too few (n={len(shifted)})"}
+    if not np.any(shifted):
+        return {**out, "p_value_skipped": "every paired difference equals -margin"}
+    return {**out, "p_value": float(wilcoxon(shifted, alternative="greater").pvalue)}

@@ -165,6 +165,7 @@ def round_summary(rnd: Round) -> dict:
         "reward_auroc": m.get("reward_auroc"),
         "fid": m.get("fid"),
         "reward_diff_vs_parent": promotion.get("reward_diff"),
+        "promotion_p_value": promotion.get("p_value"), "best_step": (m.get("finetune") or {}).get("best_step"),
         "selection": (rnd.selection or {}).get("strategy"),
         "seconds": round((rnd.finished_at - rnd.created_at).total_seconds(), 1) if rnd.finished_at else None,
         "skipped": skipped,

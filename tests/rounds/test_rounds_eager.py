@@ -208,3 +208,17 @@ def test_a_round_asking_for_another_lora_rank_is_refused_before_any_image_is_gen
         round_launch(study=study, config={"finetune": {"rank": 8}})
     assert not GenerationBatch.objects.filter(model_version=adapted).exists()
     assert not study.rounds.exists()
+
+
+def test_the_promotion_check_carries_a_paired_test_with_its_n():
+    import numpy as np
+
+    from annotation.rounds.evaluation import paired_promotion_test
+
+    better = paired_promotion_test(np.linspace(0.01, 0.2, 32), 0.0)
+    assert better["n_pairs"] == 32 and better["p_value"] < 1e-6
+    worse = paired_promotion_test(-np.linspace(0.01, 0.2, 32), 0.0)
+    assert worse["p_value"] > 0.99
+    assert paired_promotion_test(-np.full(32, 0.05), 0.1)["p_value"] < 1e-6  # within the margin: no worse
+    few = paired_promotion_test(np.ones(4), 0.0)
+    assert few["p_value"] is None and few["p_value_skipped"] == "too few (n=4)"
