@@ -111,8 +111,9 @@ def generation_config_default(version: ModelVersion) -> GenerationConfig:
 
 def generation_batch_create(*, model_version: ModelVersion, count: int, prompts: list[str], seed: int,
                             owner: str = "", config: GenerationConfig | None = None,
-                            clean: bool = True) -> GenerationBatch:
-    """Create the job row and enqueue it once the transaction commits."""
+                            clean: bool = True, enqueue: bool = True) -> GenerationBatch:
+    """Create the job row and enqueue it once the transaction commits (`enqueue=False`: the caller, already on the
+    GPU queue, runs it with `generation_batch_run`)."""
     from inference.tasks import generation_batch_run_task
 
     config = config or generation_config_default(model_version)
@@ -120,7 +121,8 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
         raise ValueError("A batch needs at least one image.")
     batch = GenerationBatch.objects.create(model_version=model_version, count=count, prompts=list(prompts),
                                            seed=seed, owner=owner, config=config.as_dict(), clean=clean)
-    transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))
+    if enqueue:
+        transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))
     return batch
 
 

@@ -201,3 +201,31 @@ class DeliverySerializer(serializers.ModelSerializer):
         model = WebhookDelivery
         fields = ["id", "event", "payload", "status", "attempts", "response_code", "last_error", "log",
                   "created_at", "delivered_at"]
+
+
+# --- the evaluation panel (documents `annotation.rounds.panel.panel_versions`) -----------------------------------
+
+
+class PanelStatSerializer(serializers.Serializer):
+    mean = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True, help_text="Bootstrap 95% CI over the panel items; null when n < 2.")
+    ci_high = serializers.FloatField(allow_null=True)
+    n = serializers.IntegerField(help_text="Panel items scored.")
+
+
+class PanelVersionSerializer(serializers.Serializer):
+    version = serializers.CharField()
+    parent = serializers.CharField(allow_null=True)
+    current = serializers.BooleanField(help_text="The version the study's next round samples from.")
+    preference = PanelStatSerializer(allow_null=True, help_text="Simulated readers' preference; null when the "
+                                                                "study has no simulated readers.")
+    fooling_rate = PanelStatSerializer(allow_null=True, help_text="Simulated readers' chance of calling it real.")
+    realism = PanelStatSerializer(allow_null=True, help_text="The realism function's score.")
+    reward = PanelStatSerializer(allow_null=True, help_text="The latest reward model's score (run `reward_run`).")
+
+
+class PanelSerializer(serializers.Serializer):
+    items = serializers.IntegerField(help_text="Panel items (prompt × seed), the same for every version.")
+    reward_run = serializers.IntegerField(allow_null=True, help_text="The reward run whose scores `reward` holds.")
+    versions = PanelVersionSerializer(many=True, help_text="Scored versions, in the order they were made.")
+    skipped = serializers.CharField(required=False, help_text="Why there is no panel yet (only then).")

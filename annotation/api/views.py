@@ -1,5 +1,5 @@
-"""REST API v1 for API clients: studies, rounds (with admin actions), images, labels, reading tasks, model
-versions, round reports, exports and webhooks.
+"""REST API v1 for API clients: studies (with their evaluation panel), rounds (with admin actions), images, labels,
+reading tasks, model versions, round reports, exports and webhooks.
 
 Who sees what: a study admin (or superuser) sees the study's data through a session or a token of scope `export`
 (read-only) or `admin` (read + actions + webhooks). A reader sees only their own reading tasks, blinded (opaque
@@ -51,9 +51,11 @@ from annotation.models import (
     Webhook,
     WebhookDelivery,
 )
+from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
 from annotation.rounds.transitions import IllegalTransition
 from annotation.rounds.versions import study_versions
+from annotation.stats.reports import round_report_stored
 from annotation.studies.audit import audit
 from annotation.tasks import export_job_run_task
 
@@ -96,6 +98,12 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         ext = "csv" if fmt == "csv" else "jsonl"
         response["Content-Disposition"] = f'attachment; filename="{study.name}-{fmt}.{ext}"'
         return response
+
+    @extend_schema(responses={200: s.PanelSerializer, 404: s.DetailSerializer})
+    @action(detail=True, methods=["get"])
+    def panel(self, request, pk=None):
+        """The study's evaluation panel: each scored model version's mean scores (bootstrap 95% CI, n)."""
+        return Response(s.PanelSerializer(panel_versions(self.get_object())).data)
 
 
 # --- rounds --------------------------------------------------------------------------------------------------------
@@ -164,8 +172,7 @@ class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def report(self, request, pk=None):
         """The round report (reader statistics with CIs, image metrics), as computed."""
-        rnd = self.get_object()
-        report = (rnd.metrics or {}).get("report")
+        report = round_report_stored(round=self.get_object())
         if report is None:
             raise NotFound("No report computed for this round yet.")
         return Response(report)

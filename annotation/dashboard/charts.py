@@ -86,3 +86,30 @@ def report_charts(report: dict) -> list[str]:
             {name: {int(k): n for k, n in counts.items()} for name, counts in scores.items()},
             title="Rubric score distribution", values=values))
     return charts
+
+
+# --- the study's evaluation panel ---------------------------------------------------------------------------------
+
+PANEL_CHARTS = (("preference", "Simulated preference", (0.0, 1.0), None),
+                ("fooling_rate", "Fooling rate (simulated readers)", (0.0, 1.0), 0.5),
+                ("realism", "Realism function", (0.0, 1.0), None),
+                ("reward", "Reward", None, None))
+
+
+def panel_charts(panel: dict) -> tuple[list[str], dict[str, str]]:
+    """One chart per panel score (a point per version in creation order, bootstrap 95% CI, the current version
+    ringed), and for each score no version has, why (`study_panel` output in, (charts, {title: reason}) out)."""
+    versions = panel.get("versions") or []
+    marked = next((i for i, v in enumerate(versions) if v["current"]), None)
+    charts, missing = [], {}
+    for key, title, y_range, reference in PANEL_CHARTS:
+        if key == "reward":
+            title = f"Reward (latest reward model, run {panel['reward_run']})" if panel.get("reward_run") else title
+        if not versions or all(v.get(key) is None for v in versions):
+            missing[title] = versions[0]["missing"][key] if versions else "no version was scored on the panel yet"
+            continue
+        points = [(v["version"], *((v[key]["mean"], v[key]["ci_low"], v[key]["ci_high"], v[key]["n"])
+                                   if v.get(key) else (None, None, None, 0))) for v in versions]
+        charts.append(plots.line_with_ci(points, title=f"{title}, 95% CI", marked=marked, y_range=y_range,
+                                         reference=reference))
+    return charts, missing

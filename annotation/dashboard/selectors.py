@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from annotation.models import ReaderQueue, ReadingCase, Role, Round, StudyMembership
+from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import labeling_share
 
 
@@ -40,3 +41,29 @@ def round_progress(rnd: Round, *, names: bool = True) -> dict:
         "heartbeat_at": rnd.heartbeat_at.isoformat() if rnd.heartbeat_at else None,
         "promotion": (rnd.metrics or {}).get("promotion"),
     }
+
+
+# --- the study's evaluation panel -----------------------------------------------------------------------------------
+
+PANEL_SCORES = ("preference", "fooling_rate", "realism", "reward")
+
+
+def _missing(panel: dict, version: dict, key: str) -> str:
+    """Why a version has no `key` score on the panel (shown as the tooltip of its "—")."""
+    if key in ("preference", "fooling_rate") or version.get("preference") is None:
+        return "not computed: no simulated readers scored the panel (a study read only by people)"
+    if key == "realism":
+        return "not computed: no simulated reader of the study has a realism function"
+    if panel.get("reward_run") is None:
+        return "not computed: no reward model of the study has scored the panel yet"
+    return f"not computed: the reward model of run {panel['reward_run']} has not scored this version"
+
+
+def study_panel(study) -> dict:
+    """`panel_versions` with, per version, its number of scored items (`n`) and why each missing score is missing
+    (`missing`): what the study page's panel charts and table show."""
+    panel = panel_versions(study)
+    for version in panel["versions"]:
+        version["n"] = max((version[k]["n"] for k in PANEL_SCORES if version.get(k)), default=0)
+        version["missing"] = {k: _missing(panel, version, k) for k in PANEL_SCORES if version.get(k) is None}
+    return panel

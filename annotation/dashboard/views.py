@@ -16,8 +16,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from annotation.dashboard.charts import report_charts, study_charts
-from annotation.dashboard.selectors import round_progress
+from annotation.dashboard.charts import panel_charts, report_charts, study_charts
+from annotation.dashboard.selectors import round_progress, study_panel
 from annotation.models import Image, Round, Study
 from annotation.permissions import administered_study_ids
 from annotation.rounds.config import RoundConfig
@@ -26,6 +26,7 @@ from annotation.rounds.services import round_cancel, round_close_labeling, round
 from annotation.rounds.transitions import ACTIVE, IllegalTransition
 from annotation.rounds.versions import study_version_choose, study_version_rollback, study_versions
 from annotation.stats import plots
+from annotation.stats.reports import round_report_stored
 from annotation.studies.audit import audit
 from annotation.tasks import round_report_build_task
 from inference.models import GeneratedImage, ModelVersion
@@ -103,8 +104,11 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
     all_rounds = list(Round.objects.filter(study=study).select_related("model_version", "produced_version")
                       .order_by("-number"))
     active = next((r for r in all_rounds if r.status in ACTIVE), None)
+    panel = study_panel(study)
+    charts, missing = panel_charts(panel)
     return render(request, "dashboard/study.html", {
         "study": study, "rounds": all_rounds, "charts": study_charts(study), "error": error,
+        "panel": panel, "panel_charts": charts, "panel_missing": missing,
         "versions": study_versions(study) if study.current_version_id else [],
         "active": active, "active_progress": round_progress(_round_for_admin(request, active.pk)) if active else None,
         "config": RoundConfig.from_dict(study.round_defaults or {}),
@@ -140,6 +144,17 @@ def study_version(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("dashboard:study", pk=study.pk)
 
 
+def _panel_record(rnd: Round) -> dict:
+    """What `_panel_record.html` shows: the round's panel record, its promotion decision, or why there is none."""
+    metrics = rnd.metrics or {}
+    panel = metrics.get("panel")
+    if panel:  # the comparison's keys are absent when it was skipped: the template tests them against None
+        panel = {**dict.fromkeys(("p_value", "effect_size", "preference_gain", "fooling_rate_gain",
+                                  "fooling_rate_p_value", "promotion_p_value")), "skipped": {}, **panel}
+    return {"panel": panel, "promotion": metrics.get("promotion"),
+            "panel_skipped": (metrics.get("skipped") or {}).get("panel")}
+
+
 @login_required
 def round_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 200) -> HttpResponse:
     rnd = _round_for_admin(request, pk)
@@ -152,6 +167,7 @@ def round_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
                                   title="Finetune loss per step"))
     return render(request, "dashboard/round.html", {
         "round": rnd, "study": rnd.study, "progress": round_progress(rnd), "charts": charts, "error": error,
+        **_panel_record(rnd),
         "metrics_json": json.dumps({k: v for k, v in (rnd.metrics or {}).items() if k != "report"}, indent=2,
                                    default=str),
         "selection": rnd.selection, "config_json": json.dumps(rnd.config, indent=2),
@@ -220,7 +236,7 @@ def generated_file(request: HttpRequest, pk: int) -> FileResponse:
 @login_required
 def round_report(request: HttpRequest, pk: int) -> HttpResponse:
     rnd = _round_for_admin(request, pk)
-    report = rnd.metrics.get("report")
+    report = round_report_stored(round=rnd)
     if request.GET.get("format") == "json":
         if report is None:
             return JsonResponse({"error": "No report computed for this round yet."}, status=404)
@@ -231,7 +247,7 @@ def round_report(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "dashboard/round_report.html", {
         "round": rnd, "study": rnd.study, "report": report, "charts": report_charts(report) if report else [],
         "report_json": json.dumps(report, indent=2) if report else "",
-        "printable": request.GET.get("print") == "1",
+        "printable": request.GET.get("print") == "1", **_panel_record(rnd),
     })
 
 

@@ -9,6 +9,7 @@ from annotation.models.clients import (
     WebhookDelivery,
     new_submission_id,
 )
+from annotation.models.panels import EvaluationPanel, PanelScore
 from annotation.models.reading import (
     Image,
     Label,
@@ -59,4 +60,6 @@ __all__ = [
     "ExportJob",
     "Webhook",
     "WebhookDelivery",
+    "EvaluationPanel",
+    "PanelScore",
 ]

@@ -60,6 +60,9 @@ class Study(models.Model):
     prompt_source = models.CharField(
         max_length=20, default="templates", choices=[("templates", "Templates"), ("reports", "Report corpus")]
     )
+    panel_size = models.PositiveIntegerField(
+        default=64, help_text="Evaluation panel: prompts × seeds every model version samples once, so versions "
+                              "are compared on the same items (0: no panel; promotion is then an admin's call).")
     equivalence_margin = models.FloatField(
         default=0.10, help_text="TOST margin around 0.5 accuracy for 'indistinguishable'.")
     catch_rule = models.JSONField(

@@ -15,6 +15,7 @@ SELECTIONS = ("random", "active")
 OBJECTIVES = {"reward_weighted": RunKind.FINETUNE, "dpo": RunKind.DPO}
 MAX_IMAGES = 100_000  # per round: a bound that keeps every count a sane integer for the database and the sampler
 MAX_OVERSAMPLE = 100
+CONTROLS = ("", "permuted")
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,19 @@ class RoundConfig(Settings):
     generation: dict = option({}, "GenerationConfig overrides (steps, guidance_scale, height, ...).")
     reward: dict = option({}, "RewardConfig overrides.")
     finetune: dict = option({}, "FinetuneConfig overrides (steps, lr, beta, rank, ...).")
-    eval_samples: int = option(8, "Paired samples (same prompts and seeds) of the old and new version scored by "
-                                  "the reward model before the new version is promoted.")
-    promote: str = option("auto", "'auto': the new version becomes the study's current one when it scores no "
-                                  "worse than `promote_margin` below its parent; 'manual': an admin decides.")
+    promote: str = option("auto", "'auto': the new version becomes the study's current one when the paired test "
+                                  "on the evaluation panel's reward-model scores says it is no worse than "
+                                  "`promote_margin` below its parent (p < promote_alpha); 'manual': an admin "
+                                  "decides.")
     promote_margin: float = option(0.0, "How far (reward units, −1 to 1) the new version may score below its "
-                                        "parent and still be promoted; negative: it must score that much better.")
+                                        "parent and still be promoted; 0 or negative: it must score better (by "
+                                        "that much).")
+    promote_alpha: float = option(0.05, "Significance level of the promotion test (one-sided Wilcoxon "
+                                        "signed-rank over the panel items).")
+    control: str = option("", "'permuted': a negative-control round: the frozen feedback's per-image targets are "
+                              "shuffled across images (and pair order flipped at random) before training, so the "
+                              "round learns nothing about the images. For a control arm (run_loop --control), "
+                              "never a study's own rounds.")
     image_metrics: bool = option(True, "Compute image metrics (FID when weights are configured, PRDC, ...) in the "
                                        "evaluating stage.")
     auto_next: bool = option(False, "Launch the next round with the same settings when this one is done.")
@@ -59,7 +67,9 @@ class RoundConfig(Settings):
         number_in(self.oversample, 1, MAX_OVERSAMPLE, "oversample", whole=False)
         number_in(self.uncertainty_weight, 0, 1, "uncertainty_weight", whole=False)
         number_in(self.promote_margin, -1, 1, "promote_margin", whole=False)  # negative: the new version must score better
-        number_in(self.eval_samples, 0, MAX_IMAGES, "eval_samples")
+        number_in(self.promote_alpha, 0.0001, 0.5, "promote_alpha", whole=False)
+        if self.control not in CONTROLS:
+            raise ValidationError("control must be '' or 'permuted'.")
         for name in ("synthetic", "real"):
             if getattr(self, name) is not None:
                 number_in(getattr(self, name), 0, MAX_IMAGES, name)
@@ -71,6 +81,11 @@ class RoundConfig(Settings):
         for name in ("generation", "reward", "finetune"):
             if not isinstance(getattr(self, name), dict):
                 raise ValidationError(f"{name} must be an object of settings.")
+
+    @classmethod
+    def _inflate(cls, data: dict) -> dict:
+        data.pop("eval_samples", None)  # rounds stored before the evaluation panel replaced per-round samples
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> RoundConfig:

@@ -1,27 +1,30 @@
 """The evaluating stage of a round: what the round measured, and whether the new model version may become the one
 the next round samples from.
 
-The promotion check samples the parent and the new version on the same prompts and seeds and scores both with the
-round's reward model; the new version is promoted (when the round says `promote: auto`) only if its mean reward is
-no more than `promote_margin` below the parent's. The finetune's own guards (the real-data term, early stopping on
-held-out real images) run before; this check is what keeps a finetune that made things worse from becoming the
-default silently. The result, with the paired numbers, is stored on the round either way.
+Both the parent and the new version sample the study's evaluation panel (`rounds.panel`: the same prompts and
+seeds for every version, cached); the panel is scored by the simulated readers (the evaluation: `metrics.panel`)
+and by the round's reward model (the promotion). The new version is promoted (when the round says `promote: auto`)
+only if a one-sided paired Wilcoxon test over the panel items says its reward is no more than `promote_margin` below
+the parent's at `promote_alpha`. The finetune's own guards (the real-data term, early stopping on held-out real
+images) run before; this check keeps a finetune that made things worse from becoming the default silently. The
+result, with the paired numbers, is stored on the round either way.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 from django.conf import settings
 
 from annotation.models import Round
 from annotation.reading.simulated import reader_of, simulated_members
-from annotation.rounds.config import round_config, round_seed
+from annotation.rounds.config import round_config
 from annotation.rounds.messages import heartbeat
+from annotation.rounds.panel import panel_compare, panel_ensure, panel_sample, panel_score
+from annotation.stats.paired import paired_promotion_test
 from annotation.stats.reports import round_report_compute
 from inference.models import GeneratedImage
 from inference.storage import image_load
+from training.models import RunStatus
 
 
 def _value(stat) -> float | None:
@@ -56,12 +59,16 @@ def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
     else:
         preference = float(np.mean([[p.score(img) for img in generated] for p in profiles]))
     heartbeat(rnd)
-    promotion, promote = _promotion_check(rnd, cfg, profiles)
+    panel, panel_record = _panel(rnd, profiles, skipped)
+    promotion, promote = _promotion_check(rnd, cfg, panel)
     if promotion.get("skipped"):
         skipped["promotion"] = promotion["skipped"]
+    if panel_record is not None:
+        panel_record["promotion_p_value"] = promotion.get("p_value")
     metrics = {
         "reader_accuracy": accuracy, "fid": fid, "reward_auroc": auroc,
-        "simulated_preference_score": preference, "promotion": promotion, "skipped": skipped,
+        "simulated_preference_score": preference, "promotion": promotion, "panel": panel_record,
+        "skipped": skipped,
     }
     return metrics, promote
 
@@ -76,68 +83,59 @@ def _generated_pixels(rnd: Round) -> list[np.ndarray]:
     return [image_load(g.raw_key) for g in GeneratedImage.objects.filter(batch_id=rnd.generation_batch_id)]
 
 
-def _promotion_check(rnd: Round, cfg, profiles: list) -> tuple[dict, bool]:
+def _panel(rnd: Round, profiles: list, skipped: dict):
+    """Sample the parent and the produced version on the study's panel (cached), score every version of it with
+    the simulated readers and this round's reward model; returns (panel, the round's panel record)."""
+    panel = panel_ensure(rnd.study)
+    if panel is None or rnd.model_version is None:
+        skipped["panel"] = ("the study's panel_size is 0: no evaluation panel" if panel is None
+                            else "the round sampled from no model version")
+        return None, None
+    from inference.ml.devices import pick_device  # torch: in the worker only
+
+    device = pick_device(settings.CXR_DEVICE)
+    for version in (rnd.model_version, rnd.produced_version):
+        if version is not None:
+            panel_sample(panel, version)
+            heartbeat(rnd)
+    run = rnd.reward_run if rnd.reward_run is not None and rnd.reward_run.status == RunStatus.DONE else None
+    panel_score(panel, readers=profiles, reward_run=run, device=device)
+    heartbeat(rnd)
+    return panel, panel_compare(panel, rnd.model_version, rnd.produced_version)
+
+
+def _promotion_check(rnd: Round, cfg, panel) -> tuple[dict, bool]:
+    """Whether the produced version may replace its parent, decided on what a real deployment sees: this round's
+    reward model's scores of both versions on the panel (never the simulated readers' scoring)."""
     child, parent = rnd.produced_version, rnd.model_version
     if child is None or parent is None:
         no_change = ((rnd.metrics or {}).get("finetune") or {}).get("no_change")
         return {"skipped": no_change or "the round produced no new version"}, False
-    if rnd.reward_run is None or cfg.eval_samples < 1:
-        return {"skipped": "no reward model or eval_samples = 0: an admin decides", "version": child.name}, False
-    # torch and diffusers load here, in the worker only (web processes import this module too)
-    from inference.ml.devices import pick_device
-    from inference.ml.generation import GenerationConfig, generate, plan_requests
-    from inference.services import version_pipeline
-    from training.ml.reward import reward
-    from training.runs.reward import reward_model_load
-
-    device = pick_device(settings.CXR_DEVICE)
-    batch = rnd.generation_batch
-    gen = replace(GenerationConfig.from_dict(batch.config), images_per_prompt=1)
-    requests = plan_requests(prompts=batch.prompts, count=cfg.eval_samples, images_per_prompt=1,
-                             seed=round_seed(rnd) + 7_919)
-    samples = {}
-    for name, version in (("parent", parent), ("child", child)):
-        pipe = version_pipeline(version, scheduler=gen.scheduler, device=device)
-        samples[name] = [image for _, image in generate(pipe, requests, gen, device=device)]
-        heartbeat(rnd)
-    model = reward_model_load(rnd.reward_run, device)
-    prompts = [r.prompt for r in requests]
-    scores = {name: reward(model, imgs, prompts).float().cpu().numpy() for name, imgs in samples.items()}
-    diff = scores["child"] - scores["parent"]
+    run = rnd.reward_run
+    if run is None or panel is None:
+        return {"skipped": "no reward model or no evaluation panel (panel_size 0): an admin decides",
+                "version": child.name}, False
+    rewards = {name: np.asarray(panel.scores.get(model_version=v).scores["reward"][str(run.pk)])
+               for name, v in (("parent", parent), ("child", child))}
+    diff = rewards["child"] - rewards["parent"]
+    test = paired_promotion_test(diff, cfg.promote_margin)
     result = {
-        "parent": parent.name, "version": child.name, "samples": len(requests),
-        "reward_parent": float(scores["parent"].mean()), "reward_child": float(scores["child"].mean()),
+        "parent": parent.name, "version": child.name, "samples": int(len(diff)), "reward_run": run.pk,
+        "reward_parent": float(rewards["parent"].mean()), "reward_child": float(rewards["child"].mean()),
         "reward_diff": float(diff.mean()), "child_better_share": float((diff > 0).mean()),
-        "margin": cfg.promote_margin, "mode": cfg.promote, **paired_promotion_test(diff, cfg.promote_margin),
+        "margin": cfg.promote_margin, "alpha": cfg.promote_alpha, "mode": cfg.promote, **test,
     }
-    if profiles:
-        result["simulated_preference_parent"] = float(np.mean([[p.score(i) for i in samples["parent"]]
-                                                               for p in profiles]))
-        result["simulated_preference_child"] = float(np.mean([[p.score(i) for i in samples["child"]]
-                                                              for p in profiles]))
-    passed = result["reward_diff"] >= -cfg.promote_margin
+    if test["p_value"] is not None:
+        passed = test["p_value"] < cfg.promote_alpha
+        result["rule"] = f"paired test on {len(diff)} panel items: p = {test['p_value']:.3g} (alpha {cfg.promote_alpha})"
+    else:  # a panel too small for the test (a smoke-test preset): the mean decides, and the round says so
+        passed = result["reward_diff"] >= -cfg.promote_margin
+        result["rule"] = f"mean reward difference ≥ −margin; the paired test needs ≥ 6 items ({test['p_value_skipped']})"
     result["passed"] = passed
     promote = passed and cfg.promote == "auto"
     result["promoted"] = promote
-    result["reason"] = (
-        f"promoted: mean reward {result['reward_child']:.3f} vs parent {result['reward_parent']:.3f}" if promote
-        else f"kept {parent.name}: mean reward {result['reward_child']:.3f} vs parent {result['reward_parent']:.3f} "
-             f"(margin {cfg.promote_margin})" if not passed
-        else "passed the check; promote is manual: an admin decides")
+    scores = f"mean reward {result['reward_child']:.3f} vs parent {result['reward_parent']:.3f}, {result['rule']}"
+    result["reason"] = (f"promoted: {scores}" if promote
+                        else f"kept {parent.name}: {scores} (margin {cfg.promote_margin})" if not passed
+                        else "passed the check; promote is manual: an admin decides")
     return result, promote
-
-
-def paired_promotion_test(diff: np.ndarray, margin: float) -> dict:
-    """One-sided Wilcoxon signed-rank test that the new version scores no worse than `margin` below its parent
-    (child − parent + margin > 0) over the paired samples, with its n. Recorded beside the mean rule that decides
-    promotion today; fewer than 6 pairs cannot reach p < 0.05 and read "too few"."""
-    from scipy.stats import wilcoxon
-
-    shifted = np.asarray(diff, dtype=float) + margin
-    out = {"p_value": None, "n_pairs": int(len(shifted)),
-           "test": "Wilcoxon signed-rank, one-sided: child - parent + margin > 0"}
-    if len(shifted) < 6:
-        return {**out, "p_value_skipped": f"too few (n={len(shifted)})"}
-    if not np.any(shifted):
-        return {**out, "p_value_skipped": "every paired difference equals -margin"}
-    return {**out, "p_value": float(wilcoxon(shifted, alternative="greater").pvalue)}

@@ -7,8 +7,10 @@ import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import combinations
 
+import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -16,7 +18,7 @@ from django.utils import timezone
 
 from annotation.models import Image, ReadingTask, Round, RoundStatus, Source, TaskStatus
 from annotation.reading.aggregation import Aggregation
-from annotation.rounds.config import round_config
+from annotation.rounds.config import round_config, round_seed
 from annotation.stats.readers import catch_summary
 from annotation.stats.reads import CatchRule
 from annotation.stats.reports import reads_for_round
@@ -86,9 +88,28 @@ def _store(snapshot: Snapshot) -> tuple[str, str]:
     return key, hashlib.sha256(payload).hexdigest()
 
 
-def feedback_snapshot_freeze(*, rounds: Sequence[Round]) -> tuple[str, str, dict]:
-    """Write the dataset to storage; returns (storage key, sha256 of the file, summary counts)."""
+def feedback_permuted(snapshot: Snapshot, *, seed: int) -> Snapshot:
+    """The negative control's feedback: the labelled items' answers (reads, realism, criteria) shuffled across the
+    images, and each preference pair's order flipped by a coin, so the targets keep their distribution but say
+    nothing about the images they are attached to."""
+    rng = np.random.default_rng(seed)
+    labelled = [i for i, item in enumerate(snapshot.items) if item.labelled]
+    order = rng.permutation(len(labelled))
+    items = list(snapshot.items)
+    for at, source in zip(labelled, order, strict=True):
+        donor = snapshot.items[labelled[source]]
+        items[at] = replace(items[at], reads=donor.reads, realism=donor.realism, criteria=dict(donor.criteria))
+    pairs = [replace(p, chosen=p.rejected, rejected=p.chosen, chosen_key=p.rejected_key, rejected_key=p.chosen_key)
+             if flip else p for p, flip in zip(snapshot.pairs, rng.random(len(snapshot.pairs)) < 0.5, strict=True)]
+    return replace(snapshot, items=items, pairs=pairs)
+
+
+def feedback_snapshot_freeze(*, rounds: Sequence[Round], permute_seed: int | None = None) -> tuple[str, str, dict]:
+    """Write the dataset to storage (permuted first when `permute_seed` is given: a control round); returns
+    (storage key, sha256 of the file, summary counts)."""
     snapshot = feedback_items(rounds=rounds)
+    if permute_seed is not None:
+        snapshot = feedback_permuted(snapshot, seed=permute_seed)
     key, digest = _store(snapshot)
     return key, digest, snapshot.summary()
 
@@ -105,16 +126,19 @@ def snapshot_rounds(rnd: Round) -> list[Round]:
 
 def round_snapshot_freeze(rnd: Round) -> dict:
     """The round's one snapshot: the feedback its training reads, frozen once when labeling closes and recorded as
-    `metrics.snapshot` ({key, sha256, items, pairs, excluded_readers, rounds, frozen_at}). Safe to call any number
+    `metrics.snapshot` ({key, sha256, items, pairs, excluded_readers, rounds, permuted, frozen_at}; a control round's
+answers are permuted across images first). Safe to call any number
     of times and concurrently: the round's row is locked while it is written, and a repeat returns the record."""
     with transaction.atomic():
         locked = Round.objects.select_for_update().select_related("study").get(pk=rnd.pk)
         if (locked.metrics or {}).get("snapshot", {}).get("sha256"):
             return locked.metrics["snapshot"]
         rounds = snapshot_rounds(locked)
-        key, digest, summary = feedback_snapshot_freeze(rounds=rounds)
+        permuted = round_config(locked).control == "permuted"
+        key, digest, summary = feedback_snapshot_freeze(rounds=rounds,
+                                                        permute_seed=round_seed(locked) if permuted else None)
         record = {"key": key, "sha256": digest, **summary, "rounds": [r.number for r in rounds],
-                  "frozen_at": timezone.now().isoformat()}
+                  "permuted": permuted, "frozen_at": timezone.now().isoformat()}
         locked.metrics = {**locked.metrics, "snapshot": record, "feedback": summary}
         locked.save(update_fields=["metrics"])
     return record

@@ -14,10 +14,11 @@ from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from annotation.models import Image, ReadingCase, Round, RoundStatus, Source, Study, TaskKind
+from annotation.models import Image, ReadingCase, Round, RoundStatus, Study, TaskKind
 from annotation.reading.cases import cases_build, cases_table_analyze
 from annotation.rounds.config import RoundConfig, finetune_settings, round_config, round_seed
 from annotation.rounds.messages import advance_later, owner_of, stage_enqueue
+from annotation.rounds.panel import study_prompts
 from annotation.rounds.transitions import ACTIVE, ROUND_TRANSITIONS, IllegalTransition, round_transition
 from annotation.rounds.versions import study_version
 from annotation.studies.audit import audit
@@ -58,7 +59,6 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
                  round: Round | None = None) -> Round:
     """Create (or take a draft) round, fix its configuration and the version it samples from, and start
     generating. Refused while another round of the study is still running."""
-    from inference.ml.tiny import TEMPLATE_REPORTS
     from inference.services import generation_batch_create, generation_config_default
 
     study = Study.objects.get(pk=study.pk)  # its current version may have changed since the caller read it
@@ -84,11 +84,7 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
         raise ValidationError(f"generation: {exc}") from None
     if cfg.train:
         finetune_settings(cfg, version)  # refused now, before any image is generated, if it cannot work
-    prompts = []
-    if study.prompt_source == "reports":
-        prompts = list(Image.objects.filter(study=study, source=Source.REAL).exclude(prompt="")
-                       .values_list("prompt", flat=True).distinct()[:5000])
-    prompts = prompts or list(TEMPLATE_REPORTS)
+    prompts = study_prompts(study)
     with transaction.atomic():
         rnd = round or round_create(study=study, actor=actor)
         rnd = Round.objects.select_for_update().get(pk=rnd.pk)

@@ -19,7 +19,7 @@ DEMO_USERS = {"admin": "admin-demo-pw", "reader": "reader-demo-pw"}
 #: The demo round stays small enough for a person to read in minutes; its finetune uses the loop recipe (no early
 #: stopping on a held-out set of a few images, which would keep the parent's adapter) so the round changes the model.
 DEMO_ROUND = {"finetune": {"steps": 40, "lr": 1e-3, "reward_normalisation": "standardise", "val_every": 0,
-                           "restore_best": False}, "eval_samples": 8}
+                           "restore_best": False}}
 
 
 def demo_study_ensure(*, images: int = 12, size: int = 256, rounds_of_real: int = 3) -> Study:

@@ -14,26 +14,30 @@ from django.conf import settings
 
 from annotation.images.storage import image_store
 from annotation.models import Image, Label, Round, RoundStatus, Source, Study
-from annotation.reading.simulated import simulated_readers_ensure
+from annotation.reading.simulated import simulated_members, simulated_readers_ensure
 from annotation.rounds.domain import domain_adapt, on_domain_finished
 from annotation.rounds.driver import rounds_reconcile
+from annotation.rounds.panel import study_prompts
 from annotation.rounds.versions import study_version
 from annotation.studies.services import study_create
 from inference.storage import image_load
 from training.ml.readers import SimulatedReader
+from training.ml.realism import RealismModel
 
 log = logging.getLogger("cxr.loop")
 TERMINAL = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.CANCELLED)
 
 #: `run_loop`'s default round: sized so that one round moves the tiny domain-adapted model by more than the noise
-#: on a CPU (the in-silico harness's recipe: 150 reward and 150 finetune steps, standardised rewards, lr 1e-3, no
-#: early stopping on a held-out set too small to decide; rank 4, the parent adapter's). About half a CPU minute a
-#: round. `--preset tiny` runs the product's tiny defaults instead (8 finetune steps: a smoke test, not learning).
+#: on a CPU, with the in-silico harness's finetune recipe (150 reward and 150 finetune steps, standardised rewards,
+#: lr 1e-3, a light real-data term: beta 0.02 on a quarter of each batch of 8 — heavier, its pull toward the real
+#: images outweighs the reward; no early stopping on a held-out set too small to decide; rank 4, the parent
+#: adapter's). About half a CPU minute a round. `--preset tiny` runs the product's tiny defaults instead (8
+#: finetune steps: a smoke test, not learning).
 LOOP_ROUND = {
-    "synthetic": 48, "real": 16, "eval_samples": 32,
+    "synthetic": 48, "real": 16,
     "reward": {"steps": 150},
-    "finetune": {"steps": 150, "lr": 1e-3, "reward_normalisation": "standardise", "val_every": 0,
-                 "restore_best": False, "checkpoint_every": 0},
+    "finetune": {"steps": 150, "lr": 1e-3, "reward_normalisation": "standardise", "beta": 0.02, "batch_size": 8,
+                 "real_fraction": 0.25, "val_every": 0, "restore_best": False, "checkpoint_every": 0},
 }
 PRESETS = {"loop": LOOP_ROUND, "tiny": {}}
 
@@ -65,37 +69,67 @@ def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
     return added
 
 
-def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "domain") -> Study:
-    """The study `name`, created when missing: phantom real images, `readers` simulated readers calibrated on
-    them (readers_per_image = readers, so every task gets answered), the chosen base version."""
+def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "domain",
+                      panel_size: int | None = None, seed: int | None = None) -> Study:
+    """The study `name`, created when missing: phantom real images, the chosen base version, and `readers`
+    simulated readers (readers_per_image = readers, so every task gets answered) whose preference is calibrated
+    on the base version's images (as the in-silico harness's reader: its scores span 0–1 on what it will be shown)
+    and whose real/synthetic calls follow one realism function fitted on the real images against the base's."""
     study = Study.objects.filter(name=name).first()
     if study is None:
+        extra = {k: v for k, v in (("panel_size", panel_size), ("seed", seed)) if v is not None}
         study = study_create(name=name, title=f"Headless loop {name}", display_size=64,
                                       images_per_round=images, readers_per_image=max(1, readers),
-                                      task_kinds=["realism", "rubric"], prompt_source="reports")
+                                      task_kinds=["realism", "rubric"], prompt_source="reports", **extra)
     real_pool_ensure(study=study, unused=max(4, images))
-    if readers:
-        sample = [image_load(i.display_key) for i in Image.objects.filter(study=study, source=Source.REAL)[:32]]
-        profiles = [SimulatedReader(accuracy=round(0.6 + 0.3 * i / max(readers - 1, 1), 3), seed=i + 1)
-                    .calibrated(sample) for i in range(readers)]
+    _base_ensure(study, base)
+    if readers and not simulated_members(study):
+        real = [image_load(i.display_key) for i in
+                Image.objects.filter(study=study, source=Source.REAL).order_by("pk")[:32]]
+        base_images = base_sample(study, count=32)
+        realism = RealismModel.fit(real, base_images)
+        profiles = [SimulatedReader(accuracy=round(0.6 + 0.3 * i / max(readers - 1, 1), 3), seed=i + 1,
+                                    realism=realism.as_dict()).calibrated(base_images) for i in range(readers)]
         simulated_readers_ensure(study=study, count=readers, readers=profiles)
+    return study
+
+
+def _job_wait(row, what: str, done=("done",), failed=("failed",), timeout_s: float = 3600):
+    deadline = time.monotonic() + timeout_s
+    while row.status not in done + failed:  # on the worker (inline when tasks are eager)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not finish within {timeout_s:.0f} s.")
+        time.sleep(0.5)
+        row.refresh_from_db()
+    if row.status in failed:
+        raise RuntimeError(f"{what} failed: {row.error_message}")
+    return row
+
+
+def base_sample(study: Study, *, count: int) -> list:
+    """`count` images of the study's current version (a generation batch on the worker, found again by its
+    owner), e.g. to fit the realism function on."""
+    from inference.models import GenerationBatch
+    from inference.services import generation_batch_create
+
+    owner = f"annotation.study:{study.pk}:base-sample"
+    batch = (GenerationBatch.objects.filter(owner=owner, model_version=study.current_version).exclude(
+        status="failed").first() or generation_batch_create(model_version=study.current_version, count=count,
+                                                            prompts=study_prompts(study), seed=study.seed % 2**31,
+                                                            owner=owner, clean=False))
+    batch = _job_wait(batch, f"Base sample batch {batch.pk}")
+    return [image_load(g.raw_key) for g in batch.images.order_by("index")]
+
+
+def _base_ensure(study: Study, base: str) -> None:
     if study.current_version_id is None:
         if base == "domain":
-            run = domain_adapt(study=study)
-            deadline = time.monotonic() + 3600
-            while run.status not in ("done", "failed"):  # on the worker (inline when tasks are eager)
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Domain adaptation run {run.pk} did not finish within an hour.")
-                time.sleep(0.5)
-                run.refresh_from_db()
-            if run.status == "failed":
-                raise RuntimeError(f"Domain adaptation run {run.pk} failed: {run.error_message}")
+            run = _job_wait(domain_adapt(study=study), "Domain adaptation run")
             on_domain_finished(run=run)  # in case the signal was sent before the study was read
             study.refresh_from_db()
         if study.current_version_id is None:
             study_version(study)
             study.refresh_from_db()
-    return study
 
 
 # --- the worker ----------------------------------------------------------------------------------------------------
@@ -152,11 +186,15 @@ def round_summary(rnd: Round) -> dict:
     m = rnd.metrics or {}
     promotion = m.get("promotion") or {}
     skipped = dict(m.get("skipped") or {})
+    panel = m.get("panel")
+    for key, reason in ((panel or {}).get("skipped") or {}).items():
+        skipped[f"panel.{key}"] = reason
     return {
         "round": rnd.number, "status": rnd.status,
         "model_version": rnd.model_version.name if rnd.model_version else None,
         "produced_version": rnd.produced_version.name if rnd.produced_version else None,
-        "promoted": promotion.get("promoted"),
+        "promoted": bool(promotion.get("promoted")),
+        "panel": panel,
         "images": Image.objects.filter(round=rnd).count(),
         "synthetic": Image.objects.filter(round=rnd, source=Source.SYNTHETIC).count(),
         "labels": Label.objects.filter(task__round=rnd).count(),

@@ -1,4 +1,5 @@
-"""The round report: reader statistics and image metrics, stored on the round and shown on its page."""
+"""The round report: reader statistics, image metrics and the round's evaluation-panel record, stored on the round
+and shown on its page."""
 
 from __future__ import annotations
 
@@ -75,10 +76,20 @@ def round_report_compute(*, round: Round, with_images: bool = True) -> dict:
         "reader": reader_report(reads, rubric, margin=study.equivalence_margin, catch_rule=rule),
         "rubric_scores": _score_counts(rubric),
         "images": image_metrics_for_round(round=round, tiny=study.display_size <= 128) if with_images else None,
+        "panel": round.metrics.get("panel"),
     }
     Round.objects.filter(pk=round.pk).update(metrics={**round.metrics, "report": report})
     round.metrics = {**round.metrics, "report": report}
     return report
+
+
+def round_report_stored(*, round: Round) -> dict | None:
+    """The stored report with the round's panel record as it stands now: the evaluation computes the report
+    before it samples and scores the panel, so a report computed then carries the previous (or no) record."""
+    report = (round.metrics or {}).get("report")
+    if report is None:
+        return None
+    return {**report, "panel": round.metrics.get("panel")}
 
 
 def _score_counts(rubric_reads) -> dict[str, dict[str, int]]:

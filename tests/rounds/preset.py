@@ -5,7 +5,6 @@ from __future__ import annotations
 TINY_ROUND = {
     "reward": {"steps": 12},
     "finetune": {"steps": 6, "checkpoint_every": 2, "val_every": 0},
-    "eval_samples": 4,
     "image_metrics": False,
 }
 
@@ -18,6 +17,7 @@ def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, imag
 
     kw.setdefault("display_size", 64)
     kw.setdefault("task_kinds", ["realism", "rubric"])
+    kw.setdefault("panel_size", 4)
     study = study_create(name=name, title=f"Study {name}", images_per_round=images,
                                   readers_per_image=readers, **kw)
     for i in range(real_pool):

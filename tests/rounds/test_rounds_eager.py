@@ -213,7 +213,7 @@ def test_a_round_asking_for_another_lora_rank_is_refused_before_any_image_is_gen
 def test_the_promotion_check_carries_a_paired_test_with_its_n():
     import numpy as np
 
-    from annotation.rounds.evaluation import paired_promotion_test
+    from annotation.stats.paired import paired_promotion_test
 
     better = paired_promotion_test(np.linspace(0.01, 0.2, 32), 0.0)
     assert better["n_pairs"] == 32 and better["p_value"] < 1e-6

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,10 @@ class SimulatedReader(Settings):
     accuracy: float = option(0.75, "Chance of the right real/synthetic call for a reader with no bias, 0–1.")
     bias_real: float = option(0.0, "Added to the chance of calling any image real, −0.5–0.5.")
     preference_weight: float = option(0.3, "How much a liked synthetic image is more often called real, 0–1.")
+    realism: dict = option({}, "The study's realism function of the pixels (training.ml.realism.RealismModel, "
+                               "fitted once on its real and base-model images): a synthetic image is called real "
+                               "with a chance from 1 − accuracy (looks like the base model's) up to accuracy (looks "
+                               "like the real images). Empty: calls follow accuracy, bias and preference only.")
     readers: int = option(5, "In-silico labels: readers voting real/fake per image (the realism share's resolution).")
     rubric_levels: int = option(5, "In-silico labels: points of the rubric scale (5: a 1–5 Likert item).")
     criteria: tuple[str, ...] = option(CRITERIA, "In-silico labels: rubric criteria the reader scores.")
@@ -90,6 +95,8 @@ class SimulatedReader(Settings):
             raise ValueError("scale must be positive, direction non-zero, noise and answer_time_s ≥ 0.")
         if self.readers < 1 or self.rubric_levels < 2:
             raise ValueError("readers must be ≥ 1 and rubric_levels ≥ 2.")
+        if self.realism:
+            self.realism_model  # noqa: B018 - refuses a malformed function now, not at the first answer
 
     @classmethod
     def _inflate(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +114,27 @@ class SimulatedReader(Settings):
         """The property signed so that higher is always more preferred."""
         return math.copysign(1.0, self.direction) * self.measure(image)
 
+    @cached_property
+    def realism_model(self):
+        from training.ml.realism import RealismModel
+
+        return RealismModel.from_dict(self.realism) if self.realism else None
+
+    def realism_score(self, image: np.ndarray) -> float | None:
+        """The realism function's score of `image` (0 = like the base model's images, 1 = like the real ones)."""
+        return None if self.realism_model is None else self.realism_model.score(image)
+
+    def p_real(self, *, is_real: bool, image: np.ndarray | None) -> float:
+        """The chance this reader calls the image real (before its noise): the fooling probability of a synthetic
+        image; the realism function, when the reader has one, moves it between 1 − accuracy and accuracy."""
+        p_real = self.accuracy if is_real else 1.0 - self.accuracy
+        if not is_real and image is not None:
+            looks_real = self.realism_score(image)
+            if looks_real is not None:
+                p_real += (2 * self.accuracy - 1) * looks_real
+            p_real += self.preference_weight * (self.score(image) - 0.5)
+        return float(np.clip(p_real + self.bias_real, 0.0, 1.0))
+
     def score(self, image: np.ndarray) -> float:
         """The reader's noiseless preference for `image`, in [0, 1]."""
         z = float(np.clip(self.direction * (self.measure(image) - self.centre) / self.scale, -50, 50))
@@ -123,11 +151,8 @@ class SimulatedReader(Settings):
     # --- answers in the portal's format ---
 
     def realism_answer(self, *, is_real: bool, image: np.ndarray | None, rng: np.random.Generator) -> dict:
-        """A real/synthetic call with a 1–5 confidence; a liked synthetic image is called real more often."""
-        p_real = self.accuracy if is_real else 1.0 - self.accuracy
-        if not is_real and image is not None:
-            p_real += self.preference_weight * (self.score(image) - 0.5)
-        p_real = float(np.clip(p_real + self.bias_real, 0.0, 1.0))
+        """A real/synthetic call with a 1–5 confidence, drawn with the chance `p_real`."""
+        p_real = self.p_real(is_real=is_real, image=image)
         call = "real" if rng.random() < p_real else "synthetic"
         sure = abs((p_real if call == "real" else 1 - p_real) - 0.5) * 2
         return {"call": call, "confidence": int(np.clip(round(1 + 4 * sure), 1, 5))}
@@ -150,9 +175,10 @@ class SimulatedReader(Settings):
     def label(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
         """{"realism": share of readers voting real, "criteria": {name: normalised rubric score}}, noisy."""
         p = self.score(image)
+        called_real = p if self.realism_model is None else self.p_real(is_real=False, image=image)
         top = self.rubric_levels - 1
         return {
-            "realism": float(rng.binomial(self.readers, p) / self.readers),
+            "realism": float(rng.binomial(self.readers, called_real) / self.readers),
             "criteria": {
                 name: float(np.round(np.clip(p + rng.normal(0, self.noise), 0, 1) * top) / top)
                 for name in self.criteria

@@ -2,7 +2,10 @@
 
 Runs N full feedback rounds (generate → clean → simulated reading → reward model → finetune → evaluate) through
 the real Celery workflow, creating the study on phantoms when it does not exist and starting an embedded worker if
-none answers. With --json the last line of output is {"rounds": [...]} with one object per round."""
+none answers. Every version is evaluated on the study's panel (fixed prompts × seeds). With --control permuted the
+same rounds run in a twin study whose feedback is permuted across images before training (a negative control).
+With --json the last line of output is {"rounds": [...], "summary": {...}} (and "control", "feedback_vs_control"
+with a control arm)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import RoundStatus
 from annotation.rounds.services import round_launch
+from annotation.simulation.arms import arm_summary, arms_compare, control_study_ensure
 from annotation.simulation.loop import (
     PRESETS,
     embedded_worker_start,
@@ -46,13 +50,24 @@ class Command(BaseCommand):
                                  "default) or 'tiny' (the product's tiny defaults: a smoke test).")
         parser.add_argument("--config", default="{}", help="RoundConfig overrides as JSON on top of the preset, e.g. "
                                                             "'{\"selection\": \"active\", \"oversample\": 2}'.")
+        parser.add_argument("--control", choices=["none", "permuted"], default="none",
+                            help="Also run a permuted-feedback control arm in the study NAME-control (same seeds, "
+                                 "real images, readers and panel), round by round beside the feedback arm.")
+        parser.add_argument("--panel", type=int, default=None,
+                            help="Evaluation panel items (prompts × seeds) for a new study (default 64).")
+        parser.add_argument("--seed", type=int, default=None, help="Study seed for a new study (default random).")
         parser.add_argument("--round-timeout", type=float, default=3600.0, help="Seconds one round may take.")
         parser.add_argument("--json", action="store_true", help="End with one JSON line of per-round metrics.")
 
     def handle(self, *args, study: str, rounds: int, simulated_readers: int, images: int, base: str, config: str,
-               round_timeout: float, json: bool, preset: str = "loop", **options):
-        if rounds < 1 or simulated_readers < 0 or images < 2:
-            raise CommandError("--rounds must be at least 1, --simulated-readers at least 0, --images at least 2.")
+               round_timeout: float, json: bool, preset: str = "loop", control: str = "none",
+               panel: int | None = None, seed: int | None = None, **options):
+        if rounds < 1 or simulated_readers < 0 or images < 2 or (panel is not None and panel < 0):
+            raise CommandError("--rounds must be at least 1, --simulated-readers at least 0, --images at least 2, "
+                               "--panel at least 0.")
+        if control != "none" and simulated_readers < 1:
+            raise CommandError("--control needs simulated readers: the arms are compared on their scoring.")
+        migrations_check()
         try:
             overrides = round_settings(preset, _json_loads(config))
         except ValueError as exc:
@@ -64,43 +79,103 @@ class Command(BaseCommand):
                 worker = embedded_worker_start()
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
-        summaries = []
+        arms: dict[str, dict] = {}
         try:
             try:
-                the_study = loop_study_ensure(name=study, readers=simulated_readers, images=images, base=base)
-            except RuntimeError as exc:
+                the_study = loop_study_ensure(name=study, readers=simulated_readers, images=images, base=base,
+                                              panel_size=panel, seed=seed)
+                arms["feedback"] = {"study": the_study, "config": overrides, "rounds": [], "summaries": []}
+                if control == "permuted":
+                    twin = control_study_ensure(feedback=the_study)
+                    arms["control"] = {"study": twin, "config": {**overrides, "control": "permuted"},
+                                       "rounds": [], "summaries": []}
+            except (RuntimeError, ValueError) as exc:
                 raise CommandError(str(exc)) from None
             for _ in range(rounds):
-                real_pool_ensure(study=the_study, unused=max(the_study.images_per_round, overrides.get("real") or 0))
-                try:
-                    rnd = round_launch(study=the_study, config=overrides)
-                except ValidationError as exc:
-                    raise CommandError(" ".join(exc.messages)) from None
-                try:
-                    rnd = round_wait(rnd, timeout_s=round_timeout)
-                except TimeoutError as exc:
-                    raise CommandError(str(exc)) from None
-                summary = round_summary(rnd)
-                summaries.append(summary)
-                self.stdout.write(
-                    f"round {summary['round']}: {summary['status']}, sampled from {summary['model_version']}, "
-                    f"{summary['images']} images, {summary['labels']} labels, reader accuracy "
-                    f"{_fmt(summary['reader_accuracy'])}, simulated preference "
-                    f"{_fmt(summary['simulated_preference_score'])}, reward AUROC {_fmt(summary['reward_auroc'])}, "
-                    f"FID {_fmt(summary['fid'], 1)}, new version {summary['produced_version']} "
-                    f"({'promoted' if summary['promoted'] else 'not promoted'}), {summary['seconds']} s")
-                if rnd.status != RoundStatus.DONE:
-                    if json:
-                        self.stdout.write(_json_dumps({"rounds": summaries}))
-                    raise CommandError(f"Round {rnd.number} of {the_study.name} {rnd.status}: "
-                                       f"{rnd.stage_error or 'cancelled'}")
-                the_study.refresh_from_db()
+                for arm_name, arm in arms.items():
+                    rnd = self._round(arm["study"], arm["config"], round_timeout, label=arm_name)
+                    arm["rounds"].append(rnd)
+                    arm["summaries"].append(round_summary(rnd))
+                    self.stdout.write(_line(arm_name if control != "none" else "", arm["summaries"][-1]))
+                    if rnd.status != RoundStatus.DONE:
+                        if json:
+                            self.stdout.write(_json_dumps(_output(arms)))
+                        raise CommandError(f"Round {rnd.number} of {arm['study'].name} {rnd.status}: "
+                                           f"{rnd.stage_error or 'cancelled'}")
         finally:
             if worker is not None:
                 worker.terminate()
                 worker.wait(timeout=30)
+        output = _output(arms)
+        for name in arms:
+            self.stdout.write(_summary_line(name, output["summary"] if name == "feedback" else output[name]["summary"]))
+        if "feedback_vs_control" in output:
+            self.stdout.write(_summary_line("feedback vs control", output["feedback_vs_control"]))
         if json:
-            self.stdout.write(_json_dumps({"rounds": summaries}))
+            self.stdout.write(_json_dumps(output))
+
+    def _round(self, the_study, overrides: dict, timeout: float, label: str):
+        the_study.refresh_from_db()
+        real_pool_ensure(study=the_study, unused=max(the_study.images_per_round, overrides.get("real") or 0))
+        try:
+            rnd = round_launch(study=the_study, config=overrides)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from None
+        try:
+            return round_wait(rnd, timeout_s=timeout)
+        except TimeoutError as exc:
+            raise CommandError(str(exc)) from None
+
+
+def migrations_check() -> None:
+    """Refuse to start on a database whose migrations are not applied, with the command that fixes it."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        raise CommandError("The database is not migrated: run `python manage.py migrate` first.")
+
+
+def _output(arms: dict) -> dict:
+    feedback = arms.get("feedback")
+    if feedback is None:
+        return {"rounds": []}
+    out = {"study": feedback["study"].name, "rounds": feedback["summaries"],
+           "summary": arm_summary(feedback["study"], feedback["rounds"])}
+    control = arms.get("control")
+    if control is not None:
+        out["control"] = {"study": control["study"].name, "rounds": control["summaries"],
+                          "summary": arm_summary(control["study"], control["rounds"])}
+        out["feedback_vs_control"] = arms_compare(feedback["study"], control["study"], feedback["rounds"],
+                                                  control["rounds"])
+    return out
+
+
+def _stat(stat) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    ci = f" [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]" if stat.get("ci_low") is not None else ""
+    return f"{stat['mean']:+.3f}{ci}"
+
+
+def _line(arm: str, summary: dict) -> str:
+    panel = summary.get("panel") or {}
+    parent = ((panel.get("parent") or {}).get("preference") or {}).get("mean")
+    produced = ((panel.get("produced") or {}).get("preference") or {}).get("mean")
+    return (f"{arm + ' ' if arm else ''}round {summary['round']}: {summary['status']}, sampled from "
+            f"{summary['model_version']}, {summary['images']} images, {summary['labels']} labels, reader accuracy "
+            f"{_fmt(summary['reader_accuracy'])}, reward AUROC {_fmt(summary['reward_auroc'])}, panel preference "
+            f"{_fmt(parent)} -> {_fmt(produced)} (p {_fmt(panel.get('p_value'), 4)}), new version "
+            f"{summary['produced_version']} ({'promoted' if summary['promoted'] else 'not promoted'}), "
+            f"{summary['seconds']} s")
+
+
+def _summary_line(name: str, summary: dict) -> str:
+    if summary.get("skipped") and isinstance(summary["skipped"], str):
+        return f"{name}: {summary['skipped']}"
+    return (f"{name}: preference gain {_stat(summary.get('preference_gain'))}, p {_fmt(summary.get('p_value'), 4)}; "
+            f"fooling-rate gain {_stat(summary.get('fooling_rate_gain'))}")
 
 
 def _json_loads(text: str) -> dict:

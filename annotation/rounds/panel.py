@@ -1,0 +1,187 @@
+"""The study's evaluation panel: fixed prompts × seeds that every model version samples once, scored per item, so
+versions are compared on the same items (paired) round after round.
+
+Each version's samples are one generation batch (clean off), found again by the panel's digest: cached across
+rounds and across studies that share the panel definition (a control arm), resumed where it stopped when the
+worker died. Scores per item: every simulated reader's preference and fooling chance (the experiment's ground
+truth: read by the evaluation only, never by training, selection or promotion), the realism function, and every
+reward model of the study (recomputed for every version when a new one is trained, stored per reward run, so the
+curves of one reward model stay comparable). GPU-side modules load inside the functions that sample or score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+from django.db import transaction
+
+from annotation.models import EvaluationPanel, PanelScore, Study
+from annotation.rounds.versions import study_version
+from annotation.stats.paired import bootstrap_mean, paired_comparison
+from inference.models import GenerationBatch, JobStatus, ModelVersion
+from inference.storage import image_load
+
+SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism": "realism"}
+
+
+def study_prompts(study: Study) -> list[str]:
+    """The prompt pool a study's generation draws from: its real images' reports (prompt_source "reports"), else
+    the built-in templates."""
+    from annotation.models import Image, Source
+    from inference.ml.tiny import TEMPLATE_REPORTS
+
+    prompts: list[str] = []
+    if study.prompt_source == "reports":  # distinct, in import order (the same on every database)
+        prompts = list(dict.fromkeys(Image.objects.filter(study=study, source=Source.REAL).exclude(prompt="")
+                                     .order_by("pk").values_list("prompt", flat=True)[:20_000]))[:5000]
+    return prompts or list(TEMPLATE_REPORTS)
+
+
+def panel_ensure(study: Study) -> EvaluationPanel | None:
+    """The study's panel, defined once (prompts, seed, the current version's generation defaults at one image per
+    prompt); None when the study's panel_size is 0."""
+    panel = EvaluationPanel.objects.filter(study=study).first()
+    if panel is not None or study.panel_size < 1:
+        return panel
+    from inference.services import generation_config_default
+
+    gen = replace(generation_config_default(study_version(study)), images_per_prompt=1)
+    panel, _ = EvaluationPanel.objects.get_or_create(study=study, defaults={
+        "prompts": study_prompts(study), "count": study.panel_size, "seed": (study.seed * 7_919 + 104_729) % 2**31,
+        "config": gen.as_dict()})
+    return panel
+
+
+def panel_share(*, source: Study, target: Study) -> EvaluationPanel:
+    """`target` evaluated on `source`'s panel (same prompts, seeds and settings): a control arm's panel."""
+    panel = panel_ensure(source)
+    if panel is None:
+        raise ValueError(f"Study {source.name} has no evaluation panel (panel_size 0).")
+    shared, _ = EvaluationPanel.objects.update_or_create(study=target, defaults={
+        "prompts": panel.prompts, "count": panel.count, "seed": panel.seed, "config": panel.config})
+    return shared
+
+
+def _owner(panel: EvaluationPanel) -> str:
+    digest = hashlib.sha256(json.dumps([panel.prompts, panel.count, panel.seed, panel.config],
+                                       sort_keys=True).encode()).hexdigest()[:24]
+    return f"panel:{digest}"
+
+
+def panel_sample(panel: EvaluationPanel, version: ModelVersion) -> PanelScore:
+    """The version's samples of the panel, generated here (call it in a GPU-queue task) unless stored already."""
+    from inference.ml.generation import GenerationConfig
+    from inference.services import generation_batch_create, generation_batch_run
+
+    row, _ = PanelScore.objects.get_or_create(panel=panel, model_version=version)
+    batch = row.batch
+    if batch is None:
+        owner = _owner(panel)
+        batch = (GenerationBatch.objects.filter(model_version=version, owner=owner).exclude(
+            status=JobStatus.FAILED).order_by("pk").first()
+            or generation_batch_create(model_version=version, count=panel.count, prompts=panel.prompts,
+                                       seed=panel.seed, owner=owner, clean=False, enqueue=False,
+                                       config=GenerationConfig.from_dict(panel.config)))
+        PanelScore.objects.filter(pk=row.pk).update(batch=batch)
+        row.batch = batch
+    if batch.status != JobStatus.DONE:
+        batch = generation_batch_run(batch=batch)
+        if batch.status != JobStatus.DONE:
+            raise RuntimeError(f"Panel samples of {version.name} failed: {batch.error_message}")
+    return row
+
+
+def _images(row: PanelScore) -> list[np.ndarray]:
+    return [image_load(g.raw_key) for g in row.batch.images.order_by("index")]
+
+
+def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, device=None) -> None:
+    """Score every sampled version of the panel: the simulated readers' functions once per version, the reward
+    model `reward_run` (when given) for every version that has no score from it yet."""
+    rows = [r for r in panel.scores.select_related("batch", "model_version").order_by("pk")
+            if r.batch is not None and r.batch.status == JobStatus.DONE]
+    model = None
+    for row in rows:
+        scores, images = dict(row.scores), None
+        if readers and "preference" not in scores:
+            images = _images(row)
+            scores["preference"] = [float(np.mean([r.score(i) for r in readers])) for i in images]
+            scores["fooling"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in readers])) for i in images]
+            fn = next((r for r in readers if r.realism_model is not None), None)
+            if fn is not None:
+                scores["realism"] = [fn.realism_score(i) for i in images]
+        if reward_run is not None and str(reward_run.pk) not in scores.get("reward", {}):
+            from training.ml.reward import reward
+            from training.runs.reward import reward_model_load
+
+            model = model or reward_model_load(reward_run, device)
+            images = images or _images(row)
+            prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
+            values = reward(model, images, prompts).float().cpu().numpy()
+            scores["reward"] = {**scores.get("reward", {}), str(reward_run.pk): [float(v) for v in values]}
+        if scores != row.scores:
+            with transaction.atomic():
+                locked = PanelScore.objects.select_for_update().get(pk=row.pk)
+                locked.scores = {**locked.scores, **scores,
+                                 "reward": {**locked.scores.get("reward", {}), **scores.get("reward", {})}}
+                locked.save(update_fields=["scores", "updated_at"])
+
+
+def _row(panel: EvaluationPanel, version: ModelVersion | None) -> PanelScore | None:
+    return None if version is None else panel.scores.filter(model_version=version).first()
+
+
+def version_scores(row: PanelScore | None, *, reward_run: int | None = None) -> dict:
+    """Per score, the version's panel mean with its bootstrap 95% CI and n (null when it was not scored)."""
+    scores = row.scores if row is not None else {}
+    out = {name: bootstrap_mean(scores[key]) if key in scores else None for name, key in SCORES.items()}
+    reward = scores.get("reward", {}).get(str(reward_run)) if reward_run is not None else None
+    out["reward"] = bootstrap_mean(reward) if reward is not None else None
+    return out
+
+
+def panel_compare(panel: EvaluationPanel, parent: ModelVersion, produced: ModelVersion | None) -> dict:
+    """The round's panel record: both versions' scores, and the produced version against its parent on the
+    simulated preference (p_value, effect_size: the evaluation) and on the fooling rate."""
+    a, b = _row(panel, parent), _row(panel, produced)
+    out = {"items": panel.count, "parent": {"version": parent.name, **version_scores(a)},
+           "produced": {"version": produced.name, **version_scores(b)} if produced else None,
+           "p_value": None, "effect_size": None, "skipped": {}}
+    if produced is None:
+        out["skipped"]["p_value"] = "the round produced no new version"
+    elif a is None or b is None or "preference" not in a.scores or "preference" not in b.scores:
+        out["skipped"]["p_value"] = "no simulated readers scored the panel (a study read by people)"
+    else:
+        pref = paired_comparison(a.scores["preference"], b.scores["preference"])
+        fool = paired_comparison(a.scores["fooling"], b.scores["fooling"])
+        out.update(p_value=pref["p_value"], effect_size=pref["effect_size"], preference_gain=pref["gain"],
+                   fooling_rate_gain=fool["gain"], fooling_rate_p_value=fool["p_value"])
+        out["skipped"].update(pref["skipped"])
+    return out
+
+
+def panel_versions(study: Study) -> dict:
+    """Every scored version of the study's panel, in the order they were made, with the latest reward model's
+    scores: what the dashboard draws and the API returns."""
+    panel = EvaluationPanel.objects.filter(study=study).first()
+    if panel is None:
+        return {"items": 0, "versions": [], "reward_run": None,
+                "skipped": "the study has no evaluation panel yet (one is sampled in the first round's evaluation)"}
+    rows = list(panel.scores.select_related("model_version__parent").order_by("model_version__pk"))
+    runs = {int(k) for r in rows for k in r.scores.get("reward", {})}
+    latest = max(runs) if runs else None
+    return {"items": panel.count, "reward_run": latest, "versions": [
+        {"version": r.model_version.name, "parent": r.model_version.parent.name if r.model_version.parent else None,
+         "current": r.model_version_id == study.current_version_id, **version_scores(r, reward_run=latest)}
+        for r in rows if r.scores]}
+
+
+def paired_gain(panel: EvaluationPanel, first: ModelVersion, last: ModelVersion, key: str = "preference") -> dict:
+    """`last` against `first` on the panel's `key` scores (paired_comparison), or {"skipped": reason}."""
+    a, b = _row(panel, first), _row(panel, last)
+    if a is None or b is None or key not in a.scores or key not in b.scores:
+        return {"skipped": f"{key} of {first.name} or {last.name} was not scored on the panel"}
+    return paired_comparison(a.scores[key], b.scores[key])

@@ -1,0 +1,125 @@
+"""The evaluation panel through rounds (tasks eager): every version samples the same prompts and seeds once, is
+scored by the simulated readers and by every reward model, and the new version's promotion is decided on it."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from annotation.models import EvaluationPanel, PanelScore, Study
+from annotation.reading.simulated import simulated_members
+from annotation.rounds.feedback import feedback_permuted
+from annotation.rounds.services import round_launch
+from inference.models import GenerationBatch
+from tests.rounds.preset import TINY_ROUND, tiny_study
+from training.ml.snapshot import Snapshot, SnapshotItem, SnapshotPair
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _requests(version, panel):
+    batch = PanelScore.objects.get(panel=panel, model_version=version).batch
+    return list(batch.images.order_by("index").values_list("prompt", "seed"))
+
+
+def test_versions_are_scored_on_the_same_panel_items_and_each_reward_model_rescores_every_version():
+    study = tiny_study(real_pool=16)
+    first = round_launch(study=study, config=TINY_ROUND)
+    first.refresh_from_db()
+    assert first.status == "done", first.stage_error
+    panel = EvaluationPanel.objects.get(study=study)
+    parent, child = first.model_version, first.produced_version
+    assert panel.count == 4 and _requests(parent, panel) == _requests(child, panel)  # paired: same prompt, seed
+    record = first.metrics["panel"]
+    assert record["parent"]["version"] == parent.name and record["produced"]["version"] == child.name
+    assert record["parent"]["preference"]["n"] == 4 and 0 <= record["produced"]["fooling_rate"]["mean"] <= 1
+    assert record["p_value"] is None and record["skipped"]["p_value"] == "too few (n=4)"
+    promotion = first.metrics["promotion"]
+    assert promotion["samples"] == 4 and promotion["reward_run"] == first.reward_run_id
+    assert "the paired test needs ≥ 6 items (too few (n=4))" in promotion["rule"]
+    assert record["promotion_p_value"] is None
+
+    second = round_launch(study=study, config=TINY_ROUND)
+    second.refresh_from_db()
+    assert second.status == "done", second.stage_error
+    sampled = second.model_version
+    # the version round 2 sampled from was sampled on the panel once, in round 1
+    assert GenerationBatch.objects.filter(model_version=sampled, owner__startswith="panel:").count() == 1
+    for row in PanelScore.objects.filter(panel=panel):
+        made_in_round_1 = row.model_version in (parent, child)
+        assert set(row.scores["reward"]) == ({str(first.reward_run_id)} if made_in_round_1 else set()) | {
+            str(second.reward_run_id)}  # round 2's reward model rescored the versions round 1 had scored
+        assert all(len(v) == 4 for v in row.scores["reward"].values()) and len(row.scores["preference"]) == 4
+
+
+def test_promotion_is_decided_by_the_paired_test_once_the_panel_is_large_enough():
+    study = tiny_study("big-panel", panel_size=8)
+    rnd = round_launch(study=study, config=TINY_ROUND)
+    rnd.refresh_from_db()
+    promotion = rnd.metrics["promotion"]
+    assert promotion["samples"] == 8 and promotion["n_pairs"] == 8
+    if promotion["p_value"] is not None:
+        assert promotion["rule"].startswith("paired test on 8 panel items")
+        assert promotion["promoted"] == (promotion["p_value"] < 0.05)
+        assert rnd.metrics["panel"]["promotion_p_value"] == promotion["p_value"]
+    study.refresh_from_db()
+    assert study.current_version == (rnd.produced_version if promotion["promoted"] else rnd.model_version)
+
+
+def test_a_study_without_a_panel_leaves_promotion_to_an_admin():
+    study = tiny_study("no-panel", panel_size=0)
+    rnd = round_launch(study=study, config=TINY_ROUND)
+    rnd.refresh_from_db()
+    assert rnd.status == "done" and rnd.metrics["panel"] is None
+    assert rnd.metrics["skipped"]["panel"] == "the study's panel_size is 0: no evaluation panel"
+    assert rnd.metrics["promotion"]["skipped"].endswith("an admin decides")
+    assert not EvaluationPanel.objects.filter(study=study).exists()
+
+
+def test_permuted_feedback_keeps_the_answers_but_detaches_them_from_the_images():
+    items = [SnapshotItem(image=i, key=f"k{i}", sha256="x", source="synthetic", prompt="p", realism=i / 10,
+                          criteria={"style": i / 10}, reads=i + 1) for i in range(10)]
+    items.append(SnapshotItem(image=99, key="k99", sha256="x", source="synthetic", prompt="p"))  # unlabelled
+    pairs = [SnapshotPair(chosen=i, rejected=i + 1, chosen_key=f"k{i}", rejected_key=f"k{i + 1}", prompt="p",
+                          source="preference")
+             for i in range(9)]
+    snapshot = Snapshot(items=items, pairs=pairs)
+    permuted = feedback_permuted(snapshot, seed=3)
+    assert sorted(i.realism for i in permuted.items[:10]) == [i.realism for i in items[:10]]
+    assert [i.image for i in permuted.items] == [i.image for i in items]  # the images stay where they are
+    assert sum(a.realism != b.realism for a, b in zip(items, permuted.items, strict=False)) >= 7
+    assert all(i.criteria == {"style": i.realism} for i in permuted.items[:10])  # one image's answers move together
+    assert not permuted.items[10].labelled
+    flipped = [p.chosen == q.rejected and p.chosen_key == q.rejected_key for p, q in
+               zip(pairs, permuted.pairs, strict=True)]
+    assert 0 < sum(flipped) < 9
+    assert feedback_permuted(snapshot, seed=3) == permuted
+
+
+def test_run_loop_with_a_control_arm_shares_the_base_readers_and_panel_and_reports_both(settings):
+    out = io.StringIO()
+    call_command("run_loop", study="arms", rounds=1, simulated_readers=2, images=8, base="tiny", preset="tiny",
+                 control="permuted", panel=4, seed=5, config=json.dumps(TINY_ROUND), json=True, stdout=out)
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    feedback, control = Study.objects.get(name="arms"), Study.objects.get(name="arms-control")
+    assert result["control"]["study"] == "arms-control" and feedback.seed == control.seed == 5
+    readers = [[m.simulation for m in simulated_members(s)] for s in (feedback, control)]
+    assert readers[0] == readers[1] and readers[0][0]["realism"]["n_base"] == 32  # one realism function, shared
+    panels = [EvaluationPanel.objects.get(study=s) for s in (feedback, control)]
+    assert [(p.prompts, p.count, p.seed, p.config) for p in panels][0] == (
+        panels[1].prompts, panels[1].count, panels[1].seed, panels[1].config)
+    fb_round, ctl_round = result["rounds"][0], result["control"]["rounds"][0]
+    assert fb_round["model_version"] == ctl_round["model_version"]  # the same first version
+    assert control.rounds.get().metrics["snapshot"]["permuted"] is True
+    assert feedback.rounds.get().metrics["snapshot"]["permuted"] is False
+    for key in ("parent", "produced", "p_value", "effect_size", "promotion_p_value"):
+        assert key in fb_round["panel"]
+    assert set(fb_round["panel"]["parent"]["preference"]) >= {"mean", "ci_low", "ci_high"}
+    assert "best_step" in fb_round and isinstance(fb_round["promoted"], bool)
+    summary = result["summary"]
+    assert set(summary) >= {"first_version", "last_version", "preference_gain", "fooling_rate_gain", "p_value"}
+    assert summary["first_version"] == fb_round["model_version"]
+    assert summary["p_value"] is None and summary["skipped"]["preference.p_value"] == "too few (n=4)"
+    assert np.isfinite(summary["preference_gain"]["mean"]) and "feedback_vs_control" in result
