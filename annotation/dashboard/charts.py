@@ -108,8 +108,13 @@ def panel_charts(panel: dict) -> tuple[list[str], dict[str, str]]:
         if not versions or all(v.get(key) is None for v in versions):
             missing[title] = versions[0]["missing"][key] if versions else "no version was scored on the panel yet"
             continue
-        points = [(v["version"], *((v[key]["mean"], v[key]["ci_low"], v[key]["ci_high"], v[key]["n"])
+        points = [(_short(v["version"]), *((v[key]["mean"], v[key]["ci_low"], v[key]["ci_high"], v[key]["n"])
                                    if v.get(key) else (None, None, None, 0))) for v in versions]
         charts.append(plots.line_with_ci(points, title=f"{title}, 95% CI", marked=marked, y_range=y_range,
                                          reference=reference))
     return charts, missing
+
+
+def _short(name: str) -> str:
+    """A lineage name's last step ("base+domain1+finetune7" → "finetune7"), for an axis label."""
+    return name.rsplit("+", 1)[-1][:18]

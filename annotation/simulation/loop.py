@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 
 from annotation.images.storage import image_store
@@ -72,9 +73,11 @@ def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
 def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "domain",
                       panel_size: int | None = None, seed: int | None = None) -> Study:
     """The study `name`, created when missing: phantom real images, the chosen base version, and `readers`
-    simulated readers (readers_per_image = readers, so every task gets answered) whose preference is calibrated
-    on the base version's images (as the in-silico harness's reader: its scores span 0–1 on what it will be shown)
-    and whose real/synthetic calls follow one realism function fitted on the real images against the base's."""
+    simulated readers (readers_per_image = readers, so every task gets answered) whose real/synthetic calls follow
+    one realism function fitted on the real images against the base's, and whose taste points the same way: they
+    prefer their property moved from the base's images toward the real ones' (a reader who likes what looks like a
+    radiograph), calibrated on the base's images as the in-silico harness's reader is (its scores span 0–1 on what
+    it will be shown)."""
     study = Study.objects.filter(name=name).first()
     if study is None:
         extra = {k: v for k, v in (("panel_size", panel_size), ("seed", seed)) if v is not None}
@@ -88,8 +91,11 @@ def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "
                 Image.objects.filter(study=study, source=Source.REAL).order_by("pk")[:32]]
         base_images = base_sample(study, count=32)
         realism = RealismModel.fit(real, base_images)
+        template = SimulatedReader()
+        toward_real = np.mean([template.measure(i) for i in real]) >= np.mean([template.measure(i) for i in base_images])
         profiles = [SimulatedReader(accuracy=round(0.6 + 0.3 * i / max(readers - 1, 1), 3), seed=i + 1,
-                                    realism=realism.as_dict()).calibrated(base_images) for i in range(readers)]
+                                    direction=1.0 if toward_real else -1.0, realism=realism.as_dict())
+                    .calibrated(base_images) for i in range(readers)]
         simulated_readers_ensure(study=study, count=readers, readers=profiles)
     return study
 
