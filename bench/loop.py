@@ -92,7 +92,7 @@ def svg_plot(results: list[dict], path: Path) -> None:
     colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" font-family="sans-serif" '
              f'font-size="11"><rect width="{w}" height="{h}" fill="white"/>',
-             f'<text x="{left}" y="18" font-size="13">Simulated readers\' preference on the evaluation panel '
+             f'<text x="{left}" y="18" font-size="13">Simulated readers\' preference of each round\'s new version on the panel '
              f'(mean, 95% CI; n = {results[0]["panel_items"]} items)</text>']
     for k in range(5):
         v = lo + (hi - lo) * k / 4

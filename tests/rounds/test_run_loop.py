@@ -1,4 +1,5 @@
-"""`run_loop`: a sentence on failure (rounds on a real worker: `test_loop_learns`; the JSON: `test_panel`)."""
+"""`run_loop`: N rounds through the real workflow on a real worker, per-round metrics as one JSON line (the panel
+and control-arm keys: `test_panel`), a sentence on failure."""
 
 import io
 import json
@@ -6,9 +7,33 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from annotation.models import Round, Study
 from tests.rounds.preset import TINY_ROUND
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+KEYS = {"round", "model_version", "images", "labels", "reader_accuracy", "simulated_preference_score",
+        "reward_auroc", "fid", "skipped"}
+
+
+@pytest.mark.slow
+def test_run_loop_runs_two_rounds_on_a_real_worker_and_ends_with_json(live_worker):
+    out = io.StringIO()
+    call_command("run_loop", study="cli", rounds=2, simulated_readers=2, images=8, base="tiny", preset="tiny",
+                 panel=4, config=json.dumps({**TINY_ROUND, "image_metrics": True}), json=True, stdout=out)
+    lines = out.getvalue().strip().splitlines()
+    assert lines[0].startswith("round 1: done, sampled from tiny-sd, 8 images, 32 labels")
+    result = json.loads(lines[-1])
+    first, second = result["rounds"]
+    assert KEYS <= first.keys() and [first["round"], second["round"]] == [1, 2]
+    assert first["labels"] == second["labels"] == 32 and first["images"] == 8
+    assert 0 <= first["simulated_preference_score"] <= 1 and 0 <= first["reader_accuracy"] <= 1
+    assert first["fid"] is None and first["skipped"]["fid"] == "no FID Inception weights configured"
+    expected = first["produced_version"] if first["promoted"] else first["model_version"]
+    assert second["model_version"] == expected  # round 2 samples from what round 1 left as current
+    study = Study.objects.get(name="cli")
+    assert study.memberships.filter(is_simulated=True).count() == 2
+    assert Round.objects.filter(study=study, status="done").count() == 2
 
 
 def test_a_failing_stage_exits_non_zero_with_a_sentence():

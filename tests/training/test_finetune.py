@@ -74,6 +74,9 @@ def test_reward_normalisation():
     z = D.normalise_rewards(r, "standardise")
     assert z.mean() == pytest.approx(0.0) and z.std() == pytest.approx(1.0)
     assert D.normalise_rewards([2.0, 2.0], "minmax").tolist() == [1.0, 1.0]
+    w = D.normalise_rewards(r, "exponential")
+    assert w.mean() == pytest.approx(1.0) and (w > 0).all() and w[2] / w[1] == pytest.approx(math.exp(z[2] - z[1]))
+    assert D.normalise_rewards([2.0, 2.0], "exponential").tolist() == [1.0, 1.0]
 
 
 def test_dpo_loss_is_log2_when_model_equals_reference():

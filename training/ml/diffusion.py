@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REWARD_NORMALISATIONS = ("none", "minmax", "standardise")
+REWARD_NORMALISATIONS = ("none", "minmax", "standardise", "exponential")
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
@@ -157,7 +157,9 @@ def normalise_rewards(rewards: Sequence[float] | np.ndarray, mode: str = "none")
     - "none": as given (the seed paper: reward-model scores in [0, 1], or 0/1 expert labels);
     - "minmax": mapped to [0, 1] (lowest → 0 weight, highest → 1); a constant set maps to all ones;
     - "standardise": z-scores. Negative weights *raise* the loss of bad images, which is unbounded below, so keep
-      `beta` > 0 and early stopping on when using it.
+      `beta` > 0 and early stopping on when using it;
+    - "exponential": exp(z) over the z-scores, divided by its mean (advantage-weighted regression, Peng et al.
+      2019): every weight positive (no loss is ever raised), mean 1, an image 1 SD better weighted e ≈ 2.7× more.
     """
     r = np.asarray(rewards, dtype=np.float64)
     if mode == "none" or r.size == 0:
@@ -165,9 +167,13 @@ def normalise_rewards(rewards: Sequence[float] | np.ndarray, mode: str = "none")
     if mode == "minmax":
         span = r.max() - r.min()
         return np.ones_like(r) if span == 0 else (r - r.min()) / span
-    if mode == "standardise":
+    if mode in ("standardise", "exponential"):
         std = r.std()
-        return np.zeros_like(r) if std == 0 else (r - r.mean()) / std
+        z = np.zeros_like(r) if std == 0 else (r - r.mean()) / std
+        if mode == "standardise":
+            return z
+        w = np.exp(np.clip(z, -10, 10))
+        return w / w.mean()
     raise ValueError(f"reward normalisation must be one of {REWARD_NORMALISATIONS}, not {mode!r}")
 
 

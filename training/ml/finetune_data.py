@@ -32,7 +32,8 @@ class FinetuneConfig(Settings):
                                              "(pairwise preferences) or 'domain' (real image–report pairs only).")
     beta: float = option(0.3, "Weight of the real-image loss in the reward-weighted objective, unitless.")
     reward_normalisation: str = option("none", "How rewards become weights, over the whole synthetic set: 'none' "
-                                             "(as given), 'minmax' (to [0, 1]) or 'standardise' (z-scores).")
+                                             "(as given), 'minmax' (to [0, 1]), 'standardise' (z-scores) or 'exponential' "
+                                             "(exp of the z-scores over their mean: all positive).")
     real_fraction: float = option(0.5, "Share of each reward-weighted micro-batch drawn from real images, 0–1.")
     dpo_beta: float = option(2500.0, "Diffusion-DPO KL strength beta, unitless (paper: 2500 for SD 1.5).")
     lr: float = option(1e-4, "AdamW learning rate for the LoRA weights, per optimiser step.")
