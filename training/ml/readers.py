@@ -76,8 +76,9 @@ class SimulatedReader(Settings):
     preference_weight: float = option(0.3, "How much a liked synthetic image is more often called real, 0–1.")
     realism: dict = option({}, "The study's realism function of the pixels (training.ml.realism.RealismModel, "
                                "fitted once on its real and base-model images): a synthetic image is called real "
-                               "with a chance from 1 − accuracy (looks like the base model's) up to accuracy (looks "
-                               "like the real images). Empty: calls follow accuracy, bias and preference only.")
+                               "with a chance from 1 − accuracy (realism 0) up to accuracy (realism 1); the base's "
+                               "images score 0.1 on average, the real ones 0.9. Empty: calls follow accuracy, bias "
+                               "and preference only.")
     readers: int = option(5, "In-silico labels: readers voting real/fake per image (the realism share's resolution).")
     rubric_levels: int = option(5, "In-silico labels: points of the rubric scale (5: a 1–5 Likert item).")
     criteria: tuple[str, ...] = option(CRITERIA, "In-silico labels: rubric criteria the reader scores.")
