@@ -101,7 +101,8 @@ def _panel(rnd: Round, profiles: list, skipped: dict):
     run = rnd.reward_run if rnd.reward_run is not None and rnd.reward_run.status == RunStatus.DONE else None
     panel_score(panel, readers=profiles, reward_run=run, device=device)
     heartbeat(rnd)
-    return panel, panel_compare(panel, rnd.model_version, rnd.produced_version)
+    return panel, panel_compare(panel, rnd.model_version, rnd.produced_version,
+                                reward_run=run.pk if run is not None else None)
 
 
 def _promotion_check(rnd: Round, cfg, panel) -> tuple[dict, bool]:

@@ -143,12 +143,14 @@ def version_scores(row: PanelScore | None, *, reward_run: int | None = None) -> 
     return out
 
 
-def panel_compare(panel: EvaluationPanel, parent: ModelVersion, produced: ModelVersion | None) -> dict:
-    """The round's panel record: both versions' scores, and the produced version against its parent on the
-    simulated preference (p_value, effect_size: the evaluation) and on the fooling rate."""
+def panel_compare(panel: EvaluationPanel, parent: ModelVersion, produced: ModelVersion | None,
+                  reward_run: int | None = None) -> dict:
+    """The round's panel record: both versions' scores (reward: by the round's reward model `reward_run`), and the
+    produced version against its parent on the simulated preference (p_value, effect_size: the evaluation) and on
+    the fooling rate."""
     a, b = _row(panel, parent), _row(panel, produced)
-    out = {"items": panel.count, "parent": {"version": parent.name, **version_scores(a)},
-           "produced": {"version": produced.name, **version_scores(b)} if produced else None,
+    out = {"items": panel.count, "parent": {"version": parent.name, **version_scores(a, reward_run=reward_run)},
+           "produced": {"version": produced.name, **version_scores(b, reward_run=reward_run)} if produced else None,
            "p_value": None, "effect_size": None, "skipped": {}}
     if produced is None:
         out["skipped"]["p_value"] = "the round produced no new version"

@@ -35,6 +35,7 @@ def test_versions_are_scored_on_the_same_panel_items_and_each_reward_model_resco
     record = first.metrics["panel"]
     assert record["parent"]["version"] == parent.name and record["produced"]["version"] == child.name
     assert record["parent"]["preference"]["n"] == 4 and 0 <= record["produced"]["fooling_rate"]["mean"] <= 1
+    assert record["parent"]["reward"]["n"] == record["produced"]["reward"]["n"] == 4  # the round's reward model
     assert record["p_value"] is None and record["skipped"]["p_value"] == "too few (n=4)"
     promotion = first.metrics["promotion"]
     assert promotion["samples"] == 4 and promotion["reward_run"] == first.reward_run_id
