@@ -55,7 +55,6 @@ from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
 from annotation.rounds.transitions import IllegalTransition
 from annotation.rounds.versions import study_versions
-from annotation.stats.reports import round_report_stored
 from annotation.studies.audit import audit
 from annotation.tasks import export_job_run_task
 
@@ -172,7 +171,7 @@ class RoundViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def report(self, request, pk=None):
         """The round report (reader statistics with CIs, image metrics), as computed."""
-        report = round_report_stored(round=self.get_object())
+        report = (self.get_object().metrics or {}).get("report")
         if report is None:
             raise NotFound("No report computed for this round yet.")
         return Response(report)

@@ -26,7 +26,6 @@ from annotation.rounds.services import round_cancel, round_close_labeling, round
 from annotation.rounds.transitions import ACTIVE, IllegalTransition
 from annotation.rounds.versions import study_version_choose, study_version_rollback, study_versions
 from annotation.stats import plots
-from annotation.stats.reports import round_report_stored
 from annotation.studies.audit import audit
 from annotation.tasks import round_report_build_task
 from inference.models import GeneratedImage, ModelVersion
@@ -236,7 +235,7 @@ def generated_file(request: HttpRequest, pk: int) -> FileResponse:
 @login_required
 def round_report(request: HttpRequest, pk: int) -> HttpResponse:
     rnd = _round_for_admin(request, pk)
-    report = round_report_stored(round=rnd)
+    report = (rnd.metrics or {}).get("report")
     if request.GET.get("format") == "json":
         if report is None:
             return JsonResponse({"error": "No report computed for this round yet."}, status=404)

@@ -34,6 +34,14 @@ def _value(stat) -> float | None:
 def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
     cfg = round_config(rnd)
     skipped: dict[str, str] = {}
+    profiles = _simulated_profiles(rnd)
+    panel, panel_record = _panel(rnd, profiles, skipped)
+    promotion, promote = _promotion_check(rnd, cfg, panel)
+    if promotion.get("skipped"):
+        skipped["promotion"] = promotion["skipped"]
+    if panel_record is not None:
+        panel_record["promotion_p_value"] = promotion.get("p_value")
+    rnd.metrics = {**rnd.metrics, "panel": panel_record}  # so the report computed next carries it
     report = round_report_compute(round=rnd, with_images=cfg.image_metrics)
     heartbeat(rnd)
     pooled = ((report.get("reader") or {}).get("pooled") or {})
@@ -49,7 +57,6 @@ def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
     if auroc is None:
         skipped["reward_auroc"] = ((rnd.metrics.get("reward") or {}).get("auroc_skipped")
                                    or "no reward model was trained in this round")
-    profiles = _simulated_profiles(rnd)
     generated = _generated_pixels(rnd)
     preference = None
     if not profiles:
@@ -59,12 +66,6 @@ def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
     else:
         preference = float(np.mean([[p.score(img) for img in generated] for p in profiles]))
     heartbeat(rnd)
-    panel, panel_record = _panel(rnd, profiles, skipped)
-    promotion, promote = _promotion_check(rnd, cfg, panel)
-    if promotion.get("skipped"):
-        skipped["promotion"] = promotion["skipped"]
-    if panel_record is not None:
-        panel_record["promotion_p_value"] = promotion.get("p_value")
     metrics = {
         "reader_accuracy": accuracy, "fid": fid, "reward_auroc": auroc,
         "simulated_preference_score": preference, "promotion": promotion, "panel": panel_record,

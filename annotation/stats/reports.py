@@ -83,15 +83,6 @@ def round_report_compute(*, round: Round, with_images: bool = True) -> dict:
     return report
 
 
-def round_report_stored(*, round: Round) -> dict | None:
-    """The stored report with the round's panel record as it stands now: the evaluation computes the report
-    before it samples and scores the panel, so a report computed then carries the previous (or no) record."""
-    report = (round.metrics or {}).get("report")
-    if report is None:
-        return None
-    return {**report, "panel": round.metrics.get("panel")}
-
-
 def _score_counts(rubric_reads) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for read in rubric_reads:

@@ -33,7 +33,7 @@ def build_panel_study(*, admin, name: str = "panelled") -> dict:
     """A study with a 16-item panel and versions base → r1 → r2 (r1 current): base and r1 scored on every item by
     the simulated readers, the realism function and reward run 7; r2 on one item only. Round 1 sampled base and
     produced r1; its metrics hold the panel record and the promotion decision as the evaluation writes them (the
-    report first, without the panel), and a reward AUROC skipped for too few items."""
+    report carries the panel record too), and a reward AUROC skipped for too few items."""
     study = study_create(name=name, title=f"Study {name}", display_size=64)
     membership_add(study=study, user=admin, role="admin")
     base = ModelVersion.objects.create(name=f"{name}-base", base_path="/models/tiny")
@@ -64,7 +64,7 @@ def build_panel_study(*, admin, name: str = "panelled") -> dict:
                            f"{rule}"}
     record["promotion_p_value"] = promotion["p_value"]
     report = {"study": study.name, "round": 1, "status": "done", "computed_at": "2026-01-01T00:00:00",
-              "reader": {}, "rubric_scores": {}, "images": None}
+              "reader": {}, "rubric_scores": {}, "images": None, "panel": record}
     rnd = Round.objects.create(study=study, number=1, status="done", model_version=base, produced_version=r1,
                                metrics={"report": report, "panel": record, "promotion": promotion,
                                         "reward_auroc": None, "skipped": {"reward_auroc": "too few (n=2)"}})
