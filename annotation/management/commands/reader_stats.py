@@ -1,7 +1,12 @@
 """python manage.py reader_stats FILE.csv [--json] [--margin M]
+python manage.py reader_stats FILE.csv --mrmc [--covariance jackknife|delong] [--json]
+                                       [--effect D [--readers J] [--cases K] [--target-power P]]
 
-Reader statistics for realism reads gathered outside the platform. The CSV has the header
+Reader statistics for reads gathered outside the platform. The plain CSV has the header
 ``case_id,truth,call,reader`` (any order) and optionally ``confidence`` (1-5); truth and call are real/synthetic.
+With ``--mrmc`` the CSV is ``treatment,reader,case,truth,rating`` (truth 0/1 or real/synthetic, rating numeric, higher
+= more confident of 1; fully crossed) and the output is the Obuchowski-Rockette MRMC analysis
+(``annotation.stats.mrmc``), with power and cases needed when ``--effect`` is given.
 Every malformed row is reported with its line number (line 1 = header) and nothing else is printed."""
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.stats.mrmc import COVARIANCES, MRMCError
+from annotation.stats.mrmc_io import format_mrmc, mrmc_report, ratings_from_csv
 from annotation.stats.readers import reader_report
 from annotation.stats.reads import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read
 
@@ -141,14 +148,35 @@ class Command(BaseCommand):
         parser.add_argument("path", type=Path, help="CSV with case_id,truth,call,reader[,confidence]")
         parser.add_argument("--json", action="store_true", help="Print one JSON object")
         parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="TOST equivalence margin")
+        mrmc = parser.add_argument_group("MRMC (treatment,reader,case,truth,rating)")
+        mrmc.add_argument("--mrmc", action="store_true", help="Obuchowski-Rockette MRMC analysis of AUCs")
+        mrmc.add_argument("--covariance", choices=COVARIANCES, default=None, help="AUC covariance (default jackknife)")
+        mrmc.add_argument("--effect", type=float, default=None, help="AUC difference to plan for (adds power)")
+        mrmc.add_argument("--readers", type=int, default=None, help="Readers of the planned study (default: the file's)")
+        mrmc.add_argument("--cases", type=int, default=None, help="Cases of the planned study (default: the file's)")
+        mrmc.add_argument("--target-power", type=float, default=None, help="Power to find cases for (default 0.8)")
 
     def handle(self, *args, path: Path, margin: float, **options):
+        planning = {k: options[k] for k in ("effect", "readers", "cases", "target_power") if options[k] is not None}
+        if not options["mrmc"] and (planning or options["covariance"]):
+            raise CommandError("--covariance, --effect, --readers, --cases and --target-power need --mrmc.")
+        if planning and "effect" not in planning:
+            raise CommandError("--readers, --cases and --target-power plan a study: give the effect with --effect D.")
+        for key, low in (("readers", 2), ("cases", 2)):
+            if planning.get(key) is not None and planning[key] < low:
+                raise CommandError(f"--{key} must be at least {low}, got {planning[key]}.")
+        if not 0 < planning.get("target_power", 0.8) < 1:
+            raise CommandError(f"--target-power must lie between 0 and 1, got {planning['target_power']}.")
+        if not 0 <= margin < 0.5:
+            raise CommandError(f"--margin must lie in [0, 0.5), got {margin}.")
         try:
             text = path.read_bytes().decode("utf-8-sig")
         except OSError as exc:
             raise CommandError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
         except UnicodeDecodeError as exc:
             raise CommandError(f"{path} is not UTF-8 text.") from exc
+        if options["mrmc"]:
+            return self._mrmc(path, text, margin, options["covariance"] or "jackknife", options["json"], planning)
         try:
             reads = reads_from_csv(text)
         except ReadsCSVError as exc:
@@ -165,3 +193,12 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(report, allow_nan=False))
         else:
             self.stdout.write(format_report(report))
+
+    def _mrmc(self, path: Path, text: str, margin: float, covariance: str, as_json: bool, planning: dict):
+        try:
+            report = mrmc_report(ratings_from_csv(text), covariance=covariance, margin=margin, **planning)
+        except MRMCError as exc:
+            for line, message in exc.errors:
+                self.stderr.write(message if line is None else f"line {line}: {message}")
+            raise CommandError(f"{path}: {len(exc.errors)} problem(s); no statistics computed.") from exc
+        self.stdout.write(json.dumps(report, allow_nan=False) if as_json else format_mrmc(report))
