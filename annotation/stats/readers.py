@@ -38,6 +38,7 @@ from annotation.stats.reads import (
     Read,
     RubricRead,
     Stat,
+    realism_rating,
 )
 
 # --- proportions and tests ---------------------------------------------------------------------------------------
@@ -96,18 +97,15 @@ def tost(k: int, n: int, *, margin: float = DEFAULT_MARGIN, alpha: float = ALPHA
 
 
 def auc(reads: Sequence[Read]) -> Stat:
-    """ROC AUC of the reads scored +confidence when called synthetic and -confidence when called real (confidence 1
-    when missing). Computed as the Mann-Whitney U with mid-ranks, which equals scikit-learn's ``roc_auc_score``
+    """ROC AUC of the reads on the 10-point realism scale (``realism_rating``: called synthetic 6-10 by confidence,
+    called real 1-5). Computed as the Mann-Whitney U with mid-ranks, which equals scikit-learn's ``roc_auc_score``
     including its half credit for ties."""
     positive = np.array([r.truth == SYNTHETIC for r in reads], dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         reason = "no reads" if not reads else f"only {REAL if n_pos == 0 else SYNTHETIC} cases"
         return {"value": None, "n": len(reads), "reason": reason}
-    score = [
-        (1 if r.call == SYNTHETIC else -1) * (1 if r.confidence is None else r.confidence) for r in reads
-    ]
-    ranks = sps.rankdata(score)
+    ranks = sps.rankdata([realism_rating(r.call, r.confidence) for r in reads])
     u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
     return {"value": float(u / (n_pos * n_neg)), "n": len(reads)}
 

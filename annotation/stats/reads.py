@@ -18,11 +18,21 @@ UNSPECIFIED_VERSION = "unspecified"
 IDENTICAL = "all answers identical: agreement expected by chance is total"
 
 Stat = dict[str, Any]
+RATING_SCALE = (1, 10)
+
+
+def realism_rating(call: str, confidence: int | None) -> int:
+    """A realism read on one 10-point scale, higher = more sure it is synthetic: real-and-sure (confidence 5) is 1,
+    real-and-unsure 5, synthetic-and-unsure 6, synthetic-and-sure 10 (a missing confidence counts as 1). The AUC of
+    the reader statistics and the MRMC analysis both rate reads on it."""
+    c = 1 if confidence is None else min(max(int(confidence), CONFIDENCE_RANGE[0]), CONFIDENCE_RANGE[1])
+    return 5 + c if call == SYNTHETIC else 6 - c
 
 
 @dataclass(frozen=True)
 class Read:
-    """One realism read. ``repeat_of`` marks a deliberate re-read of the same case by the same reader."""
+    """One realism read. ``repeat_of`` marks a deliberate re-read of the same case by the same reader; ``item`` is
+    the MRMC case it belongs to (`mrmc_reads.mrmc_case`; default: ``case_id``)."""
 
     case_id: str
     reader: str
@@ -32,6 +42,7 @@ class Read:
     model_version: str | None = None
     is_catch: bool = False
     repeat_of: str | None = None
+    item: str | None = None
 
     def __post_init__(self):
         for name in ("truth", "call"):

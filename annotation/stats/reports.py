@@ -12,6 +12,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from annotation.models import Image, ReadingTask, Round, Source, TaskStatus
+from annotation.stats.mrmc_reads import mrmc_case, round_mrmc
 from annotation.stats.readers import reader_report
 from annotation.stats.reads import CatchRule, Read, RubricRead
 from inference.ml.phantoms import FINDING_TERMS
@@ -74,6 +75,7 @@ def round_report_compute(*, round: Round, with_images: bool = True) -> dict:
         "status": round.status,
         "computed_at": timezone.now().isoformat(),
         "reader": reader_report(reads, rubric, margin=study.equivalence_margin, catch_rule=rule),
+        "mrmc": round_mrmc(reads, treatments=round_treatments(round), margin=study.equivalence_margin),
         "rubric_scores": _score_counts(rubric),
         "images": image_metrics_for_round(round=round, tiny=study.display_size <= 128) if with_images else None,
         "panel": round.metrics.get("panel"),
@@ -81,6 +83,12 @@ def round_report_compute(*, round: Round, with_images: bool = True) -> dict:
     Round.objects.filter(pk=round.pk).update(metrics={**round.metrics, "report": report})
     round.metrics = {**round.metrics, "report": report}
     return report
+
+
+def round_treatments(rnd: Round) -> list[str] | None:
+    """The treatments of the round's MRMC design: a comparison round's versions in the order the admin gave them,
+    else None (the versions of its synthetic images, by name)."""
+    return list((rnd.config or {}).get("compare") or []) or None
 
 
 def _score_counts(rubric_reads) -> dict[str, dict[str, int]]:
@@ -113,7 +121,9 @@ def reads_for_round(*, round: Round) -> tuple[list, list]:
             reads.append(Read(case_id=case, reader=task.reader.username, truth=image.source, call=answer["call"],
                               confidence=answer.get("confidence"), model_version=version if image.source ==
                               "synthetic" else None, is_catch=task.is_catch,
-                              repeat_of=f"task:{task.repeat_of_id}" if task.repeat_of_id else None))
+                              repeat_of=f"task:{task.repeat_of_id}" if task.repeat_of_id else None,
+                              item=mrmc_case(source=image.source, image_id=image.pk, prompt=image.prompt,
+                                             seed=image.seed)))
         elif not task.repeat_of_id and not task.is_catch:
             rubric.append(RubricRead(case_id=case, reader=task.reader.username, scores=answer["scores"]))
     return reads, rubric

@@ -102,3 +102,39 @@ def test_round_report_command_says_what_was_skipped(labelled):
     assert json.loads(out.getvalue())["images"] is None
     with pytest.raises(CommandError, match="has no round 9"):
         call_command("round_report", study.name, "9")
+
+
+def test_a_fully_crossed_round_reports_its_mrmc_auc_as_the_cli_computes_it(labelled, tmp_path):
+    import io
+
+    from django.core.management import call_command
+
+    from annotation.stats.mrmc_io import ratings_to_csv
+    from annotation.stats.mrmc_reads import mrmc_ratings
+    from annotation.stats.reports import reads_for_round
+
+    study, rnd, readers, admin = labelled
+    mrmc = round_report_compute(round=rnd, with_images=False)["mrmc"]
+    assert mrmc["reason"] is None
+    value = mrmc["value"]
+    assert value["n"] == {"treatments": 1, "readers": 2, "cases": 12, "positive": 6, "negative": 6}
+    reads, _ = reads_for_round(round=rnd)
+    path = tmp_path / "round.csv"
+    path.write_text(ratings_to_csv(mrmc_ratings(reads)))
+    out = io.StringIO()
+    call_command("reader_stats", str(path), "--mrmc", "--json", "--margin", str(study.equivalence_margin), stdout=out)
+    assert json.loads(out.getvalue()) == json.loads(json.dumps(value))
+    assert value["rrrc"] is None and "one treatment" in value["skipped"]["differences"]
+
+
+def test_a_round_not_fully_crossed_says_why_it_has_no_mrmc(make_study, add_reader, stored_round):
+    study = make_study(readers_per_image=2, task_kinds=["realism"])
+    rnd = stored_round(study, real=4, synthetic=4)
+    for reader, reads in ((add_reader(study, "r0"), 8), (add_reader(study, "r1"), 3)):  # r1 stops after 3 cases
+        queue = assignment.queue_for_reader(round=rnd, reader=reader)
+        for _ in range(reads):
+            task = assignment.tasks_next_for_reader(queue=queue)
+            answer = {"call": "real", "confidence": 3}
+            assignment.label_submit(reader=reader, task_token=task.token, answer=answer, submission_id=uuid.uuid4())
+    mrmc = round_report_compute(round=rnd, with_images=False)["mrmc"]
+    assert mrmc["value"] is None and mrmc["reason"].startswith("not fully crossed: 5 of 16 ratings missing (2 readers × 8 cases)")
