@@ -35,7 +35,7 @@ from annotation.api.access import (
     scoped,
     token_scope,
 )
-from annotation.exports.formats import pairs_lines
+from annotation.exports.formats import export_check, pairs_lines
 from annotation.exports.rows import csv_chunks, jsonl_chunks
 from annotation.exports.selection import selection_from
 from annotation.models import (
@@ -333,6 +333,7 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         params = {k: v for k, v in body.validated_data.items() if k not in ("study", "format")}
         try:
             sel = selection_from(params, study=study, is_admin=True)
+            export_check(sel, body.validated_data["format"])
         except DjangoValidationError as exc:
             raise ValidationError({"selection": exc.messages}) from None
         job = ExportJob.objects.create(study=study, requested_by=request.user, format=body.validated_data["format"],

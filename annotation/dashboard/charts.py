@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from annotation.dashboard.mrmc import study_mrmc_series
 from annotation.models import Round, RoundStatus, Study
 from annotation.stats import plots
 
@@ -30,6 +31,10 @@ def study_charts(study: Study) -> list[str]:
     charts = [plots.points_with_ci({"reader accuracy": accuracy, "fooling rate": fooling},
                                    title="Readers per round: accuracy and fooling rate, Wilson 95% CI",
                                    reference=0.5)]
+    mrmc = study_mrmc_series(done)
+    if mrmc:
+        charts.append(plots.points_with_ci(mrmc, reference=0.5, title="Readers in general: MRMC AUC per round "
+                                           "(synthetic vs real), 95% CI with readers and cases random"))
     charts.append(plots.points_with_ci({"reward AUROC": auroc, "simulated preference": pref},
                                        title="Reward model AUROC (held out) and simulated preference per round"))
     fids = [v for _, v, _, _ in fid if v is not None]

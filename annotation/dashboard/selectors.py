@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from annotation.models import ReaderQueue, ReadingCase, Role, Round, StudyMembership
+from annotation.rounds.messages import round_batches
 from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import labeling_share
 
@@ -14,6 +15,14 @@ def _run_progress(run) -> dict | None:
     return {"run": run.pk, "status": run.status, "step": (run.progress or {}).get("step", 0),
             "total": (run.progress or {}).get("total") or run.config.get("steps"),
             "loss": curve[-1][1] if curve else None, "error": run.error_message or None}
+
+
+def _generation_progress(rnd: Round) -> dict:
+    """Over the round's batches (one per version in a comparison round): done, total, and the first status not done."""
+    batches = round_batches(rnd)
+    pending = [b.status for b in batches if b.status != "done"]
+    return {"done": sum((b.progress or {}).get("generated", 0) for b in batches),
+            "total": sum(b.count for b in batches), "status": ("failed" if "failed" in pending else pending[0]) if pending else "done"}
 
 
 def round_progress(rnd: Round, *, names: bool = True) -> dict:
@@ -30,8 +39,7 @@ def round_progress(rnd: Round, *, names: bool = True) -> dict:
     return {
         "round": rnd.number, "pk": rnd.pk, "status": rnd.status, "failed_stage": rnd.failed_stage or None,
         "error": rnd.stage_error or None,
-        "generation": None if batch is None else {"done": (batch.progress or {}).get("generated", 0),
-                                                  "total": batch.count, "status": batch.status},
+        "generation": None if batch is None else _generation_progress(rnd),
         "cleaning": {"done": progress.get("cleaned", 0), "total": progress.get("to_clean", 0)},
         "labeling": {**labeling_share(rnd), "readers": readers,
                      "cases": ReadingCase.objects.filter(round=rnd, is_catch=False).count()}

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from annotation.dashboard.charts import panel_charts, report_charts, study_charts
+from annotation.dashboard.mrmc import round_mrmc_view, study_planner
 from annotation.dashboard.selectors import round_progress, study_panel
 from annotation.models import Image, Round, Study
 from annotation.permissions import administered_study_ids
@@ -86,6 +87,9 @@ def _launch_config(post) -> dict:
         if post.get(name):
             config[name] = post[name]
     config["auto_next"] = post.get("auto_next") == "on"
+    compare = [name for name in post.getlist("compare") if name.strip()]
+    if compare:  # a comparison round: the chosen versions sample the same prompts and seeds
+        config["compare"] = compare
     if post.get("advanced", "").strip():
         try:
             extra = json.loads(post["advanced"])
@@ -105,12 +109,15 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
     active = next((r for r in all_rounds if r.status in ACTIVE), None)
     panel = study_panel(study)
     charts, missing = panel_charts(panel)
+    planner = study_planner(study, request.GET)
+    if planner["error"]:
+        status = 400
     return render(request, "dashboard/study.html", {
         "study": study, "rounds": all_rounds, "charts": study_charts(study), "error": error,
         "panel": panel, "panel_charts": charts, "panel_missing": missing,
         "versions": study_versions(study) if study.current_version_id else [],
         "active": active, "active_progress": round_progress(_round_for_admin(request, active.pk)) if active else None,
-        "config": RoundConfig.from_dict(study.round_defaults or {}),
+        "config": RoundConfig.from_dict(study.round_defaults or {}), "planner": planner,
     }, status=status)
 
 
@@ -246,7 +253,7 @@ def round_report(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "dashboard/round_report.html", {
         "round": rnd, "study": rnd.study, "report": report, "charts": report_charts(report) if report else [],
         "report_json": json.dumps(report, indent=2) if report else "",
-        "printable": request.GET.get("print") == "1", **_panel_record(rnd),
+        "printable": request.GET.get("print") == "1", "mrmc": round_mrmc_view(rnd), **_panel_record(rnd),
     })
 
 

@@ -6,7 +6,9 @@ row counts). Formats:
 - `parquet` — the CSV's columns, written in row groups;
 - `imagefolder` — a ZIP with `images/*.png` and a `metadata.jsonl` (`file_name` + labels aggregated per image),
   loadable with `datasets.load_dataset("imagefolder", data_dir=...)`;
-- `pairs` — preference pairs (`chosen` / `rejected` image ids with the prompt) for DPO training.
+- `pairs` — preference pairs (`chosen` / `rejected` image ids with the prompt) for DPO training;
+- `mrmc` — one round's realism reads as `treatment,reader,case,truth,rating` for MRMC software
+  (`exports.mrmc`; `reader_stats FILE --mrmc` reads it).
 
 Simulated readers' labels are left out unless asked for; readers are named by pseudonym unless the caller is a
 study admin (`identities="username"`).
@@ -24,6 +26,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db.models import Q
 
+from annotation.exports.mrmc import mrmc_csv, mrmc_round
 from annotation.exports.rows import (
     CHUNK,
     COLUMNS,
@@ -38,7 +41,7 @@ from annotation.models import Image, ReadingTask, Round, Study, StudyMembership
 from annotation.reading.aggregation import Aggregation, ImageReads
 from annotation.rounds.feedback import feedback_items
 
-FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs")
+FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs", "mrmc")
 
 
 def _sha256(path: Path) -> str:
@@ -64,10 +67,17 @@ def manifest_verify(manifest: dict, root: Path) -> list[str]:
     return bad
 
 
-def write_export(sel: Selection, fmt: str, out: Path, *, on_progress=None) -> dict:
-    """Write one export to `out` (a file; imagefolder: a ZIP) and `out` + '.manifest.json'. Returns the manifest."""
+def export_check(sel: Selection, fmt: str) -> None:
+    """Refuse, with the reason, an export that cannot be written (before a job is queued)."""
     if fmt not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(FORMATS)}.")
+    if fmt == "mrmc":
+        mrmc_round(sel)
+
+
+def write_export(sel: Selection, fmt: str, out: Path, *, on_progress=None) -> dict:
+    """Write one export to `out` (a file; imagefolder: a ZIP) and `out` + '.manifest.json'. Returns the manifest."""
+    export_check(sel, fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
@@ -86,6 +96,9 @@ def write_export(sel: Selection, fmt: str, out: Path, *, on_progress=None) -> di
         counts["rows"] = _write_parquet(sel, partial, on_progress)
     elif fmt == "pairs":
         counts["pairs"] = _write_pairs(sel, partial)
+    elif fmt == "mrmc":
+        text, counts["ratings"] = mrmc_csv(sel)
+        partial.write_text(text, encoding="utf-8")
     else:
         counts.update(_write_imagefolder(sel, partial, on_progress))
     partial.replace(out)

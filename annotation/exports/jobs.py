@@ -13,7 +13,7 @@ from annotation.exports.selection import selection_load
 from annotation.models import ExportJob
 from annotation.webhooks import emit
 
-EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl"}
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl", "mrmc": "csv"}
 
 
 def _store(local: Path, key: str) -> str:

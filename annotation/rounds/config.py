@@ -53,6 +53,10 @@ class RoundConfig(Settings):
                               "never a study's own rounds.")
     image_metrics: bool = option(True, "Compute image metrics (FID when weights are configured, PRDC, ...) in the "
                                        "evaluating stage.")
+    compare: list = option([], "A comparison round: names of two or more of the study's model versions. Each "
+                               "samples the same prompts and seeds (`synthetic` of them, one image each), their "
+                               "images are read blinded with the same real images by the same readers, and the "
+                               "report's MRMC analysis takes the version as the treatment. It does not train.")
     auto_next: bool = option(False, "Launch the next round with the same settings when this one is done.")
     seed: int | None = option(None, "Seeds prompts, sampling and selection; default: from the study seed and "
                                     "round number.")
@@ -78,6 +82,13 @@ class RoundConfig(Settings):
         for name in ("train", "image_metrics", "auto_next"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(f"{name} must be true or false.")
+        if not isinstance(self.compare, list) or not all(isinstance(n, str) and n.strip() for n in self.compare):
+            raise ValidationError("compare must be a list of model version names.")
+        if self.compare and (len(self.compare) < 2 or len(set(self.compare)) != len(self.compare)):
+            raise ValidationError("compare needs two or more different model versions.")
+        if self.compare and (self.oversample != 1 or self.auto_next):
+            raise ValidationError("A comparison round reads every image it generates (oversample 1) and launches "
+                                  "no next round (auto_next false).")
         for name in ("generation", "reward", "finetune"):
             if not isinstance(getattr(self, name), dict):
                 raise ValidationError(f"{name} must be an object of settings.")
@@ -94,8 +105,14 @@ class RoundConfig(Settings):
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
 
+    @property
+    def trains(self) -> bool:
+        """Whether the round trains a reward model and finetunes after labeling (a comparison round never does)."""
+        return self.train and not self.compare
+
     def budget(self, study: Study) -> tuple[int, int]:
-        """(synthetic, real) images readers see."""
+        """(synthetic, real) images readers see; in a comparison round `synthetic` counts prompt × seed items, each
+        sampled by every compared version."""
         synthetic = self.synthetic if self.synthetic is not None else round(
             study.images_per_round * (1 - study.real_fraction))
         real = self.real if self.real is not None else max(0, study.images_per_round - synthetic)

@@ -21,7 +21,7 @@ from annotation.models import Round, RoundStatus
 from annotation.reading.simulated import simulated_members
 from annotation.rounds.config import OBJECTIVES, finetune_settings, round_config, round_seed
 from annotation.rounds.feedback import round_snapshot_freeze
-from annotation.rounds.messages import owner_of, stage_enqueue
+from annotation.rounds.messages import owner_of, round_batches, stage_enqueue
 from annotation.rounds.services import labeling_complete, round_close_labeling, round_fail
 from annotation.rounds.transitions import ACTIVE, round_transition
 from inference.models import GenerationBatch, JobStatus
@@ -36,11 +36,12 @@ def round_advance(*, round: Round) -> Round:
     rnd = Round.objects.select_related("study", "generation_batch", "reward_run", "finetune_run").get(pk=round.pk)
     status = rnd.status
     if status == RoundStatus.GENERATING:
-        batch = rnd.generation_batch
-        if batch.status == JobStatus.DONE:
+        batches = round_batches(rnd)
+        failed = next((b for b in batches if b.status == JobStatus.FAILED), None)
+        if failed is not None:
+            rnd = round_fail(round=rnd, stage=status, error=f"generation batch {failed.pk}: {failed.error_message}")
+        elif all(b.status == JobStatus.DONE for b in batches):
             rnd = _to(rnd, RoundStatus.GENERATING, RoundStatus.CLEANING, then=stage_enqueue)
-        elif batch.status == JobStatus.FAILED:
-            rnd = round_fail(round=rnd, stage=status, error=f"generation batch {batch.pk}: {batch.error_message}")
     elif status in (RoundStatus.CLEANING, RoundStatus.EVALUATING):
         stage_enqueue(rnd)
     elif status == RoundStatus.LABELING:
@@ -174,20 +175,22 @@ def rounds_reconcile(*, timeout_s: float | None = None) -> list[dict]:
     rounds = (Round.objects.filter(status__in=ACTIVE)
               .select_related("study", "generation_batch", "reward_run", "finetune_run"))
     for rnd in rounds:
-        job = {RoundStatus.GENERATING: rnd.generation_batch, RoundStatus.TRAINING_REWARD: rnd.reward_run,
-               RoundStatus.FINETUNING: rnd.finetune_run}.get(rnd.status)
+        jobs = {RoundStatus.GENERATING: round_batches(rnd), RoundStatus.TRAINING_REWARD: [rnd.reward_run],
+                RoundStatus.FINETUNING: [rnd.finetune_run]}.get(rnd.status, [])
+        jobs = [j for j in jobs if j is not None]
+        running = [j for j in jobs if j.status not in (JobStatus.DONE, JobStatus.FAILED)]
         try:
-            if job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED):
+            if jobs and (not running or any(j.status == JobStatus.FAILED for j in jobs)):
                 actions.append({"round": rnd.pk, "status": rnd.status, "action": "advance"})
                 round_advance(round=rnd)
-            elif job is not None:
-                beat = job.heartbeat_at or job.created_at
-                if beat < stale_before:
-                    actions.append({"round": rnd.pk, "status": rnd.status, "action": "requeue",
-                                    "job": f"{type(job).__name__}:{job.pk}"})
-                    with transaction.atomic():
-                        (generation_batch_requeue(batch=job) if isinstance(job, GenerationBatch)
-                         else training_run_requeue(run=job))
+            elif jobs:
+                for job in running:
+                    if (job.heartbeat_at or job.created_at) < stale_before:
+                        actions.append({"round": rnd.pk, "status": rnd.status, "action": "requeue",
+                                        "job": f"{type(job).__name__}:{job.pk}"})
+                        with transaction.atomic():
+                            (generation_batch_requeue(batch=job) if isinstance(job, GenerationBatch)
+                             else training_run_requeue(run=job))
             elif rnd.status == RoundStatus.TRAINING_REWARD:
                 actions.append({"round": rnd.pk, "status": rnd.status, "action": "advance"})
                 round_advance(round=rnd)  # the reward run was never created

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from annotation.models import Round, RoundStatus
 from annotation.tasks import round_advance_task
+from inference.models import GenerationBatch
 
 
 def owner_of(obj: models.Model) -> str:
@@ -27,6 +28,13 @@ def owner_pk(owner: str, model: type[models.Model]) -> int | None:
     prefix = f"annotation.{model._meta.model_name}:"
     rest = owner[len(prefix):] if owner.startswith(prefix) else ""
     return int(rest) if rest.isdigit() else None
+
+
+def round_batches(rnd: Round) -> list[GenerationBatch]:
+    """The generation batches the round waits on: the one it samples, or one per version of a comparison round."""
+    if rnd.generation_batch_id is None:
+        return []
+    return list(GenerationBatch.objects.filter(owner=owner_of(rnd)).order_by("pk")) or [rnd.generation_batch]
 
 
 # --- out ------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,14 @@ def select_generated(rnd: Round, *, budget: int, strategy: str, seed: int, uncer
     return record
 
 
+def comparison_selection(rnd: Round, versions: list[str]) -> dict:
+    """A comparison round reads every item of every compared version: the same prompts and seeds for each."""
+    indexes = sorted(GeneratedImage.objects.filter(batch=rnd.generation_batch).values_list("index", flat=True))
+    return {"strategy": "comparison", "versions": list(versions), "seed": rnd.generation_batch.seed,
+            "candidates": len(indexes), "budget": len(indexes), "chosen": indexes,
+            "note": "every version sampled the same prompts and seeds; all of their images are read"}
+
+
 def _active(rnd: Round, items, groups, keys, wanted: int, weight: float, seed: int) -> tuple[list[int], dict]:
     import torch
 

@@ -17,12 +17,12 @@ from django.utils import timezone
 from annotation.models import Image, ReadingCase, Round, RoundStatus, Study, TaskKind
 from annotation.reading.cases import cases_build, cases_table_analyze
 from annotation.rounds.config import RoundConfig, finetune_settings, round_config, round_seed
-from annotation.rounds.messages import advance_later, owner_of, stage_enqueue
+from annotation.rounds.messages import advance_later, owner_of, round_batches, stage_enqueue
 from annotation.rounds.panel import study_prompts
 from annotation.rounds.transitions import ACTIVE, ROUND_TRANSITIONS, IllegalTransition, round_transition
-from annotation.rounds.versions import study_version
+from annotation.rounds.versions import comparison_versions, study_version
 from annotation.studies.audit import audit
-from annotation.tasks import round_snapshot_freeze_task
+from annotation.tasks import round_report_build_task, round_snapshot_freeze_task
 from inference.models import GenerationBatch, JobStatus
 from training.models import TrainingRun
 
@@ -72,17 +72,20 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
         raise ValidationError("A round needs at least one synthetic image (images_per_round or synthetic).")
     if TaskKind.PREFERENCE in study.task_kinds and synthetic < 2:
         raise ValidationError("Preference tasks need at least two synthetic images per round.")
-    version = study_version(study)
+    versions = comparison_versions(study, cfg.compare) if cfg.compare else [study_version(study)]
+    version = versions[0]
     gen = generation_config_default(version).as_dict()
-    if TaskKind.PREFERENCE in study.task_kinds:
+    if TaskKind.PREFERENCE in study.task_kinds and not cfg.compare:
         gen["images_per_prompt"] = 2
+    if cfg.compare:
+        gen["images_per_prompt"] = 1  # one image per prompt and seed, the same request for every version
     try:
         from inference.ml.generation import GenerationConfig
 
         gen_cfg = GenerationConfig.from_dict({**gen, **cfg.generation})
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"generation: {exc}") from None
-    if cfg.train:
+    if cfg.trains:
         finetune_settings(cfg, version)  # refused now, before any image is generated, if it cannot work
     prompts = study_prompts(study)
     with transaction.atomic():
@@ -95,13 +98,14 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
         count = max(synthetic, int(np.ceil(synthetic * cfg.oversample)))
         if gen_cfg.images_per_prompt > 1:
             count = int(np.ceil(count / gen_cfg.images_per_prompt) * gen_cfg.images_per_prompt)
-        rnd.generation_batch = generation_batch_create(
-            model_version=version, count=count, prompts=prompts, seed=round_seed(rnd), owner=owner_of(rnd),
-            config=gen_cfg, clean=False)
-        rnd.progress = {"generated": 0, "to_generate": count}
+        batches = [generation_batch_create(model_version=v, count=count, prompts=prompts, seed=round_seed(rnd),
+                                           owner=owner_of(rnd), config=gen_cfg, clean=False) for v in versions]
+        rnd.generation_batch = batches[0]
+        rnd.progress = {"generated": 0, "to_generate": count * len(batches)}
         rnd.save(update_fields=["generation_batch", "progress"])
         rnd = round_transition(round=rnd, to=RoundStatus.GENERATING, actor=actor)
-        audit(actor=actor, action="round.launch", study=study, obj=rnd, version=version.name, config=cfg.as_dict())
+        audit(actor=actor, action="round.launch", study=study, obj=rnd, version=version.name, config=cfg.as_dict(),
+              **({"compare": [v.name for v in versions]} if cfg.compare else {}))
     return rnd
 
 
@@ -131,13 +135,16 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
         share = labeling_share(rnd)
         rnd.metrics = {**rnd.metrics, "labeling": share}
         rnd.save(update_fields=["metrics"])
-        # a round of images stored directly (it sampled from no model version) has nothing to finetune: it ends here
-        train = round_config(rnd).train and rnd.model_version_id is not None
+        # a round of images stored directly (it sampled from no model version) has nothing to finetune, and a
+        # comparison round does not train: they end here, with their report
+        train = round_config(rnd).trains and rnd.model_version_id is not None
         rnd = round_transition(round=rnd, to=RoundStatus.TRAINING_REWARD if train else RoundStatus.DONE,
                                actor=actor)
         audit(actor=actor, action="round.close_labeling", study=rnd.study, obj=rnd, **share)
 
         transaction.on_commit(lambda: round_snapshot_freeze_task.delay(round_pk=rnd.pk))
+        if not train:
+            transaction.on_commit(lambda: round_report_build_task.delay(round_pk=rnd.pk))
     advance_later(rnd)
     return rnd
 
@@ -155,9 +162,11 @@ def round_retry(*, round: Round, actor: AbstractUser | None = None) -> Round:
         rnd = round_transition(round=rnd, to=stage, actor=actor)
         Round.objects.filter(pk=rnd.pk).update(failed_stage="", stage_error="", heartbeat_at=timezone.now())
         if stage == RoundStatus.GENERATING and rnd.generation_batch_id:
-            GenerationBatch.objects.filter(pk=rnd.generation_batch_id, status=JobStatus.FAILED).update(
-                status=JobStatus.PENDING)
-            generation_batch_requeue(batch=rnd.generation_batch)
+            for batch in round_batches(rnd):
+                if batch.status != JobStatus.DONE:
+                    GenerationBatch.objects.filter(pk=batch.pk, status=JobStatus.FAILED).update(
+                        status=JobStatus.PENDING)
+                    generation_batch_requeue(batch=batch)
         elif stage == RoundStatus.TRAINING_REWARD and rnd.reward_run_id:
             _rerun(rnd.reward_run, training_run_requeue)
         elif stage == RoundStatus.FINETUNING and rnd.finetune_run_id:

@@ -23,8 +23,8 @@ from annotation.reading.simulated import round_simulate_readers
 from annotation.rounds.config import round_config, round_seed
 from annotation.rounds.driver import round_advance
 from annotation.rounds.evaluation import evaluation_compute
-from annotation.rounds.messages import heartbeat, progress_merge
-from annotation.rounds.selection import select_generated
+from annotation.rounds.messages import heartbeat, progress_merge, round_batches
+from annotation.rounds.selection import comparison_selection, select_generated
 from annotation.rounds.services import round_fail, round_launch, round_open_labeling
 from annotation.rounds.transitions import round_transition
 from annotation.rounds.versions import study_version_choose
@@ -71,8 +71,9 @@ def round_clean(rnd: Round) -> None:
     cfg = round_config(rnd)
     synthetic, real = cfg.budget(rnd.study)
     if not rnd.selection:
-        selection = select_generated(rnd, budget=synthetic, strategy=cfg.selection, seed=round_seed(rnd),
-                                     uncertainty_weight=cfg.uncertainty_weight)
+        selection = (comparison_selection(rnd, cfg.compare) if cfg.compare else
+                     select_generated(rnd, budget=synthetic, strategy=cfg.selection, seed=round_seed(rnd),
+                                      uncertainty_weight=cfg.uncertainty_weight))
         Round.objects.filter(pk=rnd.pk, selection={}).update(selection=selection)
         rnd.refresh_from_db()
     _import_selected(rnd)
@@ -96,16 +97,18 @@ def round_clean(rnd: Round) -> None:
 
 
 def _import_selected(rnd: Round) -> None:
+    """Store the chosen generated images in the round (every version's, in a comparison round)."""
     chosen = rnd.selection.get("chosen", [])
-    version = rnd.model_version
-    for item in GeneratedImage.objects.filter(batch=rnd.generation_batch, index__in=chosen).order_by("index"):
-        if Image.objects.filter(study=rnd.study, meta__generated=item.pk).exists():
-            continue
-        image_store(
-            study=rnd.study, round=rnd, source=Source.SYNTHETIC, pixels=image_load(item.raw_key), prompt=item.prompt,
-            seed=item.seed, generator=version.name, model_version=version,
-            meta={"generated": item.pk, "batch": item.batch_id, "batch_index": item.index})
-        heartbeat(rnd)
+    for batch in round_batches(rnd):
+        version = batch.model_version
+        for item in GeneratedImage.objects.filter(batch=batch, index__in=chosen).order_by("index"):
+            if Image.objects.filter(study=rnd.study, meta__generated=item.pk).exists():
+                continue
+            image_store(
+                study=rnd.study, round=rnd, source=Source.SYNTHETIC, pixels=image_load(item.raw_key),
+                prompt=item.prompt, seed=item.seed, generator=version.name, model_version=version,
+                meta={"generated": item.pk, "batch": item.batch_id, "batch_index": item.index})
+            heartbeat(rnd)
 
 
 def _attach_real(rnd: Round, wanted: int) -> None:

@@ -40,6 +40,23 @@ def study_versions(study: Study) -> list[ModelVersion]:
     return sorted(seen.values(), key=lambda v: v.pk)
 
 
+def comparison_versions(study: Study, names: list[str]) -> list[ModelVersion]:
+    """The study's versions named by a comparison round, in its order; refused with the study's version names when
+    one is not the study's or cannot be loaded."""
+    study_version(study)  # the configured default counts as the study's until something else is chosen
+    versions = study_versions(study)
+    mine = {v.name: v for v in versions if v.name in names}
+    missing = [n for n in names if n not in mine]
+    if missing:
+        known = ", ".join(v.name for v in versions)
+        raise ValidationError(f"compare: study {study.name} has no model version {', '.join(map(repr, missing))}; "
+                              f"its versions: {known}.")
+    broken = [f"{v.name} ({v.load_error})" for n in names if (v := mine[n]).load_error]
+    if broken:
+        raise ValidationError(f"compare: these versions cannot be loaded: {'; '.join(broken)}.")
+    return [mine[n] for n in names]
+
+
 def study_version_choose(*, study: Study, version: ModelVersion, actor: AbstractUser | None,
                          reason: str = "chosen by an admin") -> Study:
     """Make `version` the one the next round samples from (promotion, roll-back or an admin's choice)."""

@@ -1,9 +1,9 @@
-"""python manage.py export_dataset --study NAME [--round N ...] --format {jsonl,csv,parquet,imagefolder,pairs}
+"""python manage.py export_dataset --study NAME [--round N ...] --format {jsonl,csv,parquet,imagefolder,pairs,mrmc}
 --out PATH
 
 Writes the export to PATH (imagefolder: a ZIP) and PATH.manifest.json (sha256 of every file, the selection, the
 counts). Streams at flat memory; simulated readers are left out unless --include-simulated; readers are named by
-pseudonym unless --usernames."""
+pseudonym unless --usernames. `mrmc` holds one round (--round N): the CSV `reader_stats --mrmc` reads."""
 
 from __future__ import annotations
 
