@@ -51,15 +51,26 @@ def queue_for_reader(*, round: Round, reader: AbstractUser) -> ReaderQueue:
     queue = ReaderQueue.objects.filter(round=round, reader=reader).first()
     if queue:
         return queue
-    if not StudyMembership.objects.filter(study_id=round.study_id, user=reader, role=Role.READER).exists():
+    index = reader_index(study_id=round.study_id, reader=reader)
+    if index is None:
         raise PermissionDenied("You are not a reader of this study.")
     try:
         with transaction.atomic():
             return ReaderQueue.objects.create(
-                round=round, reader=reader, seed=derive_seed(round.study.seed, round.pk, reader.pk)
+                round=round, reader=reader, seed=derive_seed(round.study.seed, round.number, index)
             )
     except IntegrityError:
         return ReaderQueue.objects.get(round=round, reader=reader)
+
+
+def reader_index(*, study_id: int, reader: AbstractUser) -> int | None:
+    """The reader's position among the study's readers (in the order they joined), None if not a reader. Queue
+    order and simulated answers are seeded by it with the study seed and round number, never by database ids, so
+    a study's twin (a control arm) draws the same order and noise for its readers."""
+    member = StudyMembership.objects.filter(study_id=study_id, user=reader, role=Role.READER).first()
+    if member is None:
+        return None
+    return StudyMembership.objects.filter(study_id=study_id, role=Role.READER, pk__lt=member.pk).count()
 
 
 def tasks_next_for_reader(*, queue: ReaderQueue, after: ReadingTask | None = None) -> ReadingTask | None:

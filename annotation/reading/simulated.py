@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 
 from annotation.models import ReadingTask, Role, Round, Study, StudyMembership
 from annotation.reading import assignment
+from annotation.reading.ordering import derive_seed
 from annotation.studies.services import membership_add
 from inference.storage import image_load
 from training.ml.readers import SimulatedReader
@@ -71,6 +72,15 @@ def simulated_members(study: Study) -> list[StudyMembership]:
                 .select_related("user").order_by("pk"))
 
 
+def answer_seed(reader: SimulatedReader, rnd: Round, index: int, task: ReadingTask) -> int:
+    """The noise of one answer: a function of (reader seed, study seed, round number, reader index, the case's
+    position in the round, task kind, re-read or not), never of database ids or queue order, so a control arm's
+    readers answer its identical images exactly as the feedback arm's do (before the permutation)."""
+    case = task.case
+    return derive_seed("simulated", reader.seed, rnd.study.seed, rnd.number, index, case.kind, case.slot,
+                       case.is_catch, case.idx, task.repeat_of_id is not None)
+
+
 def round_simulate_readers(*, round: Round, on_answer=None) -> int:
     """Every simulated reader of the study works through its queue for the round; returns answers stored.
 
@@ -81,8 +91,9 @@ def round_simulate_readers(*, round: Round, on_answer=None) -> int:
     for member in simulated_members(round.study):
         reader = reader_of(member)
         queue = assignment.queue_for_reader(round=round, reader=member.user)
-        rng = np.random.default_rng([reader.seed, round.pk, member.user_id])
+        index = assignment.reader_index(study_id=round.study_id, reader=member.user)
         while (task := assignment.tasks_next_for_reader(queue=queue)) is not None:
+            rng = np.random.default_rng(answer_seed(reader, round, index, task))
             answer = simulated_answer(reader, task, rubric, rng)
             seconds = max(0.2, rng.normal(reader.answer_time_s, reader.answer_time_s / 4))
             if reader.sleep:

@@ -99,6 +99,21 @@ def test_permuted_feedback_keeps_the_answers_but_detaches_them_from_the_images()
     assert feedback_permuted(snapshot, seed=3) == permuted
 
 
+def _round_one(study):
+    """{(reader index, kind, slot, case position): (image sha256, answer)} of the study's first round."""
+    from annotation.models import Label
+    from annotation.reading.assignment import reader_index
+
+    out = {}
+    for label in Label.objects.filter(task__round__study=study, task__round__number=1).select_related(
+            "task__case__image", "reader"):
+        case = label.task.case
+        index = reader_index(study_id=study.pk, reader=label.reader)
+        out[(index, case.kind, case.slot, case.idx, label.task.repeat_of_id is not None)] = (
+            case.image.sha256, json.dumps(label.answer, sort_keys=True))
+    return out
+
+
 def test_run_loop_with_a_control_arm_shares_the_base_readers_and_panel_and_reports_both(settings):
     out = io.StringIO()
     call_command("run_loop", study="arms", rounds=1, simulated_readers=2, images=8, base="tiny", preset="tiny",
@@ -113,6 +128,11 @@ def test_run_loop_with_a_control_arm_shares_the_base_readers_and_panel_and_repor
         panels[1].prompts, panels[1].count, panels[1].seed, panels[1].config)
     fb_round, ctl_round = result["rounds"][0], result["control"]["rounds"][0]
     assert fb_round["model_version"] == ctl_round["model_version"]  # the same first version
+    # an exact permutation: round 1 of both arms shows the same images (real ones included) at the same positions,
+    # and every reader answers each the same way; only the snapshot the reward model trains on is permuted
+    fb_labels, ctl_labels = _round_one(feedback), _round_one(control)
+    assert len(fb_labels) == fb_round["labels"] and fb_labels == ctl_labels
+    assert {key[2] for key in fb_labels} == {"real", "synthetic"}
     assert control.rounds.get().metrics["snapshot"]["permuted"] is True
     assert feedback.rounds.get().metrics["snapshot"]["permuted"] is False
     for key in ("parent", "produced", "p_value", "effect_size", "promotion_p_value"):
