@@ -124,11 +124,12 @@ def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None):
     Settings that cannot work on `version` are refused with the reason (a ValidationError, at launch): a LoRA
     rank other than the one of the adapter the finetune continues."""
     from inference.services import is_tiny_version  # torch: loaded only when a round is launched or trained
-    from training.ml.finetune_data import FinetuneConfig
+    from training.ml.finetune_data import LORA_TARGETS, FinetuneConfig
 
     base = FinetuneConfig.tiny() if is_tiny_version(version) else FinetuneConfig()
     try:
         ft = FinetuneConfig.from_dict({**base.as_dict(), **cfg.finetune, **({} if seed is None else {"seed": seed})})
+        ft.validate()
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"finetune settings: {exc}") from None
     parent_rank = (version.config or {}).get("rank") if version.lora_key else None
@@ -136,6 +137,11 @@ def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None):
         raise ValidationError(
             f"finetune settings: rank {ft.rank} cannot continue {version.name}, whose LoRA adapter has rank "
             f"{parent_rank}; use rank {parent_rank}, or start the study from a version without an adapter.")
+    parent_targets = (version.config or {}).get("lora_targets", "attention") if version.lora_key else None
+    if parent_targets and not set(LORA_TARGETS[parent_targets]) <= set(LORA_TARGETS[ft.lora_targets]):
+        raise ValidationError(
+            f"finetune settings: lora_targets {ft.lora_targets!r} cannot continue {version.name}, whose adapter "
+            f"also trains {parent_targets!r} modules; use lora_targets {parent_targets!r}.")
     return ft
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REWARD_NORMALISATIONS = ("none", "minmax", "standardise", "exponential")
+REWARD_NORMALISATIONS = ("none", "minmax", "standardise", "exponential", "group")
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
@@ -150,31 +150,50 @@ def adapters_disabled(unet) -> Iterator[None]:
 # --- objectives -----------------------------------------------------------------------------------------------
 
 
-def normalise_rewards(rewards: Sequence[float] | np.ndarray, mode: str = "none") -> np.ndarray:
+def normalise_rewards(rewards: Sequence[float] | np.ndarray, mode: str = "none", *,
+                      groups: Sequence[str] | None = None, clip: float = 0.0) -> np.ndarray:
     """Rewards as per-sample weights, normalised over the WHOLE synthetic set (not per batch, so a weight does not
     depend on what it was batched with):
 
     - "none": as given (the seed paper: reward-model scores in [0, 1], or 0/1 expert labels);
     - "minmax": mapped to [0, 1] (lowest → 0 weight, highest → 1); a constant set maps to all ones;
     - "standardise": z-scores. Negative weights *raise* the loss of bad images, which is unbounded below, so keep
-      `beta` > 0 and early stopping on when using it;
+      `beta` > 0 and bound them with `clip`;
     - "exponential": exp(z) over the z-scores, divided by its mean (advantage-weighted regression, Peng et al.
-      2019): every weight positive (no loss is ever raised), mean 1, an image 1 SD better weighted e ≈ 2.7× more.
+      2019): every weight positive (no loss is ever raised), mean 1, an image 1 SD better weighted e ≈ 2.7× more;
+    - "group": group-relative advantages (as Flow-GRPO / DanceGRPO): z-scores within each group of `groups` (the
+      samples of one prompt), so a weight says how a sample compares with its siblings, not how easy its prompt
+      is; a group of one (or of equal rewards) weighs 0.
+
+    `clip` > 0 bounds the z-scored weights ("standardise", "group") to [−clip, clip].
     """
     r = np.asarray(rewards, dtype=np.float64)
+    if mode not in REWARD_NORMALISATIONS:
+        raise ValueError(f"reward normalisation must be one of {REWARD_NORMALISATIONS}, not {mode!r}")
     if mode == "none" or r.size == 0:
         return r
     if mode == "minmax":
         span = r.max() - r.min()
         return np.ones_like(r) if span == 0 else (r - r.min()) / span
-    if mode in ("standardise", "exponential"):
-        std = r.std()
-        z = np.zeros_like(r) if std == 0 else (r - r.mean()) / std
-        if mode == "standardise":
-            return z
-        w = np.exp(np.clip(z, -10, 10))
-        return w / w.mean()
-    raise ValueError(f"reward normalisation must be one of {REWARD_NORMALISATIONS}, not {mode!r}")
+    if mode == "group":
+        if groups is None or len(groups) != r.size:
+            raise ValueError("group-relative weights need one group (prompt) per reward")
+        z = np.zeros_like(r)
+        keys = np.asarray(list(groups), dtype=object)
+        for key in dict.fromkeys(keys.tolist()):
+            members = keys == key
+            z[members] = _zscores(r[members])
+        return np.clip(z, -clip, clip) if clip > 0 else z
+    z = _zscores(r)
+    if mode == "standardise":
+        return np.clip(z, -clip, clip) if clip > 0 else z
+    w = np.exp(np.clip(z, -10, 10))
+    return w / w.mean()
+
+
+def _zscores(r: np.ndarray) -> np.ndarray:
+    std = r.std()
+    return np.zeros_like(r) if std == 0 else (r - r.mean()) / std
 
 
 def reward_weighted_loss(per_sample_real: torch.Tensor, per_sample_synth: torch.Tensor, rewards: torch.Tensor,

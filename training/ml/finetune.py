@@ -45,6 +45,7 @@ from training.ml.finetune_checkpoints import (
     set_adapter,
 )
 from training.ml.finetune_data import (
+    LORA_TARGETS,
     Batch,
     BatchSampler,
     FinetuneConfig,
@@ -183,7 +184,7 @@ def setup_training(base_path: str | Path, cfg: FinetuneConfig, device: torch.dev
         module.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the gaussian LoRA init draws from the global RNG
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+                                target_modules=list(LORA_TARGETS[cfg.lora_targets])))
     if init_lora is not None:
         set_adapter(unet, load_adapter_state(Path(init_lora)))
     cast_training_params(unet, dtype=torch.float32)
@@ -260,7 +261,8 @@ def run_finetune(
     check_data(cfg, train_data)
     val_images = D.prepare_images([x[0] for x in val_pairs], cfg.resolution) if val_pairs else None
     val_prompts = [x[1] for x in val_pairs]
-    rewards = D.normalise_rewards([x[2] for x in train_data.synthetic], cfg.reward_normalisation)
+    rewards = D.normalise_rewards([x[2] for x in train_data.synthetic], cfg.reward_normalisation,
+                                  groups=[x[1] for x in train_data.synthetic], clip=cfg.reward_clip)
     sampler = BatchSampler(cfg, train_data, rewards, process=acc.process_index, processes=acc.num_processes)
     sizes = {"real": len(train_data.real), "synthetic": len(train_data.synthetic), "pairs": len(train_data.pairs),
              "val_real": len(val_pairs)}

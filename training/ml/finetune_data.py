@@ -19,6 +19,13 @@ from inference.ml.config import Settings, option
 from training.ml import diffusion as D
 
 OBJECTIVES = ("reward_weighted", "dpo", "domain")
+#: LoRA target modules by name: attention only (diffusers' text-to-image LoRA example), or also the ResNet
+#: convolutions, the time-embedding projections and the transformer blocks' in/out projections — what a finetune
+#: needs to move global properties of the image (brightness, contrast), which attention alone barely reaches.
+LORA_TARGETS = {
+    "attention": ("to_k", "to_q", "to_v", "to_out.0"),
+    "attention+conv": ("to_k", "to_q", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj", "proj_in", "proj_out"),
+}
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
@@ -34,6 +41,12 @@ class FinetuneConfig(Settings):
     reward_normalisation: str = option("none", "How rewards become weights, over the whole synthetic set: 'none' "
                                              "(as given), 'minmax' (to [0, 1]), 'standardise' (z-scores) or 'exponential' "
                                              "(exp of the z-scores over their mean: all positive).")
+    reward_clip: float = option(0.0, "Bound on z-scored weights ('standardise', 'group'): [−clip, clip]; 0 = none.")
+    fresh_samples: int = option(0, "Reward-weighted: fresh images the parent samples on the labelled images' "
+                                   "prompts before training (seeded by `seed`), scored by the round's reward model; "
+                                   "they are the synthetic set the finetune weights. 0: the labelled images are.")
+    fresh_per_prompt: int = option(4, "Fresh samples per prompt (a group for 'group' weights), images.")
+    lora_targets: str = option("attention", f"Modules the LoRA adapter trains: one of {sorted(LORA_TARGETS)}.")
     real_fraction: float = option(0.5, "Share of each reward-weighted micro-batch drawn from real images, 0–1.")
     dpo_beta: float = option(2500.0, "Diffusion-DPO KL strength beta, unitless (paper: 2500 for SD 1.5).")
     lr: float = option(1e-4, "AdamW learning rate for the LoRA weights, per optimiser step.")
@@ -72,6 +85,13 @@ class FinetuneConfig(Settings):
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, not {self.mixed_precision!r}")
         if self.reward_normalisation not in D.REWARD_NORMALISATIONS:
             raise ValueError(f"reward_normalisation must be one of {D.REWARD_NORMALISATIONS}")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, not {self.lora_targets!r}")
+        if self.fresh_samples < 0 or self.fresh_per_prompt < 1 or self.reward_clip < 0:
+            raise ValueError("fresh_samples and reward_clip must be >= 0 and fresh_per_prompt >= 1")
+        if self.fresh_samples and self.objective != "reward_weighted":
+            raise ValueError("fresh_samples is a reward-weighted setting (DPO and domain adaptation train on "
+                             "labelled pairs and real images)")
         if min(self.steps, self.batch_size, self.grad_accum, self.rank, self.keep_last) < 1:
             raise ValueError("steps, batch_size, grad_accum, rank and keep_last must be at least 1")
         if self.resolution % 8:

@@ -67,7 +67,30 @@ class CheckpointMirror:
             self.uploaded.discard(name)
 
 
-def finetune_data(run: TrainingRun, device) -> dict:
+def fresh_samples_scored(run: TrainingRun, cfg, prompts: list[str], model, device) -> list:
+    """The parent's fresh samples on the labelled images' prompts, scored by the round's reward model."""
+    from dataclasses import replace
+
+    from inference.ml.generation import generate
+    from inference.services import generation_config_default, version_pipeline
+    from training.ml.fresh_samples import fresh_requests, fresh_scored
+    from training.ml.reward import reward
+
+    parent = run.base_version
+    gen = replace(generation_config_default(parent), images_per_prompt=1)
+    pipe = version_pipeline(parent, scheduler=gen.scheduler, device=device)
+
+    def sample(requests):
+        return [image for _, image in generate(pipe, requests, gen, device=device)]
+
+    def score(images, texts):
+        return reward(model, images, texts).tolist()
+
+    requests = fresh_requests(prompts, count=cfg.fresh_samples, per_prompt=cfg.fresh_per_prompt, seed=cfg.seed)
+    return fresh_scored(sample, score, requests)
+
+
+def finetune_data(run: TrainingRun, device, cfg) -> dict:
     """Real (image, report) pairs, synthetic images with rewards from the run's reward model, preference pairs."""
     snapshot = snapshot_load(run)
     items = snapshot.items
@@ -80,8 +103,11 @@ def finetune_data(run: TrainingRun, device) -> dict:
             raise ValueError("A reward-weighted finetune needs its reward run.")
         model = reward_model_load(run.reward_run, device)
         synth = [(image_load(i.key), i.prompt) for i in items if i.source == "synthetic"]
-        scores = reward(model, [img for img, _ in synth], [p for _, p in synth]).tolist() if synth else []
-        data["synthetic"] = [(img, prompt, float(r)) for (img, prompt), r in zip(synth, scores, strict=True)]
+        if cfg.fresh_samples:
+            data["synthetic"] = fresh_samples_scored(run, cfg, [p for _, p in synth], model, device)
+        else:
+            scores = reward(model, [img for img, _ in synth], [p for _, p in synth]).tolist() if synth else []
+            data["synthetic"] = [(img, prompt, float(r)) for (img, prompt), r in zip(synth, scores, strict=True)]
     elif run.kind == RunKind.DPO:
         data["pairs"] = [(image_load(p.chosen_key), image_load(p.rejected_key), p.prompt) for p in snapshot.pairs]
     return data
@@ -114,7 +140,7 @@ def finetune_run_execute(run: TrainingRun) -> None:
 
     parent = run.base_version
     init = local_copy(parent.lora_key) if parent.lora_key else None
-    result = run_finetune(parent.base_path, cfg, finetune_data(run, device), out_dir, device=device, resume=True,
+    result = run_finetune(parent.base_path, cfg, finetune_data(run, device, cfg), out_dir, device=device, resume=True,
                           on_progress=on_progress, init_lora=init)
     progress.flush(result.steps)
     metrics = {"steps": result.steps, "resumed_from": resumed,
