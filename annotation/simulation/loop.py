@@ -10,19 +10,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 
 from annotation.images.storage import image_store
 from annotation.models import Image, Label, Round, RoundStatus, Source, Study
-from annotation.reading.simulated import simulated_members, simulated_readers_ensure
+from annotation.reading.simulated import reader_of, simulated_members, simulated_readers_ensure
 from annotation.rounds.domain import domain_adapt, on_domain_finished
 from annotation.rounds.driver import rounds_reconcile
 from annotation.rounds.panel import study_prompts
 from annotation.rounds.versions import study_version
 from annotation.studies.services import study_create
 from inference.storage import image_load
-from training.ml.readers import SimulatedReader
+from training.ml.readers import (
+    PROPERTIES,
+    TOWARD_REAL,
+    SimulatedReader,
+    directions_toward,
+    parse_taste,
+    taste_name,
+)
 from training.ml.realism import RealismModel
 
 log = logging.getLogger("cxr.loop")
@@ -77,14 +83,22 @@ def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
 
 
 def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "domain",
-                      panel_size: int | None = None, seed: int | None = None) -> Study:
+                      panel_size: int | None = None, seed: int | None = None, taste: str | None = None) -> Study:
     """The study `name`, created when missing: phantom real images, the chosen base version, and `readers`
     simulated readers (readers_per_image = readers, so every task gets answered) whose real/synthetic calls follow
-    one realism function fitted on the real images against the base's, and whose taste points the same way: they
-    prefer their property moved from the base's images toward the real ones' (a reader who likes what looks like a
-    radiograph), calibrated on the base's images as the in-silico harness's reader is (its scores span 0–1 on what
-    it will be shown)."""
+    one realism function fitted on the real images against the base's, and whose taste is `taste`
+    ('toward-real', the default: they prefer centre contrast moved from the base's images toward the real ones'; or
+    'NAME[:+1|:-1]', any property of `training.ml.readers`), calibrated on the base's images as the in-silico
+    harness's reader is (its scores span 0–1 on what it will be shown). The taste is fixed when the readers are
+    created: asking an existing study for another is refused (ValueError)."""
+    prop, sign = parse_taste(taste or TOWARD_REAL)
+    label = taste_label(prop, sign)
     study = Study.objects.filter(name=name).first()
+    if study is not None and taste is not None:
+        had = {reader_of(m).taste or TOWARD_REAL for m in simulated_members(study)}
+        if had and had != {label}:
+            raise ValueError(f"Study {name}'s simulated readers already have the taste {', '.join(sorted(had))}; "
+                             f"a taste is fixed when the study is created: use a new study name for {label}.")
     if study is None:
         extra = {k: v for k, v in (("panel_size", panel_size), ("seed", seed)) if v is not None}
         study = study_create(name=name, title=f"Headless loop {name}", display_size=64,
@@ -97,13 +111,46 @@ def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "
                 Image.objects.filter(study=study, source=Source.REAL).order_by("pk")[:32]]
         base_images = base_sample(study, count=32)
         realism = RealismModel.fit(real, base_images)
-        template = SimulatedReader()
-        toward_real = np.mean([template.measure(i) for i in real]) >= np.mean([template.measure(i) for i in base_images])
+        if prop == TOWARD_REAL:
+            prop, direction = "centre_contrast", directions_toward(real, base_images)["centre_contrast"]["toward_real"]
+        else:
+            direction = sign
         profiles = [SimulatedReader(accuracy=round(0.6 + 0.3 * i / max(readers - 1, 1), 3), seed=i + 1,
-                                    direction=1.0 if toward_real else -1.0, realism=realism.as_dict())
+                                    property=prop, direction=direction, realism=realism.as_dict(),
+                                    taste=label)
                     .calibrated(base_images) for i in range(readers)]
         simulated_readers_ensure(study=study, count=readers, readers=profiles)
     return study
+
+
+def taste_label(prop: str, sign: float | None) -> str:
+    return TOWARD_REAL if prop == TOWARD_REAL else taste_name(prop, sign)
+
+
+def tastes_table(count: int = 32) -> list[dict]:
+    """Every taste `run_loop --reader-taste` takes, with its direction relative to the real images: measured on
+    `count` phantoms (the embedded default's real images) against as many samples of the tiny domain base (built
+    once per machine and cached), in-process."""
+    import torch
+
+    from inference.ml.generation import GenerationConfig, generate, plan_requests
+    from inference.ml.loading import PipelineSpec, load_pipeline
+    from inference.ml.phantoms import generate_phantoms
+    from training.ml.insilico_base import build_insilico_base
+
+    phantoms = list(generate_phantoms(count, seed=100_000, size=64))
+    device = torch.device("cpu")
+    pipe = load_pipeline(PipelineSpec(base=str(build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain"))),
+                         device)
+    requests = plan_requests(prompts=[p.report for p in phantoms], count=count, images_per_prompt=1, seed=0)
+    base_images = [image for _, image in generate(pipe, requests, GenerationConfig.tiny(), device=device)]
+    toward = directions_toward([p.image for p in phantoms], base_images)
+    rows = [{"taste": TOWARD_REAL, "description": "centre contrast, in the direction from the base model's images "
+             "toward the real ones (the default)", "toward_real": 1.0, "shift_sd": abs(toward["centre_contrast"][
+                 "shift_sd"])}]
+    for name, fn in PROPERTIES.items():
+        rows.append({"taste": name, "description": (fn.__doc__ or "").strip().split("\n")[0], **toward[name]})
+    return rows
 
 
 def _job_wait(row, what: str, done=("done",), failed=("failed",), timeout_s: float = 3600):

@@ -52,12 +52,68 @@ def contrast(image: np.ndarray) -> float:
     return float(_pixels(image).std())
 
 
+def sharpness(image: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of the grey levels (0–1 scale): fine detail and edges."""
+    p = _pixels(image)
+    lap = p[1:-1, :-2] + p[1:-1, 2:] + p[:-2, 1:-1] + p[2:, 1:-1] - 4 * p[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def entropy(image: np.ndarray) -> float:
+    """Shannon entropy of the 64-bin grey-level histogram, bits (0–6): how many grey levels the image uses."""
+    counts, _ = np.histogram(_pixels(image), bins=64, range=(0.0, 1.0))
+    share = counts[counts > 0] / counts.sum()
+    return float(-(share * np.log2(share)).sum())
+
+
+def vertical_gradient(image: np.ndarray) -> float:
+    """Mean grey level of the lower half minus the upper half, −1–1 (a chest film is denser toward the diaphragm)."""
+    p = _pixels(image)
+    h = p.shape[0] // 2
+    return float(p[h:].mean() - p[:h].mean())
+
+
 PROPERTIES: dict[str, Callable[[np.ndarray], float]] = {
     "brightness": mean_brightness,
     "centre_brightness": centre_brightness,
     "centre_contrast": centre_contrast,
     "contrast": contrast,
+    "sharpness": sharpness,
+    "entropy": entropy,
+    "vertical_gradient": vertical_gradient,
 }
+TOWARD_REAL = "toward-real"
+
+
+def parse_taste(text: str) -> tuple[str, float | None]:
+    """'NAME', 'NAME:+1' or 'NAME:-1' → (property, ±1); 'toward-real' → (TOWARD_REAL, None): the direction is the
+    one from the base model's images toward the real ones. An unknown name is refused with the list."""
+    name, _, sign = text.strip().partition(":")
+    if name == TOWARD_REAL:
+        if sign:
+            raise ValueError(f"{TOWARD_REAL} takes no sign: it points from the base's images toward the real ones.")
+        return TOWARD_REAL, None
+    if name not in PROPERTIES:
+        raise ValueError(f"unknown reader taste {name!r}: choose {TOWARD_REAL} or one of {', '.join(PROPERTIES)} "
+                         f"(optionally with :+1 or :-1).")
+    if sign not in ("", "+1", "1", "-1"):
+        raise ValueError(f"the sign of a reader taste is :+1 or :-1, not {sign!r}.")
+    return name, -1.0 if sign == "-1" else 1.0
+
+
+def directions_toward(real: Sequence[np.ndarray], base: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per property: the sign that points from the base model's images toward the real ones ("toward_real", +1 or
+    −1) and the distance between their means in the base images' SDs ("shift_sd")."""
+    out = {}
+    for name, fn in PROPERTIES.items():
+        r, b = np.array([fn(i) for i in real]), np.array([fn(i) for i in base])
+        shift = (r.mean() - b.mean()) / max(float(b.std(ddof=1)) if len(b) > 1 else 0.0, 1e-9)
+        out[name] = {"toward_real": 1.0 if shift >= 0 else -1.0, "shift_sd": float(shift)}
+    return out
+
+
+def taste_name(prop: str, direction: float) -> str:
+    return f"{prop}:{'+1' if direction > 0 else '-1'}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +141,7 @@ class SimulatedReader(Settings):
     answer_time_s: float = option(4.0, "Mean seconds per portal answer, recorded as the label's time spent.")
     sleep: bool = option(False, "Really wait answer_time_s between portal answers (load tests); off: record it.")
     seed: int = option(0, "Seeds the reader's noise in the portal.")
+    taste: str = option("", "How the loop chose property and direction: 'toward-real' or 'NAME:±1' (a record).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))

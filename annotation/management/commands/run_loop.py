@@ -25,8 +25,10 @@ from annotation.simulation.loop import (
     round_settings,
     round_summary,
     round_wait,
+    tastes_table,
     worker_answers,
 )
+from training.ml.readers import parse_taste
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -37,7 +39,15 @@ class Command(BaseCommand):
     help = __doc__
 
     def add_arguments(self, parser):
-        parser.add_argument("--study", required=True, help="Study name (created on phantoms if missing).")
+        parser.add_argument("--study", help="Study name (created on phantoms if missing); required unless "
+                                                 "--list-tastes.")
+        parser.add_argument("--reader-taste", default=None,
+                            help="A new study's simulated readers' taste: 'toward-real' (default: centre contrast "
+                                 "moved toward the real images) or NAME[:+1|:-1], NAME any property --list-tastes "
+                                 "shows (no sign = +1). Fixed when the study is created.")
+        parser.add_argument("--list-tastes", action="store_true",
+                            help="List the reader tastes with each one's direction relative to the real images, "
+                                 "and exit.")
         parser.add_argument("--rounds", type=int, default=1, help="Rounds to run (default 1).")
         parser.add_argument("--simulated-readers", type=int, default=3, help="Simulated readers (default 3).")
         parser.add_argument("--images", type=int, default=64,
@@ -61,7 +71,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, study: str, rounds: int, simulated_readers: int, images: int, base: str, config: str,
                round_timeout: float, json: bool, preset: str = "loop", control: str = "none",
-               panel: int | None = None, seed: int | None = None, **options):
+               panel: int | None = None, seed: int | None = None, reader_taste: str | None = None,
+               list_tastes: bool = False, **options):
+        if list_tastes:
+            return self._list_tastes(json)
+        if not study:
+            raise CommandError("--study NAME is required (or --list-tastes).")
+        if reader_taste is not None:
+            try:
+                parse_taste(reader_taste)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         if rounds < 1 or simulated_readers < 0 or images < 2 or (panel is not None and panel < 0):
             raise CommandError("--rounds must be at least 1, --simulated-readers at least 0, --images at least 2, "
                                "--panel at least 0.")
@@ -83,7 +103,7 @@ class Command(BaseCommand):
         try:
             try:
                 the_study = loop_study_ensure(name=study, readers=simulated_readers, images=images, base=base,
-                                              panel_size=panel, seed=seed)
+                                              panel_size=panel, seed=seed, taste=reader_taste)
                 arms["feedback"] = {"study": the_study, "config": overrides, "rounds": [], "summaries": []}
                 if control == "permuted":
                     twin = control_study_ensure(feedback=the_study)
@@ -113,6 +133,19 @@ class Command(BaseCommand):
             self.stdout.write(_summary_line("feedback vs control", output["feedback_vs_control"]))
         if json:
             self.stdout.write(_json_dumps(output))
+
+    def _list_tastes(self, as_json: bool) -> None:
+        rows = tastes_table()
+        if as_json:
+            self.stdout.write(_json_dumps({"tastes": rows}))
+            return
+        self.stdout.write("taste | toward the real images | real − base, base SDs | what it measures")
+        for row in rows:
+            toward = "this way" if row["taste"] == "toward-real" else f"{row['toward_real']:+.0f}"
+            self.stdout.write(f"{row['taste']} | {toward} | {row['shift_sd']:+.2f} | {row['description']}")
+        self.stdout.write("Use --reader-taste NAME:+1 or NAME:-1; the sign in the second column points toward the "
+                          "real images, the other one away from them (measured on phantoms vs the tiny domain "
+                          "base's samples).")
 
     def _round(self, the_study, overrides: dict, timeout: float, label: str):
         the_study.refresh_from_db()
