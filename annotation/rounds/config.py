@@ -51,6 +51,10 @@ class RoundConfig(Settings):
                               "shuffled across images (and pair order flipped at random) before training, so the "
                               "round learns nothing about the images. For a control arm (run_loop --control), "
                               "never a study's own rounds.")
+    reward_check: str = option("block", "'block': a reward model that fails its check (the out-of-fold ranking test "
+                                        "of the reward settings' check_folds / check_alpha) drives no finetune and "
+                                        "promotes nothing: the round ends with no new version and the reason; "
+                                        "'record': the verdict is recorded only. A control round always records.")
     image_metrics: bool = option(True, "Compute image metrics (FID when weights are configured, PRDC, ...) in the "
                                        "evaluating stage.")
     compare: list = option([], "A comparison round: names of two or more of the study's model versions. Each "
@@ -74,6 +78,8 @@ class RoundConfig(Settings):
         number_in(self.promote_alpha, 0.0001, 0.5, "promote_alpha", whole=False)
         if self.control not in CONTROLS:
             raise ValidationError("control must be '' or 'permuted'.")
+        if self.reward_check not in ("block", "record"):
+            raise ValidationError("reward_check must be 'block' or 'record'.")
         for name in ("synthetic", "real"):
             if getattr(self, name) is not None:
                 number_in(getattr(self, name), 0, MAX_IMAGES, name)

@@ -118,6 +118,18 @@ def _start_finetune(rnd: Round) -> Round:
         ft = finetune_settings(cfg, rnd.model_version, seed=round_seed(rnd))
     except ValidationError as exc:
         return round_fail(round=rnd, stage=rnd.status, error=exc.messages[0])
+    reward_metrics = reward_run.metrics or {}
+    check = reward_metrics.get("check")
+    recorded = {
+        "reward": {"run": reward_run.pk, "auroc": (reward_metrics.get("realism") or {}).get("auroc"),
+                   "auroc_skipped": (reward_metrics.get("realism") or {}).get("auroc_skipped"),
+                   "criteria": reward_metrics.get("criteria"), "mismatch": reward_metrics.get("mismatch")},
+        "reward_valid": check}
+    if check is not None and not check.get("valid") and cfg.reward_check == "block" and not cfg.control:
+        # the labels did not buy a reward model that ranks synthetic images as the readers do: no finetune, the
+        # round is evaluated with its parent only and ends with no new version, saying why
+        return _to(rnd, RoundStatus.TRAINING_REWARD, RoundStatus.EVALUATING, then=stage_enqueue,
+                   metrics={**rnd.metrics, **recorded, "finetune": {"blocked": check.get("reason")}})
     with transaction.atomic():
         locked = Round.objects.select_for_update().get(pk=rnd.pk)
         if locked.status != RoundStatus.TRAINING_REWARD:
@@ -125,12 +137,7 @@ def _start_finetune(rnd: Round) -> Round:
         locked.finetune_run = training_run_create(
             kind=kind, owner=owner_of(rnd), config=ft.as_dict(), snapshot_key=reward_run.snapshot_key,
             snapshot_sha256=reward_run.snapshot_sha256, base_version=rnd.model_version, reward_run=reward_run)
-        reward_metrics = reward_run.metrics or {}
-        locked.metrics = {**locked.metrics, "reward": {
-            "run": reward_run.pk, "auroc": (reward_metrics.get("realism") or {}).get("auroc"),
-            "auroc_skipped": (reward_metrics.get("realism") or {}).get("auroc_skipped"),
-            "criteria": reward_metrics.get("criteria"), "mismatch": reward_metrics.get("mismatch"),
-        }}
+        locked.metrics = {**locked.metrics, **recorded}
         locked.save(update_fields=["finetune_run", "metrics"])
         return round_transition(round=locked, to=RoundStatus.FINETUNING)
 

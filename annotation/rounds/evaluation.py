@@ -111,14 +111,18 @@ def _promotion_check(rnd: Round, cfg, panel) -> tuple[dict, bool]:
     reward model's scores of both versions on the panel (never the simulated readers' scoring)."""
     child, parent = rnd.produced_version, rnd.model_version
     if child is None or parent is None:
-        no_change = ((rnd.metrics or {}).get("finetune") or {}).get("no_change")
-        return {"skipped": no_change or "the round produced no new version"}, False
+        finetune = (rnd.metrics or {}).get("finetune") or {}
+        blocked = f"no finetune: {finetune['blocked']}" if finetune.get("blocked") else None
+        return {"skipped": blocked or finetune.get("no_change") or "the round produced no new version"}, False
     run = rnd.reward_run
     if run is None or panel is None:
         return {"skipped": "no reward model or no evaluation panel (panel_size 0): an admin decides",
                 "version": child.name}, False
-    rewards = {name: np.asarray(panel.scores.get(model_version=v).scores["reward"][str(run.pk)])
-               for name, v in (("parent", parent), ("child", child))}
+    # the judge: the cross-fitted fold models (the finetune maximised the model trained on all labels, not these);
+    # a reward run without a check has only its own model
+    rows = {name: panel.scores.get(model_version=v).scores for name, v in (("parent", parent), ("child", child))}
+    judge = "holdout" if all(str(run.pk) in r.get("holdout", {}) for r in rows.values()) else "reward"
+    rewards = {name: np.asarray(r[judge][str(run.pk)]) for name, r in rows.items()}
     diff = rewards["child"] - rewards["parent"]
     test = paired_promotion_test(diff, cfg.promote_margin)
     result = {
@@ -126,6 +130,8 @@ def _promotion_check(rnd: Round, cfg, panel) -> tuple[dict, bool]:
         "reward_parent": float(rewards["parent"].mean()), "reward_child": float(rewards["child"].mean()),
         "reward_diff": float(diff.mean()), "child_better_share": float((diff > 0).mean()),
         "margin": cfg.promote_margin, "alpha": cfg.promote_alpha, "mode": cfg.promote, **test,
+        "judge": ("the cross-fitted fold models (not the reward model the finetune maximised)" if judge == "holdout"
+                  else "the round's reward model"),
     }
     if test["p_value"] is not None:
         passed = test["p_value"] < cfg.promote_alpha

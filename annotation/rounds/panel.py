@@ -103,7 +103,7 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
     model `reward_run` (when given) for every version that has no score from it yet."""
     rows = [r for r in panel.scores.select_related("batch", "model_version").order_by("pk")
             if r.batch is not None and r.batch.status == JobStatus.DONE]
-    model = None
+    model, judges = None, None
     for row in rows:
         scores, images = dict(row.scores), None
         if readers and "preference" not in scores:
@@ -122,11 +122,22 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
             values = reward(model, images, prompts).float().cpu().numpy()
             scores["reward"] = {**scores.get("reward", {}), str(reward_run.pk): [float(v) for v in values]}
+        if reward_run is not None and str(reward_run.pk) not in scores.get("holdout", {}):
+            from training.ml.reward import reward
+            from training.runs.reward import reward_fold_models_load
+
+            judges = reward_fold_models_load(reward_run, device) if judges is None else judges
+            if judges:  # the promotion judge: the mean of the cross-fitted fold models the finetune never saw
+                images = images or _images(row)
+                prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
+                values = np.mean([reward(m, images, prompts).float().cpu().numpy() for m in judges], axis=0)
+                scores["holdout"] = {**scores.get("holdout", {}), str(reward_run.pk): [float(v) for v in values]}
         if scores != row.scores:
             with transaction.atomic():
                 locked = PanelScore.objects.select_for_update().get(pk=row.pk)
                 locked.scores = {**locked.scores, **scores,
-                                 "reward": {**locked.scores.get("reward", {}), **scores.get("reward", {})}}
+                                 "reward": {**locked.scores.get("reward", {}), **scores.get("reward", {})},
+                                 "holdout": {**locked.scores.get("holdout", {}), **scores.get("holdout", {})}}
                 locked.save(update_fields=["scores", "updated_at"])
 
 

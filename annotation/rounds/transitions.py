@@ -24,7 +24,9 @@ ROUND_TRANSITIONS: dict[str, set[str]] = {
     RoundStatus.GENERATING: {RoundStatus.CLEANING, RoundStatus.FAILED, RoundStatus.CANCELLED},
     RoundStatus.CLEANING: {RoundStatus.LABELING, RoundStatus.FAILED, RoundStatus.CANCELLED},
     RoundStatus.LABELING: {RoundStatus.TRAINING_REWARD, RoundStatus.DONE, RoundStatus.CANCELLED},
-    RoundStatus.TRAINING_REWARD: {RoundStatus.FINETUNING, RoundStatus.FAILED, RoundStatus.CANCELLED},
+    # a reward model that fails its check skips the finetune: the round is evaluated with no new version
+    RoundStatus.TRAINING_REWARD: {RoundStatus.FINETUNING, RoundStatus.EVALUATING, RoundStatus.FAILED,
+                                  RoundStatus.CANCELLED},
     RoundStatus.FINETUNING: {RoundStatus.EVALUATING, RoundStatus.FAILED, RoundStatus.CANCELLED},
     RoundStatus.EVALUATING: {RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.CANCELLED},
     RoundStatus.FAILED: {

@@ -261,6 +261,7 @@ def round_summary(rnd: Round) -> dict:
         "simulated_preference_score": m.get("simulated_preference_score"),
         "reward_auroc": m.get("reward_auroc"),
         "fid": m.get("fid"),
+        "reward_valid": m.get("reward_valid"),
         "reward_diff_vs_parent": promotion.get("reward_diff"),
         "promotion_p_value": promotion.get("p_value"), "best_step": (m.get("finetune") or {}).get("best_step"),
         "selection": (rnd.selection or {}).get("strategy"),

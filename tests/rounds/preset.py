@@ -4,6 +4,7 @@ from __future__ import annotations
 
 TINY_ROUND = {
     "reward": {"steps": 12},
+    "reward_check": "record",  # a 12-step reward model on 6 images: its check's verdict is recorded, not obeyed
     "finetune": {"steps": 6, "checkpoint_every": 2, "val_every": 0},
     "image_metrics": False,
 }

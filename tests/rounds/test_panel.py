@@ -144,3 +144,26 @@ def test_run_loop_with_a_control_arm_shares_the_base_readers_and_panel_and_repor
     assert summary["first_version"] == fb_round["model_version"]
     assert summary["p_value"] is None and summary["skipped"]["preference.p_value"] == "too few (n=4)"
     assert np.isfinite(summary["preference_gain"]["mean"]) and "feedback_vs_control" in result
+
+
+def test_a_reward_model_that_fails_its_check_blocks_the_feedback_arm_not_the_control():
+    """check_alpha 1e-9 cannot be reached by the out-of-fold ranking of a handful of images: every check fails."""
+    out = io.StringIO()
+    strict = {**TINY_ROUND, "reward_check": "block", "reward": {**TINY_ROUND["reward"], "check_alpha": 1e-9}}
+    call_command("run_loop", study="checked", rounds=1, simulated_readers=2, images=8, base="tiny", preset="tiny",
+                 control="permuted", panel=4, seed=6, config=json.dumps(strict), json=True, stdout=out)
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    feedback, control = Study.objects.get(name="checked").rounds.get(), Study.objects.get(name="checked-control").rounds.get()
+    assert feedback.status == control.status == "done"
+    # the feedback arm: no finetune, no new version, the reason on the round and in --json
+    assert feedback.finetune_run is None and feedback.produced_version is None
+    verdict = result["rounds"][0]["reward_valid"]
+    assert verdict["valid"] is False and verdict["folds"] == 2 and verdict["alpha"] == 1e-9
+    assert feedback.metrics["finetune"]["blocked"] == verdict["reason"]
+    assert feedback.metrics["promotion"]["skipped"] == f"no finetune: {verdict['reason']}"
+    assert result["rounds"][0]["produced_version"] is None and not result["rounds"][0]["promoted"]
+    assert feedback.metrics["panel"]["parent"]["preference"] is not None  # the round is still evaluated
+    # the control arm runs its finetune and promotion whatever its check says, and records the verdict
+    assert control.finetune_run is not None and control.produced_version is not None
+    assert control.metrics["reward_valid"]["valid"] is False
+    assert "promoted" in control.metrics["promotion"]

@@ -63,6 +63,11 @@ class RewardConfig(Settings):
     mc_samples: int = option(20, "MC-dropout forward passes of the head per image in predict().")
     eval_batch_size: int = option(64, "Images per forward pass outside training.")
     seed: int = option(0, "Seed of weights, split, batches and negatives.")
+    check_folds: int = option(2, "The check before use: cross-fitted models on this many disjoint folds of the "
+                                 "labelled images (by image); each predicts the fold it did not see, and the "
+                                 "out-of-fold rewards of the synthetic images must rank them as the readers did. "
+                                 "Their ensemble is the promotion judge. 0 = no check.")
+    check_alpha: float = option(0.05, "One-sided level of the check's Spearman test (rho > 0).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criteria", tuple(self.criteria))
@@ -74,6 +79,8 @@ class RewardConfig(Settings):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.criteria_loss not in _LOSSES or self.lr_schedule not in _SCHEDULES:
             raise ValueError(f"criteria_loss must be one of {_LOSSES}, lr_schedule one of {_SCHEDULES}")
+        if self.check_folds == 1 or self.check_folds < 0 or not 0 < self.check_alpha < 1:
+            raise ValueError("check_folds must be 0 (no check) or at least 2, check_alpha within (0, 1)")
         if min(self.steps, self.batch_size, self.image_size, self.mc_samples, self.eval_batch_size) < 1:
             raise ValueError("steps, batch_size, image_size, mc_samples and eval_batch_size must be positive")
 

@@ -23,12 +23,32 @@ def reward_run_execute(run: TrainingRun) -> None:
              if item.labelled]
     if len(items) < 4:
         raise SnapshotError(f"Too little feedback to train a reward model ({len(items)} labelled images).")
+    device = pick_device(settings.CXR_DEVICE)
     progress = Progress(run, cfg.steps)
-    model, metrics = train_reward_model(items, cfg, device=pick_device(settings.CXR_DEVICE), on_progress=progress)
+    model, metrics = train_reward_model(items, cfg, device=device, on_progress=progress)
     progress.flush(cfg.steps)
+    if cfg.check_folds:
+        metrics["check"] = _cross_fit(run, cfg, items, device)
     out = save_reward_model(model, cfg, work_dir(run) / "reward", metrics)
     prefix = upload_dir(out, f"runs/{run.pk}/reward")
     TrainingRun.objects.filter(pk=run.pk).update(artifact_key=prefix, metrics=metrics)
+
+
+def _cross_fit(run: TrainingRun, cfg, items: list, device) -> dict:
+    """The check before use (`training.ml.reward_check`): fold models trained, stored beside the main model (the
+    promotion judge), and the out-of-fold ranking test."""
+    from training.ml.reward import reward, save_reward_model
+    from training.ml.reward_check import cross_fit
+    from training.ml.reward_training import train_reward_model
+
+    models, configs, check = cross_fit(
+        items, cfg, train=lambda subset, fold_cfg: train_reward_model(subset, fold_cfg, device=device)[0],
+        score=lambda model, images, prompts: reward(model, images, prompts).tolist(),
+        synthetic=lambda item: not item.is_real)
+    check["fold_keys"] = [
+        upload_dir(save_reward_model(model, fold_cfg, work_dir(run) / f"reward-fold{k}"), f"runs/{run.pk}/reward-fold{k}")
+        for k, (model, fold_cfg) in enumerate(zip(models, configs, strict=True))]
+    return check
 
 
 def reward_model_load(run: TrainingRun, device):
@@ -39,3 +59,12 @@ def reward_model_load(run: TrainingRun, device):
         raise ValueError(f"Run {run.pk} is not a finished reward run.")
     local = download_dir(run.artifact_key, REWARD_FILES, work_dir(run) / "reward-copy")
     return load_reward_model(local, device)
+
+
+def reward_fold_models_load(run: TrainingRun, device) -> list:
+    """The cross-fitted fold models of a finished reward run (the promotion judge); [] when it ran no check."""
+    from training.ml.reward import load_reward_model
+
+    keys = ((run.metrics or {}).get("check") or {}).get("fold_keys") or []
+    return [load_reward_model(download_dir(key, REWARD_FILES[:2], work_dir(run) / f"reward-fold{k}-copy"), device)
+            for k, key in enumerate(keys)]
