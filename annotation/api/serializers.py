@@ -220,6 +220,8 @@ class PanelVersionSerializer(serializers.Serializer):
     preference = PanelStatSerializer(allow_null=True, help_text="Simulated readers' preference; null when the "
                                                                 "study has no simulated readers.")
     fooling_rate = PanelStatSerializer(allow_null=True, help_text="Simulated readers' chance of calling it real.")
+    realism_only_fooling_rate = PanelStatSerializer(
+        allow_null=True, help_text="The same chance with the readers' taste term off: realism alone.")
     realism = PanelStatSerializer(allow_null=True, help_text="The realism function's score.")
     reward = PanelStatSerializer(allow_null=True, help_text="The latest reward model's score (run `reward_run`).")
 

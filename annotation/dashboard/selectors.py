@@ -75,3 +75,44 @@ def study_panel(study) -> dict:
         version["n"] = max((version[k]["n"] for k in PANEL_SCORES if version.get(k)), default=0)
         version["missing"] = {k: _missing(panel, version, k) for k in PANEL_SCORES if version.get(k) is None}
     return panel
+
+
+# --- what a round did, in sentences and tables ---------------------------------------------------------------------
+
+
+def round_story(rnd: Round) -> dict:
+    """The reward model's check, how far the finetune moved the judge's reward on the panel, and whether the new
+    version was promoted and why: sentences for the round page (the figures each carry their n and CI)."""
+    metrics = rnd.metrics or {}
+    check, promotion = metrics.get("reward_valid"), metrics.get("promotion") or {}
+    story: dict = {"check": None, "moved": None, "blocked": (metrics.get("finetune") or {}).get("blocked")}
+    if check:
+        story["check"] = {"passed": bool(check.get("valid")), "reason": check.get("reason"), "folds": check.get("folds"),
+                          "used": not story["blocked"]}
+    if promotion.get("samples"):
+        diff = promotion["reward_child"] - promotion["reward_parent"]
+        story["moved"] = (f"The finetune moved the reward on the evaluation panel by {diff:+.3f} "
+                          f"({promotion['reward_parent']:.3f} → {promotion['reward_child']:.3f}, n = "
+                          f"{promotion['samples']} paired items, new version better on "
+                          f"{promotion['child_better_share']:.0%}), judged by "
+                          f"{promotion.get('judge') or 'the round reward model'}.")
+    return story
+
+
+def as_rows(value, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested JSON value as (dotted key, readable value) rows, lists of numbers shortened."""
+    if isinstance(value, dict):
+        rows: list[tuple[str, str]] = []
+        for key, item in value.items():
+            rows += as_rows(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list):
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            head = ", ".join(f"{v:.4g}" for v in value[:6])
+            return [(prefix, f"[{head}{', …' if len(value) > 6 else ''}] ({len(value)} values)")]
+        if all(not isinstance(v, (dict, list)) for v in value):
+            return [(prefix, ", ".join(str(v) for v in value) or "—")]
+        return [row for i, item in enumerate(value) for row in as_rows(item, f"{prefix}[{i}]")]
+    if isinstance(value, float):
+        return [(prefix, f"{value:.4g}")]
+    return [(prefix, "—" if value is None else str(value))]

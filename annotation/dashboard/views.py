@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 
 from annotation.dashboard.charts import panel_charts, report_charts, study_charts
 from annotation.dashboard.mrmc import round_mrmc_view, study_planner
-from annotation.dashboard.selectors import round_progress, study_panel
+from annotation.dashboard.selectors import as_rows, round_progress, round_story, study_panel
 from annotation.models import Image, Round, Study
 from annotation.permissions import administered_study_ids
 from annotation.rounds.config import RoundConfig
@@ -176,6 +176,8 @@ def round_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
         **_panel_record(rnd),
         "metrics_json": json.dumps({k: v for k, v in (rnd.metrics or {}).items() if k != "report"}, indent=2,
                                    default=str),
+        "metrics_rows": as_rows({k: v for k, v in (rnd.metrics or {}).items() if k not in ("report", "panel")}),
+        "config_rows": as_rows(rnd.config), "story": round_story(rnd),
         "selection": rnd.selection, "config_json": json.dumps(rnd.config, indent=2),
         "stages": ["generating", "cleaning", "labeling", "training_reward", "finetuning", "evaluating", "done"],
     }, status=status)

@@ -9,7 +9,7 @@ from annotation.models.clients import (
     WebhookDelivery,
     new_submission_id,
 )
-from annotation.models.panels import EvaluationPanel, PanelScore
+from annotation.models.panels import EvaluationPanel, PanelKind, PanelScore
 from annotation.models.reading import (
     Image,
     Label,
@@ -61,5 +61,6 @@ __all__ = [
     "Webhook",
     "WebhookDelivery",
     "EvaluationPanel",
+    "PanelKind",
     "PanelScore",
 ]

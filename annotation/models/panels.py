@@ -7,16 +7,26 @@ from __future__ import annotations
 from django.db import models
 
 
+class PanelKind(models.TextChoices):
+    EVALUATION = "evaluation", "Evaluation (measures versions)"
+    PROMOTION = "promotion", "Promotion (decides, reward models only)"
+
+
 class EvaluationPanel(models.Model):
-    study = models.OneToOneField("annotation.Study", on_delete=models.CASCADE, related_name="panel")
+    study = models.ForeignKey("annotation.Study", on_delete=models.CASCADE, related_name="panels")
+    kind = models.CharField(max_length=16, choices=PanelKind.choices, default=PanelKind.EVALUATION,
+                            help_text="What the panel is for: measuring versions, or deciding promotion.")
     prompts = models.JSONField(default=list, help_text="Prompt pool the panel's requests are drawn from.")
     count = models.PositiveIntegerField(help_text="Panel items (prompt × seed requests).")
     seed = models.BigIntegerField(help_text="Seeds the panel's requests: the same for every version.")
     config = models.JSONField(default=dict, help_text="GenerationConfig every version samples the panel with.")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "kind"], name="uniq_panel_study_kind")]
+
     def __str__(self) -> str:
-        return f"panel of {self.study} ({self.count} items)"
+        return f"{self.kind} panel of {self.study} ({self.count} items)"
 
 
 class PanelScore(models.Model):

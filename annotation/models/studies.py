@@ -63,6 +63,10 @@ class Study(models.Model):
     panel_size = models.PositiveIntegerField(
         default=64, help_text="Evaluation panel: prompts × seeds every model version samples once, so versions "
                               "are compared on the same items (0: no panel; promotion is then an admin's call).")
+    promotion_panel_size = models.PositiveIntegerField(
+        default=32, help_text="Promotion panel: prompts × seeds disjoint from the evaluation panel's, scored by the "
+                              "reward models only, that decide promotion, so the items that decide are not the "
+                              "items that measure (0: promotion is decided on the evaluation panel).")
     equivalence_margin = models.FloatField(
         default=0.10, help_text="TOST margin around 0.5 accuracy for 'indistinguishable'.")
     catch_rule = models.JSONField(

@@ -2,8 +2,9 @@
 the next round samples from.
 
 Both the parent and the new version sample the study's evaluation panel (`rounds.panel`: the same prompts and
-seeds for every version, cached); the panel is scored by the simulated readers (the evaluation: `metrics.panel`)
-and by the round's reward model (the promotion). The new version is promoted (when the round says `promote: auto`)
+seeds for every version, cached), scored by the simulated readers and the reward models (the evaluation:
+`metrics.panel`), and its disjoint promotion panel, scored by the reward models only (the decision: the items
+that decide are not the items that measure). The new version is promoted (when the round says `promote: auto`)
 only if a one-sided paired Wilcoxon test over the panel items says its reward is no more than `promote_margin` below
 the parent's at `promote_alpha`. The finetune's own guards (the real-data term, early stopping on held-out real
 images) run before; this check keeps a finetune that made things worse from becoming the default silently. The
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from django.conf import settings
 
-from annotation.models import Round
+from annotation.models import PanelKind, Round
 from annotation.reading.simulated import reader_of, simulated_members
 from annotation.rounds.config import round_config
 from annotation.rounds.messages import heartbeat
@@ -36,7 +37,7 @@ def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
     skipped: dict[str, str] = {}
     profiles = _simulated_profiles(rnd)
     panel, panel_record = _panel(rnd, profiles, skipped)
-    promotion, promote = _promotion_check(rnd, cfg, panel)
+    promotion, promote = _promotion_check(rnd, cfg, _promotion_panel(rnd) or panel)
     if promotion.get("skipped"):
         skipped["promotion"] = promotion["skipped"]
     if panel_record is not None:
@@ -106,6 +107,24 @@ def _panel(rnd: Round, profiles: list, skipped: dict):
                                 reward_run=run.pk if run is not None else None)
 
 
+def _promotion_panel(rnd: Round):
+    """The study's promotion panel with the parent and the produced version sampled and scored by the round's reward
+    models (never by the simulated readers); None when the study has none (promotion_panel_size 0) or there is
+    nothing to decide."""
+    if rnd.produced_version is None or rnd.model_version is None or rnd.reward_run is None:
+        return None
+    panel = panel_ensure(rnd.study, PanelKind.PROMOTION)
+    if panel is None:
+        return None
+    from inference.ml.devices import pick_device  # torch: in the worker only
+
+    for version in (rnd.model_version, rnd.produced_version):
+        panel_sample(panel, version)
+        heartbeat(rnd)
+    panel_score(panel, readers=[], reward_run=rnd.reward_run, device=pick_device(settings.CXR_DEVICE))
+    return panel
+
+
 def _promotion_check(rnd: Round, cfg, panel) -> tuple[dict, bool]:
     """Whether the produced version may replace its parent, decided on what a real deployment sees: this round's
     reward model's scores of both versions on the panel (never the simulated readers' scoring)."""
@@ -130,6 +149,7 @@ def _promotion_check(rnd: Round, cfg, panel) -> tuple[dict, bool]:
         "reward_parent": float(rewards["parent"].mean()), "reward_child": float(rewards["child"].mean()),
         "reward_diff": float(diff.mean()), "child_better_share": float((diff > 0).mean()),
         "margin": cfg.promote_margin, "alpha": cfg.promote_alpha, "mode": cfg.promote, **test,
+        "panel": f"{panel.kind} panel ({panel.count} items)",
         "judge": ("the cross-fitted fold models (not the reward model the finetune maximised)" if judge == "holdout"
                   else "the round's reward model"),
     }

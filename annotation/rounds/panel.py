@@ -18,13 +18,14 @@ from dataclasses import replace
 import numpy as np
 from django.db import transaction
 
-from annotation.models import EvaluationPanel, PanelScore, Study
+from annotation.models import EvaluationPanel, PanelKind, PanelScore, Study
 from annotation.rounds.versions import study_version
 from annotation.stats.paired import bootstrap_mean, paired_comparison
 from inference.models import GenerationBatch, JobStatus, ModelVersion
 from inference.storage import image_load
 
-SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism": "realism"}
+SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism_only_fooling_rate": "fooling_realism",
+          "realism": "realism"}
 
 
 def study_prompts(study: Study) -> list[str]:
@@ -40,29 +41,36 @@ def study_prompts(study: Study) -> list[str]:
     return prompts or list(TEMPLATE_REPORTS)
 
 
-def panel_ensure(study: Study) -> EvaluationPanel | None:
-    """The study's panel, defined once (prompts, seed, the current version's generation defaults at one image per
-    prompt); None when the study's panel_size is 0."""
-    panel = EvaluationPanel.objects.filter(study=study).first()
-    if panel is not None or study.panel_size < 1:
+def panel_ensure(study: Study, kind: str = PanelKind.EVALUATION) -> EvaluationPanel | None:
+    """The study's panel of `kind`, defined once (prompts, seed, the current version's generation defaults at one
+    image per prompt); None when its size (panel_size, promotion_panel_size) is 0. The promotion panel draws from
+    its own seed, so its items are not the evaluation panel's."""
+    panel = EvaluationPanel.objects.filter(study=study, kind=kind).first()
+    size = study.panel_size if kind == PanelKind.EVALUATION else study.promotion_panel_size
+    if panel is not None or size < 1:
         return panel
     from inference.services import generation_config_default
 
     gen = replace(generation_config_default(study_version(study)), images_per_prompt=1)
-    panel, _ = EvaluationPanel.objects.get_or_create(study=study, defaults={
-        "prompts": study_prompts(study), "count": study.panel_size, "seed": (study.seed * 7_919 + 104_729) % 2**31,
+    offset = 0 if kind == PanelKind.EVALUATION else 1_000_003
+    panel, _ = EvaluationPanel.objects.get_or_create(study=study, kind=kind, defaults={
+        "prompts": study_prompts(study), "count": size, "seed": (study.seed * 7_919 + 104_729 + offset) % 2**31,
         "config": gen.as_dict()})
     return panel
 
 
 def panel_share(*, source: Study, target: Study) -> EvaluationPanel:
-    """`target` evaluated on `source`'s panel (same prompts, seeds and settings): a control arm's panel."""
+    """`target` evaluated (and its promotions decided) on `source`'s panels (same prompts, seeds and settings): a
+    control arm's panels."""
     panel = panel_ensure(source)
     if panel is None:
         raise ValueError(f"Study {source.name} has no evaluation panel (panel_size 0).")
-    shared, _ = EvaluationPanel.objects.update_or_create(study=target, defaults={
-        "prompts": panel.prompts, "count": panel.count, "seed": panel.seed, "config": panel.config})
-    return shared
+    for kind in PanelKind.values:
+        mine = panel_ensure(source, kind)
+        if mine is not None:
+            shared, _ = EvaluationPanel.objects.update_or_create(study=target, kind=kind, defaults={
+                "prompts": mine.prompts, "count": mine.count, "seed": mine.seed, "config": mine.config})
+    return EvaluationPanel.objects.get(study=target, kind=PanelKind.EVALUATION)
 
 
 def _owner(panel: EvaluationPanel) -> str:
@@ -110,6 +118,9 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             images = _images(row)
             scores["preference"] = [float(np.mean([r.score(i) for r in readers])) for i in images]
             scores["fooling"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in readers])) for i in images]
+            plain = [replace(r, preference_weight=0.0) for r in readers]  # the fooling rate without the taste term
+            scores["fooling_realism"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in plain]))
+                                         for i in images]
             fn = next((r for r in readers if r.realism_model is not None), None)
             if fn is not None:
                 scores["realism"] = [fn.realism_score(i) for i in images]
@@ -179,7 +190,7 @@ def panel_compare(panel: EvaluationPanel, parent: ModelVersion, produced: ModelV
 def panel_versions(study: Study) -> dict:
     """Every scored version of the study's panel, in the order they were made, with the latest reward model's
     scores: what the dashboard draws and the API returns."""
-    panel = EvaluationPanel.objects.filter(study=study).first()
+    panel = EvaluationPanel.objects.filter(study=study, kind=PanelKind.EVALUATION).first()
     if panel is None:
         return {"items": 0, "versions": [], "reward_run": None,
                 "skipped": "the study has no evaluation panel yet (one is sampled in the first round's evaluation)"}

@@ -16,7 +16,7 @@ from annotation.simulation.loop import real_pool_ensure
 from annotation.studies.services import study_create
 
 COPIED = ("images_per_round", "real_fraction", "readers_per_image", "task_kinds", "rubric", "display_size",
-          "catch_rate", "repeat_rate", "repeat_washout", "seed", "prompt_source", "panel_size", "equivalence_margin",
+          "catch_rate", "repeat_rate", "repeat_washout", "seed", "prompt_source", "panel_size", "promotion_panel_size", "equivalence_margin",
           "catch_rule", "round_defaults")
 
 
@@ -42,51 +42,73 @@ def control_study_ensure(*, feedback: Study, name: str | None = None) -> Study:
     return study
 
 
+GAINS = (("preference_gain", "preference"), ("fooling_rate_gain", "fooling"),
+         ("realism_only_fooling_rate_gain", "fooling_realism"), ("realism_gain", "realism"))
+
+
+def _current(study: Study, rounds: list[Round]):
+    """The version the study would ship after `rounds`: its current one (the last promoted, or the first)."""
+    study.refresh_from_db()
+    return study.current_version or (rounds[0].model_version if rounds else None)
+
+
+def _gains(panel, before, after, out: dict) -> None:
+    """`after` against `before` on the panel, every gain an object {mean, ci_low, ci_high, n} (paired over the
+    panel's items: the panel's precision, not the procedure's)."""
+    from annotation.stats.paired import bootstrap_mean
+
+    for name, key in GAINS:
+        result = paired_gain(panel, before, after, key)
+        out[name] = result.get("gain") or bootstrap_mean([])
+        if name == "preference_gain":
+            out["p_value"], out["n"] = result.get("p_value"), result.get("n")
+        elif name == "fooling_rate_gain":
+            out["fooling_rate_p_value"] = result.get("p_value")
+        for k, reason in ({"all": result["skipped"]} if isinstance(result.get("skipped"), str)
+                          else result.get("skipped") or {}).items():
+            out["skipped"][f"{name.removesuffix('_gain')}.{k}"] = reason
+
+
 def arm_summary(study: Study, rounds: list[Round]) -> dict:
-    """The arm's first version (round 1's parent) against the last version it produced, on the panel:
-    {"first_version", "last_version", "preference_gain", "fooling_rate_gain", "p_value", "skipped"}."""
-    out = {"first_version": None, "last_version": None, "preference_gain": None, "fooling_rate_gain": None,
-           "p_value": None, "fooling_rate_p_value": None, "skipped": {}}
+    """The arm's first version (round 1's parent) against its current version (what it would ship: the last
+    promoted one, or the first when nothing was promoted) on the evaluation panel. Gains are 0 when nothing was
+    promoted, with the reason under `skipped`; `last_produced` names the last version a round made, promoted or
+    not."""
+    from annotation.stats.paired import bootstrap_mean
+
+    out = {"unit": "panel items", "first_version": None, "last_version": None, "last_produced": None,
+           "p_value": None, "fooling_rate_p_value": None, "n": None, "skipped": {},
+           **{name: bootstrap_mean([]) for name, _ in GAINS}}
     if not rounds:
         out["skipped"]["summary"] = "no rounds"
         return out
-    first = rounds[0].model_version
+    first, current = rounds[0].model_version, _current(study, rounds)
     produced = [r.produced_version for r in rounds if r.produced_version is not None]
-    out["first_version"] = first.name if first else None
-    if not produced:
-        out["skipped"]["summary"] = "no round produced a new version"
-        return out
-    last = produced[-1]
-    out["last_version"] = last.name
+    out.update(first_version=first.name if first else None, last_version=current.name if current else None,
+               last_produced=produced[-1].name if produced else None)
     panel = panel_ensure(study)
     if panel is None or first is None:
         out["skipped"]["summary"] = "the study has no evaluation panel"
         return out
-    pref, fool = paired_gain(panel, first, last, "preference"), paired_gain(panel, first, last, "fooling")
-    out.update(preference_gain=pref.get("gain"), fooling_rate_gain=fool.get("gain"), p_value=pref.get("p_value"),
-               fooling_rate_p_value=fool.get("p_value"), n=pref.get("n"))
-    for name, result in (("preference", pref), ("fooling_rate", fool)):
-        for key, reason in ({"all": result["skipped"]} if isinstance(result.get("skipped"), str)
-                            else result.get("skipped") or {}).items():
-            out["skipped"][f"{name}.{key}"] = reason
+    if current == first:
+        out["skipped"]["summary"] = ("nothing was promoted: the current version is the first, gain 0"
+                                     if produced else "no round produced a new version: gain 0")
+    _gains(panel, first, current, out)
     return out
 
 
 def arms_compare(feedback: Study, control: Study, feedback_rounds: list[Round], control_rounds: list[Round]) -> dict:
-    """The feedback arm's last version against the control arm's last version on the shared panel (the same
-    items: a paired comparison of the simulated preference and fooling rate)."""
-    from annotation.stats.paired import paired_comparison
+    """The feedback arm's current version against the control arm's current version on the shared panel (the
+    same items: a paired comparison)."""
+    from annotation.stats.paired import bootstrap_mean
 
-    last = [next((r.produced_version for r in reversed(rs) if r.produced_version), None)
-            for rs in (feedback_rounds, control_rounds)]
-    if None in last:
-        return {"skipped": "an arm produced no version"}
-    rows = [panel_ensure(s).scores.filter(model_version=v).first() for s, v in zip((feedback, control), last,
-                                                                                  strict=True)]
-    if None in rows or any("preference" not in r.scores for r in rows):
-        return {"skipped": "an arm's last version was not scored on the panel"}
-    pref = paired_comparison(rows[1].scores["preference"], rows[0].scores["preference"])
-    fool = paired_comparison(rows[1].scores["fooling"], rows[0].scores["fooling"])
-    return {"feedback_version": last[0].name, "control_version": last[1].name, "preference_gain": pref["gain"],
-            "p_value": pref["p_value"], "effect_size": pref["effect_size"], "fooling_rate_gain": fool["gain"],
-            "fooling_rate_p_value": fool["p_value"], "n": pref["n"], "skipped": pref["skipped"]}
+    fb, ctl = _current(feedback, feedback_rounds), _current(control, control_rounds)
+    out = {"unit": "panel items", "feedback_version": fb.name if fb else None,
+           "control_version": ctl.name if ctl else None, "p_value": None, "fooling_rate_p_value": None, "n": None,
+           "skipped": {}, **{name: bootstrap_mean([]) for name, _ in GAINS}}
+    panel = panel_ensure(feedback)
+    if panel is None or fb is None or ctl is None:
+        out["skipped"]["summary"] = "no evaluation panel or no version"
+        return out
+    _gains(panel, ctl, fb, out)
+    return out

@@ -83,7 +83,8 @@ def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
 
 
 def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "domain",
-                      panel_size: int | None = None, seed: int | None = None, taste: str | None = None) -> Study:
+                      panel_size: int | None = None, seed: int | None = None, taste: str | None = None,
+                      promotion_panel_size: int | None = None) -> Study:
     """The study `name`, created when missing: phantom real images, the chosen base version, and `readers`
     simulated readers (readers_per_image = readers, so every task gets answered) whose real/synthetic calls follow
     one realism function fitted on the real images against the base's, and whose taste is `taste`
@@ -100,7 +101,8 @@ def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "
             raise ValueError(f"Study {name}'s simulated readers already have the taste {', '.join(sorted(had))}; "
                              f"a taste is fixed when the study is created: use a new study name for {label}.")
     if study is None:
-        extra = {k: v for k, v in (("panel_size", panel_size), ("seed", seed)) if v is not None}
+        extra = {k: v for k, v in (("panel_size", panel_size), ("seed", seed),
+                                   ("promotion_panel_size", promotion_panel_size)) if v is not None}
         study = study_create(name=name, title=f"Headless loop {name}", display_size=64,
                                       images_per_round=images, readers_per_image=max(1, readers),
                                       task_kinds=["realism", "rubric"], prompt_source="reports", **extra)
@@ -252,7 +254,7 @@ def round_summary(rnd: Round) -> dict:
         "round": rnd.number, "status": rnd.status,
         "model_version": rnd.model_version.name if rnd.model_version else None,
         "produced_version": rnd.produced_version.name if rnd.produced_version else None,
-        "promoted": bool(promotion.get("promoted")),
+        "promoted": bool(promotion.get("promoted")), "promotion": promotion or None,
         "panel": panel,
         "images": Image.objects.filter(round=rnd).count(),
         "synthetic": Image.objects.filter(round=rnd, source=Source.SYNTHETIC).count(),

@@ -19,6 +19,7 @@ def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, imag
     kw.setdefault("display_size", 64)
     kw.setdefault("task_kinds", ["realism", "rubric"])
     kw.setdefault("panel_size", 4)
+    kw.setdefault("promotion_panel_size", 4)
     study = study_create(name=name, title=f"Study {name}", images_per_round=images,
                                   readers_per_image=readers, **kw)
     for i in range(real_pool):

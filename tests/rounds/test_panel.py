@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.utils.html import escape
 
 from annotation.models import EvaluationPanel, PanelScore, Study
 from annotation.reading.simulated import simulated_members
@@ -29,7 +30,7 @@ def test_versions_are_scored_on_the_same_panel_items_and_each_reward_model_resco
     first = round_launch(study=study, config=TINY_ROUND)
     first.refresh_from_db()
     assert first.status == "done", first.stage_error
-    panel = EvaluationPanel.objects.get(study=study)
+    panel = EvaluationPanel.objects.get(study=study, kind="evaluation")
     parent, child = first.model_version, first.produced_version
     assert panel.count == 4 and _requests(parent, panel) == _requests(child, panel)  # paired: same prompt, seed
     record = first.metrics["panel"]
@@ -46,8 +47,8 @@ def test_versions_are_scored_on_the_same_panel_items_and_each_reward_model_resco
     second.refresh_from_db()
     assert second.status == "done", second.stage_error
     sampled = second.model_version
-    # the version round 2 sampled from was sampled on the panel once, in round 1
-    assert GenerationBatch.objects.filter(model_version=sampled, owner__startswith="panel:").count() == 1
+    # the version round 2 sampled from was sampled on each panel (evaluation, promotion) once, in round 1
+    assert GenerationBatch.objects.filter(model_version=sampled, owner__startswith="panel:").count() == 2
     for row in PanelScore.objects.filter(panel=panel):
         made_in_round_1 = row.model_version in (parent, child)
         assert set(row.scores["reward"]) == ({str(first.reward_run_id)} if made_in_round_1 else set()) | {
@@ -56,12 +57,17 @@ def test_versions_are_scored_on_the_same_panel_items_and_each_reward_model_resco
 
 
 def test_promotion_is_decided_by_the_paired_test_once_the_panel_is_large_enough():
-    study = tiny_study("big-panel", panel_size=8)
+    study = tiny_study("big-panel", panel_size=6, promotion_panel_size=8)
     rnd = round_launch(study=study, config=TINY_ROUND)
     rnd.refresh_from_db()
     promotion = rnd.metrics["promotion"]
-    assert promotion["samples"] == 8 and promotion["n_pairs"] == 8
+    assert promotion["samples"] == 8 and promotion["n_pairs"] == 8 and promotion["panel"] == "promotion panel (8 items)"
     assert promotion["p_value"] is not None and promotion["rule"].startswith("paired test on 8 panel items")
+    # the items that decide are not the items that measure, and no simulated reader scores them
+    decide, measure = (EvaluationPanel.objects.get(study=study, kind=k) for k in ("promotion", "evaluation"))
+    assert not set(_requests(rnd.model_version, decide)) & set(_requests(rnd.model_version, measure))
+    assert "preference" not in PanelScore.objects.get(panel=decide, model_version=rnd.model_version).scores
+    assert promotion["judge"].startswith("the cross-fitted fold models")
     assert promotion["promoted"] == (promotion["p_value"] < 0.05)
     assert rnd.metrics["panel"]["promotion_p_value"] == promotion["p_value"]
     assert rnd.metrics["report"]["panel"] == rnd.metrics["panel"]  # the report computed in evaluation carries it
@@ -70,7 +76,7 @@ def test_promotion_is_decided_by_the_paired_test_once_the_panel_is_large_enough(
 
 
 def test_a_study_without_a_panel_leaves_promotion_to_an_admin():
-    study = tiny_study("no-panel", panel_size=0)
+    study = tiny_study("no-panel", panel_size=0, promotion_panel_size=0)
     rnd = round_launch(study=study, config=TINY_ROUND)
     rnd.refresh_from_db()
     assert rnd.status == "done" and rnd.metrics["panel"] is None
@@ -117,13 +123,15 @@ def _round_one(study):
 def test_run_loop_with_a_control_arm_shares_the_base_readers_and_panel_and_reports_both(settings):
     out = io.StringIO()
     call_command("run_loop", study="arms", rounds=1, simulated_readers=2, images=8, base="tiny", preset="tiny",
-                 control="permuted", panel=4, seed=5, config=json.dumps(TINY_ROUND), json=True, stdout=out)
+                 control="permuted", panel=4, promotion_panel=4, seed=5, config=json.dumps(TINY_ROUND), json=True, stdout=out)
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     feedback, control = Study.objects.get(name="arms"), Study.objects.get(name="arms-control")
     assert result["control"]["study"] == "arms-control" and feedback.seed == control.seed == 5
     readers = [[m.simulation for m in simulated_members(s)] for s in (feedback, control)]
     assert readers[0] == readers[1] and readers[0][0]["realism"]["n_base"] == 32  # one realism function, shared
-    panels = [EvaluationPanel.objects.get(study=s) for s in (feedback, control)]
+    decide = [EvaluationPanel.objects.get(study=s, kind="promotion") for s in (feedback, control)]
+    assert decide[0].seed == decide[1].seed and decide[0].count == 4  # the control's promotions on the same items
+    panels = [EvaluationPanel.objects.get(study=s, kind="evaluation") for s in (feedback, control)]
     assert [(p.prompts, p.count, p.seed, p.config) for p in panels][0] == (
         panels[1].prompts, panels[1].count, panels[1].seed, panels[1].config)
     fb_round, ctl_round = result["rounds"][0], result["control"]["rounds"][0]
@@ -144,14 +152,23 @@ def test_run_loop_with_a_control_arm_shares_the_base_readers_and_panel_and_repor
     assert summary["first_version"] == fb_round["model_version"]
     assert summary["p_value"] is None and summary["skipped"]["preference.p_value"] == "too few (n=4)"
     assert np.isfinite(summary["preference_gain"]["mean"]) and "feedback_vs_control" in result
+    # the seed-level evidence's inputs: gains are always objects, "current" is what the study would ship
+    assert summary["unit"] == result["feedback_vs_control"]["unit"] == "panel items"
+    for stat in ("preference_gain", "fooling_rate_gain", "realism_only_fooling_rate_gain"):
+        assert set(summary[stat]) == {"mean", "ci_low", "ci_high", "n"}
+        assert set(result["feedback_vs_control"][stat]) == {"mean", "ci_low", "ci_high", "n"}
+    feedback.refresh_from_db()
+    assert summary["last_version"] == feedback.current_version.name
+    if summary["last_version"] == summary["first_version"]:  # nothing promoted: gain 0, and why
+        assert summary["preference_gain"]["mean"] == 0 and "nothing was promoted" in summary["skipped"]["summary"]
 
 
-def test_a_reward_model_that_fails_its_check_blocks_the_feedback_arm_not_the_control():
+def test_a_reward_model_that_fails_its_check_blocks_the_feedback_arm_not_the_control(admin_client):
     """check_alpha 1e-9 cannot be reached by the out-of-fold ranking of a handful of images: every check fails."""
     out = io.StringIO()
     strict = {**TINY_ROUND, "reward_check": "block", "reward": {**TINY_ROUND["reward"], "check_alpha": 1e-9}}
     call_command("run_loop", study="checked", rounds=1, simulated_readers=2, images=8, base="tiny", preset="tiny",
-                 control="permuted", panel=4, seed=6, config=json.dumps(strict), json=True, stdout=out)
+                 control="permuted", panel=4, promotion_panel=4, seed=6, config=json.dumps(strict), json=True, stdout=out)
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     feedback, control = Study.objects.get(name="checked").rounds.get(), Study.objects.get(name="checked-control").rounds.get()
     assert feedback.status == control.status == "done"
@@ -167,3 +184,11 @@ def test_a_reward_model_that_fails_its_check_blocks_the_feedback_arm_not_the_con
     assert control.finetune_run is not None and control.produced_version is not None
     assert control.metrics["reward_valid"]["valid"] is False
     assert "promoted" in control.metrics["promotion"]
+    # the round pages say so in sentences, with the figures; metrics and settings as tables, raw JSON folded away
+    page = admin_client.get(f"/dashboard/rounds/{feedback.pk}/").content.decode()
+    assert "Reward model check" in page and "No finetune ran and nothing was promoted." in page
+    assert escape(verdict["reason"]) in page
+    assert '<th scope="row">reward_valid.rho</th>' in page and "<summary>Raw metrics (JSON)</summary>" in page
+    page = admin_client.get(f"/dashboard/rounds/{control.pk}/").content.decode()
+    assert "Recorded only: the round went on" in page and "The finetune moved the reward on the evaluation panel by" in page
+    assert "judged by the cross-fitted fold models" in page

@@ -20,7 +20,8 @@ KEYS = {"round", "model_version", "images", "labels", "reader_accuracy", "simula
 def test_run_loop_runs_two_rounds_on_a_real_worker_and_ends_with_json(live_worker):
     out = io.StringIO()
     call_command("run_loop", study="cli", rounds=2, simulated_readers=2, images=8, base="tiny", preset="tiny",
-                 panel=4, config=json.dumps({**TINY_ROUND, "image_metrics": True}), json=True, stdout=out,
+                 panel=4, promotion_panel=4, config=json.dumps({**TINY_ROUND, "image_metrics": True}), json=True,
+                 stdout=out,
                  reader_taste="sharpness:-1")
     lines = out.getvalue().strip().splitlines()
     assert lines[0].startswith("round 1: done, sampled from tiny-sd, 8 images, 32 labels")

@@ -65,6 +65,9 @@ class Command(BaseCommand):
                                  "real images, readers and panel), round by round beside the feedback arm.")
         parser.add_argument("--panel", type=int, default=None,
                             help="Evaluation panel items (prompts × seeds) for a new study (default 64).")
+        parser.add_argument("--promotion-panel", type=int, default=None,
+                            help="Promotion panel items for a new study (default 32; disjoint from the evaluation "
+                                 "panel, scored by the reward models only; 0: promotion on the evaluation panel).")
         parser.add_argument("--seed", type=int, default=None, help="Study seed for a new study (default random).")
         parser.add_argument("--round-timeout", type=float, default=3600.0, help="Seconds one round may take.")
         parser.add_argument("--json", action="store_true", help="End with one JSON line of per-round metrics.")
@@ -72,7 +75,7 @@ class Command(BaseCommand):
     def handle(self, *args, study: str, rounds: int, simulated_readers: int, images: int, base: str, config: str,
                round_timeout: float, json: bool, preset: str = "loop", control: str = "none",
                panel: int | None = None, seed: int | None = None, reader_taste: str | None = None,
-               list_tastes: bool = False, **options):
+               list_tastes: bool = False, promotion_panel: int | None = None, **options):
         if list_tastes:
             return self._list_tastes(json)
         if not study:
@@ -82,9 +85,10 @@ class Command(BaseCommand):
                 parse_taste(reader_taste)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
-        if rounds < 1 or simulated_readers < 0 or images < 2 or (panel is not None and panel < 0):
+        if rounds < 1 or simulated_readers < 0 or images < 2 or (panel is not None and panel < 0) or (
+                promotion_panel is not None and promotion_panel < 0):
             raise CommandError("--rounds must be at least 1, --simulated-readers at least 0, --images at least 2, "
-                               "--panel at least 0.")
+                               "--panel and --promotion-panel at least 0.")
         if control != "none" and simulated_readers < 1:
             raise CommandError("--control needs simulated readers: the arms are compared on their scoring.")
         migrations_check()
@@ -103,7 +107,8 @@ class Command(BaseCommand):
         try:
             try:
                 the_study = loop_study_ensure(name=study, readers=simulated_readers, images=images, base=base,
-                                              panel_size=panel, seed=seed, taste=reader_taste)
+                                              panel_size=panel, seed=seed, taste=reader_taste,
+                                              promotion_panel_size=promotion_panel)
                 arms["feedback"] = {"study": the_study, "config": overrides, "rounds": [], "summaries": []}
                 if control == "permuted":
                     twin = control_study_ensure(feedback=the_study)
