@@ -112,10 +112,19 @@ def main() -> None:
     started = time.perf_counter()
     aligned = alignment()
     jobs = [(taste, seed) for taste in args.tastes for seed in args.seeds]
+    def attempt(job):
+        try:
+            out = run_seed(job[1], job[0], args)
+            print(f"{job[0]} seed {job[1]}: {out['wall_s']} s wall, {out['cpu_s']} s CPU", flush=True)
+            return out
+        except RuntimeError as exc:  # one failed seed is reported, the others still count
+            print(f"{job[0]} seed {job[1]}: FAILED: {exc}", flush=True)
+            return None
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        outs = list(pool.map(lambda job: run_seed(job[1], job[0], args), jobs))
-    for (taste, seed), out in zip(jobs, outs, strict=True):
-        print(f"{taste} seed {seed}: {out['wall_s']} s wall, {out['cpu_s']} s CPU", flush=True)
+        outs = list(pool.map(attempt, jobs))
+    failed = [f"{taste} seed {seed}" for (taste, seed), out in zip(jobs, outs, strict=True) if out is None]
+    jobs, outs = [j for j, o in zip(jobs, outs, strict=True) if o is not None], [o for o in outs if o is not None]
     wall = time.perf_counter() - started
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     reports, verdicts = {}, {}
@@ -132,7 +141,7 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "settings": vars(args), "wall_s_all_tastes": round(wall, 1),
             "cpu_s_all_tastes": round(cpu.ru_utime + cpu.ru_stime, 1), "over_seeds": report, "acceptance": verdict,
-            "seeds": rows, "unit": "loop seeds (per-item CIs inside each round's panel record: panel precision)",
+            "seeds": rows, "failed": failed, "unit": "loop seeds (per-item CIs inside each round's panel record: panel precision)",
             "note": "Embedded default (SQLite, kombu SQLAlchemy broker, one solo worker per seed), CPU, one torch "
                     "thread per seed, the tiny domain-adapted model, run_loop's loop preset. Preference and fooling "
                     "rate are the simulated readers' functions on the evaluation panel (the ground truth); training, "
