@@ -34,26 +34,6 @@ def over_seeds(values: list[float]) -> dict:
     return out
 
 
-def wilson(k: int, n: int) -> dict:
-    """Share k/n with its Wilson 95 % interval."""
-    if n == 0:
-        return {"share": None, "ci_low": None, "ci_high": None, "k": k, "n": n}
-    z, p = 1.959964, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"share": p, "ci_low": centre - half, "ci_high": centre + half, "k": k, "n": n}
-
-
-def share_difference(a: dict, b: dict) -> dict:
-    """a − b of two Wilson shares with Newcombe's hybrid score interval."""
-    if a["share"] is None or b["share"] is None:
-        return {"difference": None, "ci_low": None, "ci_high": None}
-    d = a["share"] - b["share"]
-    low = d - math.sqrt((a["share"] - a["ci_low"]) ** 2 + (b["ci_high"] - b["share"]) ** 2)
-    high = d + math.sqrt((a["ci_high"] - a["share"]) ** 2 + (b["share"] - b["ci_low"]) ** 2)
-    return {"difference": d, "ci_low": low, "ci_high": high}
-
-
 def _mean(side: dict | None, key: str = "preference") -> float | None:
     stat = (side or {}).get(key) or {}
     return stat.get("mean")
@@ -105,13 +85,21 @@ def over_seeds_report(rows: list[dict], rounds: int) -> dict:
             "control_gain": over_seeds([row["control_gain"][r] for row in rows]),
             "realism_only_fooling_gain": over_seeds([row["realism_only_fooling_gain"][r] for row in rows]),
         })
-    fb = wilson(sum(sum(row["improved"]["feedback"]) for row in rows), sum(len(row["improved"]["feedback"])
-                                                                            for row in rows))
-    ctl = wilson(sum(sum(row["improved"]["control"]) for row in rows), sum(len(row["improved"]["control"])
-                                                                           for row in rows))
-    return {"per_round": per_round, "rounds_improved": {"feedback": fb, "control": ctl,
-                                                         "feedback_minus_control": share_difference(fb, ctl)},
-            "blocked_rounds": sum(sum(row["blocked"]) for row in rows)}
+    improved = {}
+    for arm in ("feedback", "control"):
+        flags = [row["improved"][arm] for row in rows]
+        k, n = sum(sum(f) for f in flags), sum(len(f) for f in flags)
+        # rounds are clustered within a seed: the CI is over the seeds' shares, not over pooled rounds
+        improved[arm] = {"k": k, "n": n, "share": k / n if n else None,
+                         "per_seed": over_seeds([sum(f) / len(f) for f in flags if f])}
+    improved["feedback_minus_control"] = over_seeds(
+        [sum(row["improved"]["feedback"]) / len(row["improved"]["feedback"])
+         - sum(row["improved"]["control"]) / len(row["improved"]["control"]) for row in rows
+         if row["improved"]["feedback"] and row["improved"]["control"]])
+    return {"per_round": per_round, "rounds_improved": improved,
+            "blocked_rounds": sum(sum(row["blocked"]) for row in rows),
+            "note": "only the feedback arm can be blocked by the reward check (a blocked round counts as not "
+                    "improved); the control arm always finetunes"}
 
 
 def acceptance(report: dict, rounds: int) -> dict:
@@ -146,11 +134,14 @@ def markdown(taste: str, alignment: dict | None, rows: list[dict], report: dict,
                      f"{_ci(d)} ({d['positive']}/{d['n_seeds']}, sign p {d['sign_p'] or 1:.2g}) | "
                      f"{_ci(r['control_gain'])} | {_ci(r['realism_only_fooling_gain'])} |")
     imp = report["rounds_improved"]
-    lines += ["", f"Rounds whose finetune improved the preference: feedback {imp['feedback']['k']}/"
-              f"{imp['feedback']['n']} ({imp['feedback']['share']:.0%} [{imp['feedback']['ci_low']:.0%}, "
-              f"{imp['feedback']['ci_high']:.0%}]), control {imp['control']['k']}/{imp['control']['n']} "
-              f"({imp['control']['share']:.0%} [{imp['control']['ci_low']:.0%}, {imp['control']['ci_high']:.0%}]); "
-              f"blocked by the reward check: {report['blocked_rounds']}.", "",
+
+    def share(arm: str) -> str:
+        a = imp[arm]
+        return f"{a['k']}/{a['n']}" + (f" ({a['share']:.0%}; per-seed mean {_ci(a['per_seed'])})" if a["n"] else "")
+
+    lines += ["", f"Rounds whose finetune improved the preference: feedback {share('feedback')}, control "
+              f"{share('control')}; feedback − control per seed {_ci(imp['feedback_minus_control'])}; blocked by "
+              f"the reward check: {report['blocked_rounds']}.", "",
               "| seed | gain per round | feedback − control per round | promoted (feedback) | blocked |",
               "|---|---|---|---|---|"]
     for row in rows:

@@ -96,6 +96,19 @@ def _alignment(taste: str, aligned: dict) -> dict | None:
     return {"toward_real": row["toward_real"] * (-1 if sign == "-1" else 1), "shift_sd": row["shift_sd"]}
 
 
+def report_again(args) -> None:
+    reports = {}
+    for name in args.from_json:
+        result = json.loads(Path(name).read_text())
+        rounds = result["settings"]["rounds"]
+        report = over_seeds_report(result["seeds"], rounds)
+        result.update(over_seeds=report, acceptance=acceptance(report, rounds))
+        reports[result["taste"]] = report
+        print("\n" + markdown(result["taste"], result["alignment"], result["seeds"], report, result["acceptance"]))
+        Path(name).write_text(json.dumps(result, indent=2))
+    svg(reports, Path(args.plot))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
@@ -107,7 +120,12 @@ def main() -> None:
     parser.add_argument("--config", default="{}", help="RoundConfig overrides on the loop preset (JSON).")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "loop-seeds.svg"))
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                        help="Re-compute the statistics, tables and plot from earlier loop-<taste>.json files "
+                             "(their per-seed rows) instead of running.")
     args = parser.parse_args()
+    if args.from_json:
+        return report_again(args)
 
     started = time.perf_counter()
     aligned = alignment()
@@ -117,7 +135,7 @@ def main() -> None:
             out = run_seed(job[1], job[0], args)
             print(f"{job[0]} seed {job[1]}: {out['wall_s']} s wall, {out['cpu_s']} s CPU", flush=True)
             return out
-        except RuntimeError as exc:  # one failed seed is reported, the others still count
+        except Exception as exc:  # noqa: BLE001 - one failed seed is reported, the others still count
             print(f"{job[0]} seed {job[1]}: FAILED: {exc}", flush=True)
             return None
 

@@ -91,7 +91,8 @@ def round_story(rnd: Round) -> dict:
                           "used": not story["blocked"]}
     if promotion.get("samples"):
         diff = promotion["reward_child"] - promotion["reward_parent"]
-        story["moved"] = (f"The finetune moved the reward on the evaluation panel by {diff:+.3f} "
+        story["moved"] = (f"The finetune moved the reward on the {promotion.get('panel') or 'evaluation panel'} by "
+                          f"{diff:+.3f} "
                           f"({promotion['reward_parent']:.3f} → {promotion['reward_child']:.3f}, n = "
                           f"{promotion['samples']} paired items, new version better on "
                           f"{promotion['child_better_share']:.0%}), judged by "

@@ -125,14 +125,19 @@ def _start_finetune(rnd: Round) -> Round:
                    "auroc_skipped": (reward_metrics.get("realism") or {}).get("auroc_skipped"),
                    "criteria": reward_metrics.get("criteria"), "mismatch": reward_metrics.get("mismatch")},
         "reward_valid": check}
-    if check is not None and not check.get("valid") and cfg.reward_check == "block" and not cfg.control:
-        # the labels did not buy a reward model that ranks synthetic images as the readers do: no finetune, the
-        # round is evaluated with its parent only and ends with no new version, saying why
-        return _to(rnd, RoundStatus.TRAINING_REWARD, RoundStatus.EVALUATING, then=stage_enqueue,
-                   metrics={**rnd.metrics, **recorded, "finetune": {"blocked": check.get("reason")}})
+    blocked = check is not None and not check.get("valid") and cfg.reward_check == "block" and not cfg.control
     with transaction.atomic():
         locked = Round.objects.select_for_update().get(pk=rnd.pk)
         if locked.status != RoundStatus.TRAINING_REWARD:
+            return locked
+        if blocked:
+            # the labels did not buy a reward model that ranks synthetic images as the readers do: no finetune,
+            # the round is evaluated with its parent only and ends with no new version, saying why
+            locked.metrics = {**locked.metrics, **recorded, "finetune": {"blocked": check.get("reason")}}
+            locked.save(update_fields=["metrics"])
+            locked = round_transition(round=locked, to=RoundStatus.EVALUATING)
+            Round.objects.filter(pk=locked.pk).update(heartbeat_at=timezone.now())
+            stage_enqueue(locked)
             return locked
         locked.finetune_run = training_run_create(
             kind=kind, owner=owner_of(rnd), config=ft.as_dict(), snapshot_key=reward_run.snapshot_key,

@@ -118,12 +118,14 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             images = _images(row)
             scores["preference"] = [float(np.mean([r.score(i) for r in readers])) for i in images]
             scores["fooling"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in readers])) for i in images]
-            plain = [replace(r, preference_weight=0.0) for r in readers]  # the fooling rate without the taste term
-            scores["fooling_realism"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in plain]))
-                                         for i in images]
             fn = next((r for r in readers if r.realism_model is not None), None)
             if fn is not None:
                 scores["realism"] = [fn.realism_score(i) for i in images]
+        if readers and "fooling_realism" not in scores:  # also for rows scored before it existed
+            images = images or _images(row)
+            plain = [replace(r, preference_weight=0.0) for r in readers]  # the fooling rate without the taste term
+            scores["fooling_realism"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in plain]))
+                                         for i in images]
         if reward_run is not None and str(reward_run.pk) not in scores.get("reward", {}):
             from training.ml.reward import reward
             from training.runs.reward import reward_model_load
@@ -203,9 +205,11 @@ def panel_versions(study: Study) -> dict:
         for r in rows if r.scores]}
 
 
-def paired_gain(panel: EvaluationPanel, first: ModelVersion, last: ModelVersion, key: str = "preference") -> dict:
-    """`last` against `first` on the panel's `key` scores (paired_comparison), or {"skipped": reason}."""
-    a, b = _row(panel, first), _row(panel, last)
+def paired_gain(panel: EvaluationPanel, first: ModelVersion, last: ModelVersion, key: str = "preference", *,
+                last_panel: EvaluationPanel | None = None) -> dict:
+    """`last` against `first` on the panel's `key` scores (paired_comparison), or {"skipped": reason}. `last` is
+    read from `last_panel` when given: another study's copy of the same panel (a control arm's), same items."""
+    a, b = _row(panel, first), _row(last_panel or panel, last)
     if a is None or b is None or key not in a.scores or key not in b.scores:
         return {"skipped": f"{key} of {first.name} or {last.name} was not scored on the panel"}
     return paired_comparison(a.scores[key], b.scores[key])

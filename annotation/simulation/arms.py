@@ -52,13 +52,13 @@ def _current(study: Study, rounds: list[Round]):
     return study.current_version or (rounds[0].model_version if rounds else None)
 
 
-def _gains(panel, before, after, out: dict) -> None:
+def _gains(panel, before, after, out: dict, *, after_panel=None) -> None:
     """`after` against `before` on the panel, every gain an object {mean, ci_low, ci_high, n} (paired over the
     panel's items: the panel's precision, not the procedure's)."""
     from annotation.stats.paired import bootstrap_mean
 
     for name, key in GAINS:
-        result = paired_gain(panel, before, after, key)
+        result = paired_gain(panel, before, after, key, last_panel=after_panel)
         out[name] = result.get("gain") or bootstrap_mean([])
         if name == "preference_gain":
             out["p_value"], out["n"] = result.get("p_value"), result.get("n")
@@ -106,9 +106,9 @@ def arms_compare(feedback: Study, control: Study, feedback_rounds: list[Round], 
     out = {"unit": "panel items", "feedback_version": fb.name if fb else None,
            "control_version": ctl.name if ctl else None, "p_value": None, "fooling_rate_p_value": None, "n": None,
            "skipped": {}, **{name: bootstrap_mean([]) for name, _ in GAINS}}
-    panel = panel_ensure(feedback)
-    if panel is None or fb is None or ctl is None:
+    panels = panel_ensure(control), panel_ensure(feedback)  # the same items: the control's copy of the panel
+    if None in panels or fb is None or ctl is None:
         out["skipped"]["summary"] = "no evaluation panel or no version"
         return out
-    _gains(panel, ctl, fb, out)
+    _gains(panels[0], ctl, fb, out, after_panel=panels[1])
     return out

@@ -190,5 +190,5 @@ def test_a_reward_model_that_fails_its_check_blocks_the_feedback_arm_not_the_con
     assert escape(verdict["reason"]) in page
     assert '<th scope="row">reward_valid.rho</th>' in page and "<summary>Raw metrics (JSON)</summary>" in page
     page = admin_client.get(f"/dashboard/rounds/{control.pk}/").content.decode()
-    assert "Recorded only: the round went on" in page and "The finetune moved the reward on the evaluation panel by" in page
+    assert "Recorded only: the round went on" in page and "The finetune moved the reward on the promotion panel (4 items) by" in page
     assert "judged by the cross-fitted fold models" in page

@@ -59,7 +59,8 @@ def spearman_check(predicted: Sequence[float], target: Sequence[float], alpha: f
         return out
     result = spearmanr(x, y, alternative="greater")
     rho = float(result.statistic)
-    z, se = math.atanh(min(max(rho, -0.999999), 0.999999)), 1 / math.sqrt(max(n - 3, 1))
+    # Fisher z with the Spearman standard error (Fieller, Hartley & Pearson 1957): sqrt(1.06 / (n - 3))
+    z, se = math.atanh(min(max(rho, -0.999999), 0.999999)), math.sqrt(1.06 / max(n - 3, 1))
     out.update(rho=rho, ci_low=math.tanh(z - 1.96 * se), ci_high=math.tanh(z + 1.96 * se),
                p_value=float(result.pvalue), valid=bool(result.pvalue < alpha))
     ranks = f"ρ = {rho:.2f} [{out['ci_low']:.2f}, {out['ci_high']:.2f}], one-sided p = {result.pvalue:.2g}, n = {n}"

@@ -12,7 +12,7 @@ from inference.services import model_version_register
 from inference.storage import image_load, local_copy
 from training.models import RunKind, TrainingRun
 from training.runs.reward import reward_model_load
-from training.runs.storage import Progress, download_dir, snapshot_load, upload_dir, work_dir
+from training.runs.storage import Heartbeat, Progress, download_dir, snapshot_load, upload_dir, work_dir
 
 OBJECTIVE = {RunKind.DOMAIN: "domain", RunKind.FINETUNE: "reward_weighted", RunKind.DPO: "dpo"}
 
@@ -80,8 +80,10 @@ def fresh_samples_scored(run: TrainingRun, cfg, prompts: list[str], model, devic
     gen = replace(generation_config_default(parent), images_per_prompt=1)
     pipe = version_pipeline(parent, scheduler=gen.scheduler, device=device)
 
+    beat = Heartbeat(run)
+
     def sample(requests):
-        return [image for _, image in generate(pipe, requests, gen, device=device)]
+        return [image for _, image in generate(pipe, requests, gen, device=device, on_progress=beat)]
 
     def score(images, texts):
         return reward(model, images, texts).tolist()
@@ -103,8 +105,9 @@ def finetune_data(run: TrainingRun, device, cfg) -> dict:
             raise ValueError("A reward-weighted finetune needs its reward run.")
         model = reward_model_load(run.reward_run, device)
         synth = [(image_load(i.key), i.prompt) for i in items if i.source == "synthetic"]
-        if cfg.fresh_samples:
-            data["synthetic"] = fresh_samples_scored(run, cfg, [p for _, p in synth], model, device)
+        if cfg.fresh_samples:  # on the labelled synthetic images' prompts (the reports, if none was labelled)
+            prompts = [p for _, p in synth] or [p for _, p in real]
+            data["synthetic"] = fresh_samples_scored(run, cfg, prompts, model, device)
         else:
             scores = reward(model, [img for img, _ in synth], [p for _, p in synth]).tolist() if synth else []
             data["synthetic"] = [(img, prompt, float(r)) for (img, prompt), r in zip(synth, scores, strict=True)]

@@ -7,7 +7,15 @@ from django.conf import settings
 
 from inference.storage import image_load
 from training.models import RunKind, RunStatus, TrainingRun
-from training.runs.storage import Progress, SnapshotError, download_dir, snapshot_load, upload_dir, work_dir
+from training.runs.storage import (
+    Heartbeat,
+    Progress,
+    SnapshotError,
+    download_dir,
+    snapshot_load,
+    upload_dir,
+    work_dir,
+)
 
 REWARD_FILES = ["model.safetensors", "config.json", "metrics.json"]
 
@@ -41,8 +49,10 @@ def _cross_fit(run: TrainingRun, cfg, items: list, device) -> dict:
     from training.ml.reward_check import cross_fit
     from training.ml.reward_training import train_reward_model
 
+    beat = Heartbeat(run)
     models, configs, check = cross_fit(
-        items, cfg, train=lambda subset, fold_cfg: train_reward_model(subset, fold_cfg, device=device)[0],
+        items, cfg, train=lambda subset, fold_cfg: train_reward_model(subset, fold_cfg, device=device,
+                                                                      on_progress=beat)[0],
         score=lambda model, images, prompts: reward(model, images, prompts).tolist(),
         synthetic=lambda item: not item.is_real)
     check["fold_keys"] = [

@@ -62,6 +62,20 @@ class Progress:
             progress={"step": int(step), "total": self.total}, loss_curve=self.curve, heartbeat_at=timezone.now())
 
 
+class Heartbeat:
+    """Stamps only the run's heartbeat, at most every HEARTBEAT_EVERY_S seconds: for work outside the training loop
+    (fold models, fresh samples), so the reconciler does not take a long run for a lost one."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        self.run, self._last = run, time.monotonic()
+
+    def __call__(self, *_, **__) -> None:
+        now = time.monotonic()
+        if now - self._last >= HEARTBEAT_EVERY_S:
+            self._last = now
+            TrainingRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+
+
 def work_dir(run: TrainingRun) -> Path:
     path = Path(settings.CXR_CACHE_DIR) / "runs" / str(run.pk)
     path.mkdir(parents=True, exist_ok=True)
