@@ -155,7 +155,7 @@ def markdown(taste: str, alignment: dict | None, rows: list[dict], report: dict,
 
 def svg(reports: dict[str, dict], path: Path) -> None:
     """Per taste, the seed-level mean (95 % t-CI) of feedback − control and of the first → current gain by round."""
-    w, h, left, right, top, bottom = 640, 300, 56, 170, 30, 40
+    w, h, left, right, top, bottom = 760, 300, 56, 250, 30, 40
     rounds = max(len(r["per_round"]) for r in reports.values())
     stats = [s for r in reports.values() for pr in r["per_round"] for s in (pr["gain"], pr["feedback_minus_control"])]
     values = [v for s in stats for v in (s["ci_low"], s["ci_high"], s["mean"]) if v is not None] + [0.0]
@@ -182,13 +182,14 @@ def svg(reports: dict[str, dict], path: Path) -> None:
     for t, (taste, report) in enumerate(reports.items()):
         for name, dash in (("feedback_minus_control", ""), ("gain", ' stroke-dasharray="5,4"')):
             colour = colours[t % len(colours)]
-            pts = [(x(0), {"mean": 0.0})] + [(x(pr["round"]), pr[name]) for pr in report["per_round"]]
+            dx = 5 * (legend - 1.5)  # a small offset per series, so CI bars at one round do not hide each other
+            pts = [(x(0), {"mean": 0.0})] + [(x(pr["round"]) + dx, pr[name]) for pr in report["per_round"]]
             line = " ".join(f"{px:.1f},{y(s['mean']):.1f}" for px, s in pts if s["mean"] is not None)
             parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
             for px, s in pts:
                 if s.get("ci_low") is not None:
                     parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{y(s["ci_low"]):.1f}" '
-                                 f'y2="{y(s["ci_high"]):.1f}" stroke="{colour}"/>')
+                                 f'y2="{y(s["ci_high"]):.1f}" stroke="{colour}"{dash}/>')
             label = "feedback − control" if name == "feedback_minus_control" else "first → current"
             parts.append(f'<line x1="{w - right + 8}" x2="{w - right + 30}" y1="{top + 16 * legend + 8}" '
                          f'y2="{top + 16 * legend + 8}" stroke="{colour}" stroke-width="2"{dash}/>'
