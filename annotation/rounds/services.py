@@ -143,7 +143,7 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
         audit(actor=actor, action="round.close_labeling", study=rnd.study, obj=rnd, **share)
 
         transaction.on_commit(lambda: round_snapshot_freeze_task.delay(round_pk=rnd.pk))
-        if not train:
+        if round_config(rnd).compare:  # its report (the MRMC analysis) is what a comparison round is for
             transaction.on_commit(lambda: round_report_build_task.delay(round_pk=rnd.pk))
     advance_later(rnd)
     return rnd
