@@ -63,5 +63,5 @@ def test_a_failing_stage_exits_non_zero_with_a_sentence():
         call_command("run_loop", study="z", reader_taste="toward-real:-1", stdout=io.StringIO())
     with pytest.raises(CommandError, match="--study NAME is required"):
         call_command("run_loop", stdout=io.StringIO())
-    with pytest.raises(CommandError, match="--panel at least 0"):
+    with pytest.raises(CommandError, match="--panel and --promotion-panel at least 0"):
         call_command("run_loop", study="z", panel=-1, stdout=io.StringIO())

@@ -46,7 +46,7 @@ def test_reader_prefers_its_direction_and_labels_in_range():
     items = reader.feedback(images, ["a", "b", "c"], np.random.default_rng(0))
     assert [it.prompt for it in items] == ["a", "b", "c"] and len({it.key for it in items}) == 3
     with pytest.raises(ValueError):
-        SimulatedReader(property="sharpness")
+        SimulatedReader(property="glossiness")
 
 
 def test_paired_comparison_is_one_sided():
