@@ -101,7 +101,8 @@ def _panel(rnd: Round, profiles: list, skipped: dict):
             panel_sample(panel, version)
             heartbeat(rnd)
     run = rnd.reward_run if rnd.reward_run is not None and rnd.reward_run.status == RunStatus.DONE else None
-    panel_score(panel, readers=profiles, reward_run=run, device=device)
+    # the fold models judge promotion; here only when this panel is the one that decides (no promotion panel)
+    panel_score(panel, readers=profiles, reward_run=run, device=device, judges=rnd.study.promotion_panel_size < 1)
     heartbeat(rnd)
     return panel, panel_compare(panel, rnd.model_version, rnd.produced_version,
                                 reward_run=run.pk if run is not None else None)

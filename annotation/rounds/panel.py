@@ -106,12 +106,13 @@ def _images(row: PanelScore) -> list[np.ndarray]:
     return [image_load(g.raw_key) for g in row.batch.images.order_by("index")]
 
 
-def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, device=None) -> None:
+def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, device=None, judges: bool = True) -> None:
     """Score every sampled version of the panel: the simulated readers' functions once per version, the reward
-    model `reward_run` (when given) for every version that has no score from it yet."""
+    model `reward_run` (when given) for every version that has no score from it yet, and — when the panel decides
+    promotion (`judges`) — the run's cross-fitted fold models."""
     rows = [r for r in panel.scores.select_related("batch", "model_version").order_by("pk")
             if r.batch is not None and r.batch.status == JobStatus.DONE]
-    model, judges = None, None
+    model, fold_models = None, None
     for row in rows:
         scores, images = dict(row.scores), None
         if readers and "preference" not in scores:
@@ -135,15 +136,16 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
             values = reward(model, images, prompts).float().cpu().numpy()
             scores["reward"] = {**scores.get("reward", {}), str(reward_run.pk): [float(v) for v in values]}
-        if reward_run is not None and str(reward_run.pk) not in scores.get("holdout", {}):
+        if judges and reward_run is not None and str(reward_run.pk) not in scores.get("holdout", {}):
             from training.ml.reward import reward
             from training.runs.reward import reward_fold_models_load
 
-            judges = reward_fold_models_load(reward_run, device) if judges is None else judges
-            if judges:  # the promotion judge: the mean of the cross-fitted fold models the finetune never saw
+            if fold_models is None:
+                fold_models = reward_fold_models_load(reward_run, device)
+            if fold_models:  # the promotion judge: the mean of the cross-fitted fold models the finetune never saw
                 images = images or _images(row)
                 prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
-                values = np.mean([reward(m, images, prompts).float().cpu().numpy() for m in judges], axis=0)
+                values = np.mean([reward(m, images, prompts).float().cpu().numpy() for m in fold_models], axis=0)
                 scores["holdout"] = {**scores.get("holdout", {}), str(reward_run.pk): [float(v) for v in values]}
         if scores != row.scores:
             with transaction.atomic():
