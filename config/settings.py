@@ -12,7 +12,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    """The variable's value; an empty value (an exported but blank `DATABASE_URL=`) counts as unset."""
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -23,7 +24,7 @@ def env_bool(name: str, default: bool = False) -> bool:
 
 
 def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    return int(os.environ.get(name) or default)
 
 
 #: Everything the platform writes locally (SQLite files, broker, media, model cache) lives under here.
@@ -135,6 +136,9 @@ CXR_MAX_FILE_MB = env_int("CXR_MAX_FILE_MB", 64)
 CXR_MAX_PIXELS = env_int("CXR_MAX_PIXELS", 40_000_000)
 CXR_MAX_ARCHIVE_ENTRIES = env_int("CXR_MAX_ARCHIVE_ENTRIES", 20_000)
 CXR_MAX_ARCHIVE_MB = env_int("CXR_MAX_ARCHIVE_MB", 8192)
+#: Key of the keyed hashes kept instead of DICOM identifiers (original SOP Instance UID for duplicates, patient ID
+#: for patient-grouped splits). Keep it fixed for a deployment: a new key makes earlier imports unmatchable.
+CXR_PSEUDONYM_KEY = env("CXR_PSEUDONYM_KEY", "pseudonym:" + SECRET_KEY)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -4,6 +4,10 @@ dropped. Pure pydicom; no Django."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import generate_uid
@@ -164,3 +168,27 @@ def deidentify_dataset(ds: pydicom.Dataset) -> list[str]:
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "PS3.15 E.1 Basic Profile; private and name tags removed"  # LO: <= 64
     return list(touched)
+
+
+def keyed_hash(key: str, kind: str, value: str) -> str:
+    """HMAC-SHA256 of `value` under `key` (hex): matches a value seen again without keeping it (a reversible
+    plain hash of a UID or patient ID could be looked up by anyone holding the original)."""
+    return hmac.new(key.encode(), f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+REMOVED = "[removed]"
+
+
+def scrub_text(text: str, identifiers: tuple[str, ...] | list[str]) -> str:
+    """`text` with every identifier (a name, ID, UID or date from the image's header) replaced by "[removed]",
+    case-insensitively; a name is matched as a whole word, so "Ann" does not eat "annular"."""
+    for ident in sorted(set(identifiers), key=len, reverse=True):
+        if not ident.strip():
+            continue
+        pattern = re.escape(ident.strip())
+        if ident[:1].isalnum():
+            pattern = r"(?<![\w.])" + pattern
+        if ident[-1:].isalnum():
+            pattern += r"(?![\w])"
+        text = re.sub(pattern, REMOVED, text, flags=re.IGNORECASE)
+    return text

@@ -8,6 +8,7 @@ decoding pixels, the whole ZIP directory before any member is read.
 
 from __future__ import annotations
 
+import re
 import stat
 import warnings
 import zipfile
@@ -20,9 +21,10 @@ from typing import IO, Any
 import numpy as np
 import pydicom
 from PIL import Image, ImageFile, ImageOps
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from annotation.images.deidentify import deidentify_dataset
+from annotation.images.deidentify import deidentify_dataset, keyed_hash
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -67,6 +69,12 @@ class DecodedImage:
     deid_removed: tuple[str, ...] = ()  # DICOM keywords or "(gggg,eeee)" removed, emptied or replaced
     burned_in_phi: bool = False  # the DICOM says (or its modality suggests) text is burned into pixels
     metadata: dict[str, Any] = field(default_factory=dict)  # small, non-identifying facts only
+    uid_key: str = ""  # keyed hash of the original SOP Instance UID (the UID itself is replaced)
+    patient_key: str = ""  # keyed pseudonym of the patient ID (groups held-out splits by patient)
+    # Identifying header values (names, IDs, UIDs, dates) to scrub from the file name and report; never stored.
+    identifiers: tuple[str, ...] = field(default=(), repr=False)
+    # "accession:<number>" and "study:<StudyInstanceUID>" to match a report by; never stored.
+    match_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,11 +97,14 @@ def _check_pixels(width: int, height: int, limits: IngestLimits) -> None:
         )
 
 
-def decode_image(data: bytes, *, filename: str, limits: IngestLimits = IngestLimits()) -> DecodedImage:
+def decode_image(data: bytes, *, filename: str, limits: IngestLimits = IngestLimits(),
+                 rules: AcceptRules | None = None, key: str = "") -> DecodedImage:
     """Validate one uploaded file and decode it to a windowed grayscale image in [0, 1].
 
     Raises ImageRejected (with a user-facing `.reason`) for anything that is not a sound, decodable,
-    single-frame PNG, JPEG or DICOM image within `limits`. DICOM files are de-identified first.
+    single-frame PNG, JPEG or DICOM image within `limits`, and for a DICOM file outside `rules` (checked on its
+    header, before any pixel is decoded). DICOM files are de-identified first; `key` keys the hashes kept of
+    their SOP Instance UID and patient ID.
     """
     try:
         if len(data) > limits.max_file_bytes:
@@ -104,8 +115,8 @@ def decode_image(data: bytes, *, filename: str, limits: IngestLimits = IngestLim
             return _decode_pillow(data, "png", limits)
         if data.startswith(JPEG_MAGIC):
             return _decode_pillow(data, "jpeg", limits)
-        if data[128:132] == b"DICM":
-            return _decode_dicom(data, limits)
+        if _looks_like_dicom(data):
+            return _decode_dicom(data, limits, rules, key)
         raise ImageRejected(NOT_AN_IMAGE)
     except ImageRejected as exc:
         raise ImageRejected(exc.reason, filename=filename) from exc.__cause__
@@ -172,14 +183,90 @@ def _result(pixels: np.ndarray, fmt: str, meta: dict[str, Any], **extra: Any) ->
 
 
 _BURNED_IN_MODALITIES = {"SC", "OT", "US", "XC", "ES", "DOC", "GM"}  # screenshots and scans of paper
+ANY = "ANY"
 
 
-def _decode_dicom(data: bytes, limits: IngestLimits) -> DecodedImage:
+@dataclass(frozen=True)
+class AcceptRules:
+    """Which DICOM files a study takes: modalities (CR, DX for chest radiographs; "ANY" or empty: all) and
+    views (PA, AP; empty: any). PNG and JPEG files carry neither and are not held to them."""
+
+    modalities: tuple[str, ...] = ("CR", "DX")
+    views: tuple[str, ...] = ("PA", "AP")
+
+    def check(self, modality: str, view: str) -> None:
+        mods = {m.upper() for m in self.modalities}
+        if mods and ANY not in mods and modality not in mods:
+            what = f"modality {modality}" if modality else "no modality recorded"
+            raise ImageRejected(f"{what}: this study accepts {', '.join(sorted(mods))} only "
+                                f"(a chest X-ray study; set its modalities to 'any' for other images)")
+        views = {v.upper() for v in self.views}
+        if views and ANY not in views and view not in views:
+            what = f"view {view}" if view else "no view position recorded (ViewPosition, view code or description)"
+            raise ImageRejected(f"{what}: this study accepts {', '.join(sorted(views))} views only "
+                                f"(set its views to empty to accept any)")
+
+
+_VIEW_CODES = {"postero-anterior": "PA", "antero-posterior": "AP", "left lateral": "LL", "right lateral": "RL",
+               "lateral": "LL"}
+_VIEW_WORD = re.compile(r"(?<![A-Z0-9])(PA|AP|LL|RL|LAT|LATERAL)(?![A-Z0-9])")
+
+
+def _view_of(ds: pydicom.Dataset) -> str:
+    """ViewPosition; else the view code's meaning; else a PA/AP/LAT word in the series, protocol or study name."""
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view:
+        return view
+    for item in ds.get("ViewCodeSequence") or []:
+        meaning = str(item.get("CodeMeaning", "")).strip().lower()
+        for words, code in _VIEW_CODES.items():
+            if words in meaning:
+                return code
+    for keyword in ("SeriesDescription", "ProtocolName", "StudyDescription", "AcquisitionDeviceProcessingDescription"):
+        found = _VIEW_WORD.search(str(ds.get(keyword, "") or "").upper())
+        if found:
+            return {"LAT": "LL", "LATERAL": "LL"}[found[1]] if found[1].startswith("LAT") else found[1]
+    return ""
+
+
+def _identifiers(ds: pydicom.Dataset) -> tuple[str, ...]:
+    """Header values that identify the patient or the study, to scrub from a file name or a report (never stored)."""
+    found: set[str] = set()
+    for keyword in ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate",
+                    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyID", "StudyDate",
+                    "InstitutionName", "ReferringPhysicianName"):
+        value = ds.get(keyword)
+        if value in (None, ""):
+            continue
+        values = value if isinstance(value, MultiValue) else [value]
+        for v in values:
+            text = str(v).strip()
+            if len(text) >= 3:
+                found.add(text)
+                if keyword.endswith("Name"):  # DICOM PN "Family^Given": each part, and "Given Family"
+                    parts = [x for x in re.split(r"[\^=]", text) if len(x.strip()) >= 2]
+                    found.update(x.strip() for x in parts)
+                    if len(parts) >= 2:
+                        found.add(f"{parts[1].strip()} {parts[0].strip()}")
+                if keyword.endswith("Date") and len(text) == 8 and text.isdigit():  # YYYYMMDD as reports write it
+                    y, m, d = text[:4], text[4:6], text[6:]
+                    found.update({f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"})
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _looks_like_dicom(data: bytes) -> bool:
+    """A DICOM file with its 128-byte preamble and "DICM", or a bare dataset (no preamble, no file meta) that
+    opens with a group 0002 or 0008 element, little or big endian."""
+    return data[128:132] == b"DICM" or data[:4] in (b"\x02\x00\x00\x00", b"\x02\x00\x01\x00") or (
+        data[:2] in (b"\x08\x00", b"\x00\x08") and len(data) > 8)
+
+
+def _decode_dicom(data: bytes, limits: IngestLimits, rules: AcceptRules | None, key: str) -> DecodedImage:
     try:
-        ds = pydicom.dcmread(BytesIO(data), force=False)
+        ds = pydicom.dcmread(BytesIO(data), force=data[128:132] != b"DICM")
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames") or 1)
-        photometric = str(ds.PhotometricInterpretation).strip()
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
         samples = int(ds.get("SamplesPerPixel", 1))
         _ = ds["PixelData"]  # present? (its value stays undecoded until pixel_array)
     except ImageRejected:
@@ -191,6 +278,10 @@ def _decode_dicom(data: bytes, limits: IngestLimits) -> DecodedImage:
         ) from exc
     except Exception as exc:  # InvalidDicomError, EOFError, struct.error, ValueError, ...
         raise ImageRejected(f"corrupt or truncated DICOM: {exc}") from exc
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    view = _view_of(ds)
+    if rules is not None:
+        rules.check(modality, view)
     if frames > 1:
         raise ImageRejected(
             f"multi-frame DICOM ({frames} frames) is not supported; upload one image per file"
@@ -198,12 +289,19 @@ def _decode_dicom(data: bytes, limits: IngestLimits) -> DecodedImage:
     _check_pixels(cols, rows, limits)
 
     burned_in = str(ds.get("BurnedInAnnotation", "")).strip().upper()
-    modality = str(ds.get("Modality", "")).strip().upper()
     spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
-    ts = ds.file_meta.get("TransferSyntaxUID")
+    file_meta = getattr(ds, "file_meta", None)
+    ts = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if ts is None:  # a bare dataset: pydicom read it as the syntax it guessed
+        ts = pydicom.uid.ExplicitVRLittleEndian if not ds.is_implicit_VR else pydicom.uid.ImplicitVRLittleEndian
+        if not ds.is_little_endian:
+            ts = pydicom.uid.ExplicitVRBigEndian
+        if file_meta is None:
+            ds.file_meta = file_meta = pydicom.dataset.FileMetaDataset()
+        file_meta.TransferSyntaxUID = ts  # what the decoders read the pixel layout from
     meta: dict[str, Any] = {
         "modality": modality,
-        "view_position": str(ds.get("ViewPosition", "")).strip(),
+        "view_position": view,
         "photometric": photometric,
         "bits_stored": int(ds.get("BitsStored", 0)),
         "bits_allocated": int(ds.get("BitsAllocated", 0)),
@@ -211,16 +309,26 @@ def _decode_dicom(data: bytes, limits: IngestLimits) -> DecodedImage:
         "pixel_spacing_mm": [float(v) for v in spacing] if spacing else None,
         "burned_in_annotation": burned_in,
     }
+    sop_uid = str(ds.get("SOPInstanceUID", "") or (file_meta or {}).get("MediaStorageSOPInstanceUID", "") or "")
+    patient = str(ds.get("PatientID", "") or "").strip()
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    uid_key = keyed_hash(key, "sop", sop_uid.strip()) if sop_uid.strip() else ""
+    patient_key = keyed_hash(key, "patient", f"{issuer}|{patient}")[:16] if patient else ""
+    identifiers = _identifiers(ds)
+    match_keys = tuple(f"{kind}:{str(ds.get(kw, '') or '').strip()}" for kind, kw in
+                       (("accession", "AccessionNumber"), ("study", "StudyInstanceUID")) if str(ds.get(kw, "") or "").strip())
     removed = tuple(deidentify_dataset(ds))  # before any pixel work, so nothing below sees PHI
 
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # missing decoder plugin, wrong length, corrupt codestream
-        name = ts.name if ts else "unknown transfer syntax"
-        raise ImageRejected(f"cannot decode the DICOM pixel data ({name}): {exc}") from exc
-    if samples == 3 and stored.ndim == 3:  # pydicom hands colour over as RGB
-        luma = stored[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        pixels, meta["window"] = luma / max(float(2 ** int(ds.BitsStored) - 1), 1.0), "none (colour)"
+    stored = _pixel_array(ds, ts)
+    if photometric == "PALETTE COLOR" and stored.ndim == 2:
+        try:
+            rgb = apply_color_lut(stored, ds)
+        except Exception as exc:  # a palette file without (or with a broken) lookup table
+            raise ImageRejected(f"palette-colour DICOM whose colour lookup table cannot be applied: {exc}") from exc
+        top = 65535.0 if rgb.dtype.itemsize > 1 else 255.0
+        pixels, meta["window"] = _luma(rgb) / top, "none (palette colour through its LUT)"
+    elif samples == 3 and stored.ndim == 3:  # pydicom hands colour over as RGB (YBR converted)
+        pixels, meta["window"] = _luma(stored) / max(float(2 ** int(ds.BitsStored) - 1), 1.0), "none (colour)"
     elif stored.ndim == 2:
         pixels, meta["window"] = _window(stored, ds)
         if photometric == "MONOCHROME1":  # stored bright = air; flip so bright = bone
@@ -228,7 +336,62 @@ def _decode_dicom(data: bytes, limits: IngestLimits) -> DecodedImage:
     else:
         raise ImageRejected(f"unsupported DICOM pixel layout {stored.shape} ({photometric})")
     flagged = burned_in == "YES" or (not burned_in and modality in _BURNED_IN_MODALITIES)
-    return _result(pixels, "dicom", meta, deid_removed=removed, burned_in_phi=flagged)
+    return _result(pixels, "dicom", meta, deid_removed=removed, burned_in_phi=flagged, uid_key=uid_key,
+                   patient_key=patient_key, identifiers=identifiers, match_keys=match_keys)
+
+
+def _pixel_array(ds: pydicom.Dataset, ts: pydicom.uid.UID) -> np.ndarray:
+    """pydicom's decoders (its plugins: GDCM, openjpeg, RLE, CharLS); else GDCM on its own, which reads what
+    pydicom will not hand it (JPEG Extended with 12-bit samples, the common lossy CR/DX encoding)."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # missing decoder plugin, wrong length, corrupt codestream
+        first = exc
+    if not ts.is_compressed:  # native pixels need no decoder: wrong length or a broken header
+        raise ImageRejected(f"cannot decode the DICOM pixel data ({ts.name}): {first}") from first
+    arr = _gdcm_pixel_array(ds)
+    if arr is not None:
+        return arr
+    raise ImageRejected(f"no installed decoder can read this DICOM's pixel data, encoded as {ts.name} ({ts}); "
+                        f"pydicom's plugins said: {first}; GDCM could not read it either") from first
+
+
+_GDCM_TYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16, "UINT32": np.uint32,
+               "INT32": np.int32}
+
+
+def _gdcm_pixel_array(ds: pydicom.Dataset) -> np.ndarray | None:
+    try:
+        import gdcm  # python-gdcm (BSD); optional here, a dependency of the main install
+    except ImportError:
+        return None
+    import tempfile
+    from pathlib import Path
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-gdcm-") as tmp:
+            path = Path(tmp) / "image.dcm"  # ds is de-identified by now: no PHI reaches the disk
+            ds.save_as(path, enforce_file_format=True)
+            reader = gdcm.ImageReader()
+            reader.SetFileName(str(path))
+            if not reader.Read():
+                return None
+            image = reader.GetImage()
+            fmt = image.GetPixelFormat()
+            dtype = _GDCM_TYPES.get(fmt.GetScalarTypeAsString())
+            if dtype is None:
+                return None
+            raw = image.GetBuffer().encode("utf-8", "surrogateescape")  # GDCM hands bytes over as str
+        samples = int(fmt.GetSamplesPerPixel())
+        shape = (int(ds.Rows), int(ds.Columns)) + ((samples,) if samples > 1 else ())
+        arr = np.frombuffer(raw, dtype=dtype)
+        return arr[: int(np.prod(shape))].reshape(shape) if arr.size >= np.prod(shape) else None
+    except Exception:  # GDCM raises little; anything odd means it could not decode this file either
+        return None
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
 def _window(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:

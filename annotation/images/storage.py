@@ -24,6 +24,7 @@ log = logging.getLogger("cxr.annotation")
 class StoredImage:
     image: Image
     created: bool
+    matched_by: str = ""  # when not created: "file bytes", "decoded pixels" or "SOP Instance UID"
 
 
 def image_store(
@@ -35,18 +36,24 @@ def image_store(
     round: Round | None = None,
     original_name: str = "",
     prompt: str = "",
+    pixel_sha256: str = "",
+    sop_uid_hash: str = "",
     **fields,
 ) -> StoredImage:
     """Store one image (normalised full-resolution copy + blinded display rendition) and its row.
 
-    Identical content already in the study is returned instead (created=False). If anything fails, the files
-    written here are removed again, so nothing half-written remains.
+    An image already in the study is returned instead (created=False, `matched_by` says how it was found): the
+    same file bytes, the same decoded pixels (one radiograph under two encodings) or the same original SOP
+    Instance UID (its keyed hash). If anything fails, the files written here are removed again, so nothing
+    half-written remains.
     """
     full = encode_png16(pixels)
     sha = file_sha256 or hashlib.sha256(full).hexdigest()
-    existing = Image.objects.filter(study=study, sha256=sha).first()
-    if existing:
-        return StoredImage(existing, False)
+    images = Image.objects.filter(study=study)
+    for how, lookup in (("file bytes", {"sha256": sha}), ("decoded pixels", {"pixel_sha256": pixel_sha256}),
+                        ("SOP Instance UID", {"sop_uid_hash": sop_uid_hash})):
+        if all(lookup.values()) and (existing := images.filter(**lookup).order_by("pk").first()):
+            return StoredImage(existing, False, how)
     display = render_display(pixels, study.display_size)
     name = uuid.uuid4().hex
     written: list[str] = []
@@ -57,12 +64,12 @@ def image_store(
             image = Image.objects.create(
                 study=study, round=round, source=source, storage_key=written[0], display_key=written[1],
                 sha256=sha, width=pixels.shape[1], height=pixels.shape[0], original_name=original_name[:255],
-                prompt=prompt, **fields,
+                prompt=prompt, pixel_sha256=pixel_sha256, sop_uid_hash=sop_uid_hash, **fields,
             )
         return StoredImage(image, True)
     except IntegrityError:
         _remove(written)
-        return StoredImage(Image.objects.get(study=study, sha256=sha), False)
+        return StoredImage(Image.objects.get(study=study, sha256=sha), False, "file bytes")
     except BaseException:
         _remove(written)
         raise

@@ -75,6 +75,12 @@ class Image(models.Model):
     storage_key = models.CharField(max_length=255, help_text="Full-resolution normalised image (storage key).")
     display_key = models.CharField(max_length=255, help_text="Blinded rendition served to readers.")
     sha256 = models.CharField(max_length=64, help_text="Of the imported or generated file's bytes.")
+    pixel_sha256 = models.CharField(max_length=64, blank=True, db_index=True,
+                                    help_text="Of the decoded, normalised pixels (finds one image under two encodings).")
+    sop_uid_hash = models.CharField(max_length=64, blank=True, db_index=True,
+                                    help_text="Keyed hash of the original SOP Instance UID (the UID is not kept).")
+    patient_pseudonym = models.CharField(max_length=32, blank=True,
+                                         help_text="Keyed pseudonym of the patient ID: held-out splits group by it.")
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     original_name = models.CharField(max_length=255, blank=True)

@@ -28,6 +28,14 @@ def default_catch_rule() -> dict:
     return {"min_accuracy": 0.8, "action": "flag", "min_trials": 1}
 
 
+def default_modalities() -> list[str]:
+    return ["CR", "DX"]
+
+
+def default_views() -> list[str]:
+    return ["PA", "AP"]
+
+
 def default_kinds() -> list[str]:
     return ["realism", "rubric"]
 
@@ -57,6 +65,15 @@ class Study(models.Model):
     repeat_rate = models.FloatField(default=0.0, help_text="Share of queue positions that repeat an earlier case.")
     repeat_washout = models.PositiveIntegerField(default=20, help_text="Cases between a case and its repeat.")
     seed = models.BigIntegerField(default=new_seed, help_text="Seeds every reader's order; reproducible.")
+    modalities = models.JSONField(
+        default=default_modalities, blank=True,
+        help_text="DICOM modalities imported (CR, DX for chest radiographs; [\"any\"] for any); others are refused.")
+    views = models.JSONField(default=default_views, blank=True,
+                             help_text="DICOM view positions imported (PA, AP); empty: any view.")
+    prompt_policy = models.CharField(
+        max_length=10, default="truncate", choices=[("truncate", "Truncate to 77 tokens"),
+                                                    ("chunks", "77-token chunks, concatenated")],
+        help_text="How a report longer than the text encoder's 77 tokens becomes a prompt (sampling and training).")
     prompt_source = models.CharField(
         max_length=20, default="templates", choices=[("templates", "Templates"), ("reports", "Report corpus")]
     )

@@ -73,7 +73,7 @@ def feedback_items(*, rounds: Sequence[Round], rubric_gap: float = 1.0) -> dict:
     items = [SnapshotItem(image=pk, key=images[pk].storage_key, sha256=images[pk].sha256, source=images[pk].source,
                           prompt=images[pk].prompt, findings=images[pk].findings, reads=agg.images[pk].reads,
                           realism=agg.images[pk].realism, criteria=agg.normalised(pk),
-                          model_version=images[pk].model_version_id)
+                          model_version=images[pk].model_version_id, patient=images[pk].patient_pseudonym)
              for pk in sorted(ids)]
     return Snapshot(items=items, rounds=[r.pk for r in rounds], excluded_readers=sorted(excluded_all), pairs=[
         SnapshotPair(chosen=p["chosen"], rejected=p["rejected"], chosen_key=images[p["chosen"]].storage_key,
@@ -148,6 +148,7 @@ def domain_snapshot_freeze(*, study) -> tuple[str, str, dict]:
     """The study's real image–report pairs (what domain adaptation learns from) as a frozen snapshot."""
     images = Image.objects.filter(study=study, source=Source.REAL, is_catch=False).exclude(prompt="").order_by("pk")
     snapshot = Snapshot(items=[SnapshotItem(image=i.pk, key=i.storage_key, sha256=i.sha256, source="real",
-                                            prompt=i.prompt, findings=i.findings) for i in images])
+                                            prompt=i.prompt, findings=i.findings, patient=i.patient_pseudonym)
+                                for i in images])
     key, digest = _store(snapshot)
     return key, digest, {"items": len(snapshot.items)}

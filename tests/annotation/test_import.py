@@ -122,7 +122,7 @@ def test_command_errors_are_sentences(make_study, tmp_path):
         call_command("import_images", study.name, str(tmp_path / "missing"))
     (tmp_path / "r.csv").write_text("name,text\n")
     (tmp_path / "a.png").write_bytes(png(1))
-    with pytest.raises(CommandError, match="file_name and report"):
+    with pytest.raises(CommandError, match="a report column and a file_name"):
         call_command("import_images", study.name, str(tmp_path / "a.png"), "--reports", str(tmp_path / "r.csv"))
 
 

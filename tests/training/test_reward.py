@@ -22,6 +22,7 @@ from training.ml.reward import (
     save_reward_model,
     text_token_ids,
 )
+from training.ml.reward_check import fold_of
 from training.ml.reward_data import (
     FeedbackItem,
     RewardConfig,
@@ -222,6 +223,22 @@ def test_split_is_by_image_and_seeded():
     assert split_by_image(items, 0.2, seed=1) == (train, val) != split_by_image(items, 0.2, seed=2)
     same_pixels = [FeedbackItem(image=img, prompt="a"), FeedbackItem(image=img.copy(), prompt="b")]
     assert same_pixels[0].key == same_pixels[1].key  # without an id the pixels group the records
+
+
+def test_held_out_splits_never_put_one_patient_on_both_sides():
+    img = np.zeros((8, 8), np.uint8)
+    items = [FeedbackItem(image=img, prompt="p", image_id=f"img{i}", patient=f"pt{i % 7}" if i < 40 else "")
+             for i in range(60)]  # 40 real images of 7 patients, 20 images without a known patient
+    for seed in range(5):
+        train, val = split_by_image(items, 0.3, seed=seed)
+        assert not {items[i].group for i in train} & {items[i].group for i in val}
+        assert not {items[i].patient for i in train if items[i].patient} & {items[i].patient for i in val}
+        folds = fold_of(items, 2, seed=seed)
+        by_patient = {}
+        for item, fold in zip(items, folds, strict=True):
+            if item.patient:
+                by_patient.setdefault(item.patient, set()).add(fold)
+        assert all(len(f) == 1 for f in by_patient.values())
 
 
 def test_mismatched_negatives_come_at_the_configured_rate():

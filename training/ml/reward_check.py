@@ -35,11 +35,12 @@ def label_target(item: FeedbackItem) -> float | None:
 
 
 def fold_of(items: Sequence[FeedbackItem], folds: int, seed: int) -> list[int]:
-    """Each item's fold; all records of one image share one, and folds differ in size by at most one image."""
-    keys = sorted({it.key for it in items})
+    """Each item's fold; all records of one image (of one patient, when known) share one, and folds differ in size
+    by at most one image (patient)."""
+    keys = sorted({it.group for it in items})
     order = np.random.default_rng([seed, 0xC4EC]).permutation(len(keys))
     fold = {keys[i]: rank % folds for rank, i in enumerate(order)}
-    return [fold[it.key] for it in items]
+    return [fold[it.group] for it in items]
 
 
 def spearman_check(predicted: Sequence[float], target: Sequence[float], alpha: float) -> dict[str, Any]:

@@ -118,6 +118,7 @@ class FeedbackItem:
     weight: float = 1.0
     is_real: bool = False  # a real study (source of mismatched-report negatives)
     image_id: str | None = None  # groups records of one image for the split; None: hash of the pixels
+    patient: str = ""  # a real image's patient pseudonym: all images of one patient fall on one side of a split
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.image.dtype != np.uint8:
@@ -130,11 +131,17 @@ class FeedbackItem:
     def key(self) -> str:
         return self.image_id or sha1(self.image.tobytes() + str(self.image.shape).encode()).hexdigest()
 
+    @property
+    def group(self) -> str:
+        """What a held-out split keeps together: the patient when known, else the image."""
+        return f"patient:{self.patient}" if self.patient else self.key
+
     @classmethod
     def from_snapshot(cls, item: SnapshotItem, image: np.ndarray) -> FeedbackItem:
         """From an item of the feedback snapshot (`training.ml.snapshot`) and its decoded image."""
         return cls(image=image, prompt=item.prompt or "", realism=item.realism, criteria=dict(item.criteria),
-                   is_real=item.source == "real", image_id=item.sha256 or str(item.image))
+                   is_real=item.source == "real", image_id=item.sha256 or str(item.image),
+                   patient=item.patient)
 
 
 def resize_images(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
@@ -155,15 +162,15 @@ def resize_images(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
 def split_by_image(
     items: Sequence[FeedbackItem], val_fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
-    """(train, val) indices; all records of one image land on the same side."""
-    keys = sorted({it.key for it in items})
+    """(train, val) indices; all records of one image (of one patient, when known) land on the same side."""
+    keys = sorted({it.group for it in items})
     n_val = round(val_fraction * len(keys))
     if val_fraction > 0 and len(keys) >= 2:
         n_val = min(max(n_val, 1), len(keys) - 1)
     order = np.random.default_rng(seed).permutation(len(keys))
     val_keys = {keys[i] for i in order[:n_val]}
-    val = [i for i, it in enumerate(items) if it.key in val_keys]
-    return [i for i, it in enumerate(items) if it.key not in val_keys], val
+    val = [i for i, it in enumerate(items) if it.group in val_keys]
+    return [i for i, it in enumerate(items) if it.group not in val_keys], val
 
 
 def mismatch_negatives(

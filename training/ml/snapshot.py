@@ -31,6 +31,7 @@ class SnapshotItem:
     realism: float | None = None
     criteria: dict[str, float] = field(default_factory=dict)
     model_version: int | None = None
+    patient: str = ""  # keyed pseudonym of a real image's patient ("" unknown): held-out splits group by it
 
     @property
     def labelled(self) -> bool:
