@@ -23,3 +23,8 @@ def administered(qs: QuerySet, user, path: str = "study") -> QuerySet:
     studies themselves, "round__study" for tasks, ...)."""
     ids = administered_study_ids(user)
     return qs if ids is None else qs.filter(**{f"{path}__in": ids})
+
+
+def can_create_studies(user) -> bool:
+    """A superuser, or a user given Django's `annotation.add_study` permission (directly or by a group)."""
+    return bool(user and user.is_authenticated and user.is_active and user.has_perm("annotation.add_study"))

@@ -182,3 +182,17 @@ def celery_worker_process(transactional_db, tmp_path, settings):
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc PACS with DICOMweb, started once per run: its DICOMweb root URL."""
+    from tests.support import orthanc_start
+
+    root, proc = orthanc_start(tmp_path_factory.mktemp("orthanc"))
+    yield root
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except Exception:
+        proc.kill()

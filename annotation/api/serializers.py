@@ -22,7 +22,30 @@ class StudySerializer(serializers.ModelSerializer):
         model = Study
         fields = ["id", "name", "title", "description", "images_per_round", "real_fraction", "readers_per_image",
                   "task_kinds", "rubric", "display_size", "catch_rate", "repeat_rate", "equivalence_margin",
-                  "revealed_at", "current_version", "round_defaults", "created_at"]
+                  "modalities", "views", "prompt_policy", "revealed_at", "current_version", "round_defaults",
+                  "created_at"]
+
+
+class StudyCreateSerializer(serializers.Serializer):
+    """What `POST /api/v1/studies/` takes; the values are checked by the one study service (as `study_create`)."""
+
+    name = serializers.CharField(max_length=80)
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    modalities = serializers.ListField(child=serializers.CharField(max_length=16), required=False,
+                                       help_text='DICOM modalities accepted on import (default ["CR", "DX"]; ["any"]).')
+    views = serializers.ListField(child=serializers.CharField(max_length=16, allow_blank=True), required=False,
+                                  help_text='DICOM view positions (default ["PA", "AP"]; [] for any).')
+    task_kinds = serializers.ListField(child=serializers.CharField(max_length=20), required=False)
+    rubric = serializers.ListField(child=serializers.DictField(), required=False)
+    readers_per_image = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+    images_per_round = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
+    real_fraction = serializers.FloatField(required=False)
+    display_size = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
+    catch_rate = serializers.FloatField(required=False)
+    repeat_rate = serializers.FloatField(required=False)
+    equivalence_margin = serializers.FloatField(required=False, min_value=0.0, max_value=0.5)
+    prompt_policy = serializers.ChoiceField(choices=["truncate", "chunks"], required=False)
 
 
 class RoundSerializer(serializers.ModelSerializer):

@@ -19,7 +19,7 @@ from django.http import FileResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from annotation.api import serializers as s
@@ -37,7 +37,7 @@ from annotation.api.access import (
 )
 from annotation.exports.formats import export_check, pairs_lines
 from annotation.exports.rows import csv_chunks, jsonl_chunks
-from annotation.exports.selection import selection_from
+from annotation.exports.selection import selection_empty_reason, selection_from
 from annotation.models import (
     ExportJob,
     Image,
@@ -51,17 +51,19 @@ from annotation.models import (
     Webhook,
     WebhookDelivery,
 )
+from annotation.permissions import can_create_studies
 from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
 from annotation.rounds.transitions import IllegalTransition
 from annotation.rounds.versions import study_versions
 from annotation.studies.audit import audit
+from annotation.studies.services import study_create
 from annotation.tasks import export_job_run_task
 
 # --- studies -------------------------------------------------------------------------------------------------------
 
 
-class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+class StudyViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     lookup_value_regex = ID
     queryset = Study.objects.none()  # for the schema; get_queryset scopes it
     serializer_class = s.StudySerializer
@@ -69,6 +71,22 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         return scoped(Study.objects.select_related("current_version"), "pk", self.request)
+
+    @extend_schema(request=s.StudyCreateSerializer, responses={201: s.StudySerializer, 400: s.DetailSerializer,
+                                                               403: s.DetailSerializer})
+    def create(self, request, *args, **kwargs):
+        """Create a study (an admin-scope token of a user allowed to create studies: a superuser or one with the
+        `annotation.add_study` permission); the caller becomes its study admin."""
+        if token_scope(request) not in ("session", TokenScope.ADMIN) or not can_create_studies(request.user):
+            raise PermissionDenied("Creating a study needs an admin-scope token of a user allowed to create studies "
+                                   "(a superuser, or the annotation.add_study permission).")
+        body = s.StudyCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            study = study_create(actor=request.user, **body.validated_data)
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from None
+        return Response(s.StudySerializer(study).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv", "pairs"]),
                                OpenApiParameter("round", str), OpenApiParameter("since_round", int),
@@ -87,6 +105,8 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
             sel = selection_from(dict(request.query_params.items()), study=study, is_admin=True)
         except DjangoValidationError as exc:
             raise ValidationError({"selection": exc.messages}) from None
+        if not sel.incremental and (empty := selection_empty_reason(sel)) is not None:
+            raise ValidationError({"selection": [empty]})
         audit(actor=request.user, action="export.stream", study=study, obj=study, format=fmt)
         if fmt == "pairs":
             response = StreamingHttpResponse(pairs_lines(sel), content_type="application/jsonl")

@@ -36,7 +36,7 @@ from annotation.exports.rows import (
     jsonl_chunks,
     label_rows,
 )
-from annotation.exports.selection import Selection
+from annotation.exports.selection import Selection, selection_empty_reason
 from annotation.models import Image, ReadingTask, Round, Study, StudyMembership
 from annotation.reading.aggregation import Aggregation, ImageReads
 from annotation.rounds.feedback import feedback_items
@@ -71,6 +71,9 @@ def export_check(sel: Selection, fmt: str) -> None:
     """Refuse, with the reason, an export that cannot be written (before a job is queued)."""
     if fmt not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(FORMATS)}.")
+    # an empty image folder is not a dataset `datasets` can load: say why nothing matched instead
+    if not sel.incremental and (empty := selection_empty_reason(sel)) is not None:
+        raise ValidationError(empty)
     if fmt == "mrmc":
         mrmc_round(sel)
 

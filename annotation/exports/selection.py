@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.utils.dateparse import parse_datetime
 
 from annotation.models import Round, Study, StudyMembership
@@ -23,6 +24,11 @@ class Selection:
     include_superseded: bool = True
     identities: str = "pseudonym"
     meta: dict = field(default_factory=dict)
+
+    @property
+    def incremental(self) -> bool:
+        """Only what is new since a round or a time: an export a poller runs, for which nothing new is no error."""
+        return self.updated_after is not None or self.since_round is not None
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -94,6 +100,28 @@ def selection_scope(sel: Selection, study: Study) -> tuple[dict[int, int], list[
     simulated = [] if sel.include_simulated else list(
         StudyMembership.objects.filter(study=study, is_simulated=True).values_list("user_id", flat=True))
     return dict(rounds.values_list("pk", "number")), simulated
+
+
+def selection_empty_reason(sel: Selection) -> str | None:
+    """Why an export of `sel` would hold no label (a sentence), or None when some label matches."""
+    from annotation.models import Label
+
+    study = Study.objects.get(name=sel.study)
+    rounds, simulated = selection_scope(sel, study)
+    labels = Label.objects.filter(task__round_id__in=list(rounds))
+    if sel.updated_after is not None:
+        labels = labels.filter(created_at__gt=utc(sel.updated_after))
+    if not sel.include_superseded:
+        labels = labels.filter(task__current_label_id=models.F("pk"))
+    if labels.exclude(reader_id__in=simulated).exists():
+        return None
+    left_out = labels.filter(reader_id__in=simulated).count() if simulated else 0
+    if left_out:
+        return (f"No labels match: all {left_out} matching labels come from simulated readers, and simulated readers "
+                "are left out unless include_simulated (--include-simulated) is set.")
+    where = "in the selected rounds" if (sel.rounds or sel.since_round is not None) else "in this study"
+    return f"No labels match: no reader has labelled anything {where}" + (
+        " after updated_after." if sel.updated_after is not None else ".")
 
 
 def utc(value: datetime) -> datetime:

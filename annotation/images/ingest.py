@@ -257,8 +257,8 @@ def _identifiers(ds: pydicom.Dataset) -> tuple[str, ...]:
 def _looks_like_dicom(data: bytes) -> bool:
     """A DICOM file with its 128-byte preamble and "DICM", or a bare dataset (no preamble, no file meta) that
     opens with a group 0002 or 0008 element, little or big endian."""
-    return data[128:132] == b"DICM" or data[:4] in (b"\x02\x00\x00\x00", b"\x02\x00\x01\x00") or (
-        data[:2] in (b"\x08\x00", b"\x00\x08") and len(data) > 8)
+    file_meta = data[:2] == b"\x02\x00" and data[4:6].isalpha() and data[4:6].isupper()  # explicit VR, always
+    return data[128:132] == b"DICM" or file_meta or (data[:2] in (b"\x08\x00", b"\x00\x08") and len(data) > 8)
 
 
 def _decode_dicom(data: bytes, limits: IngestLimits, rules: AcceptRules | None, key: str) -> DecodedImage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.contrib.auth.models import AbstractUser
@@ -13,19 +14,54 @@ from annotation.models import Role, Study, StudyMembership, TaskKind
 from annotation.studies.audit import audit
 from annotation.studies.rubric import validate_rubric_definition
 
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
+_CODE = re.compile(r"^[A-Z0-9]{1,16}$")  # a DICOM code string: Modality (CR, DX, ...) or ViewPosition (PA, AP, ...)
 
-def study_create(*, name: str, title: str, actor: AbstractUser | None = None, **settings_) -> Study:
-    study = Study(name=name, title=title, created_by=actor if actor and actor.is_authenticated else None,
-                  **settings_)
+
+def codes_parse(value, *, field: str) -> list[str]:
+    """"CR,DX", ["cr", "dx"], "any" or "" → upper-case codes ("any" → ["ANY"]); a sentence for anything else."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    codes = []
+    for item in items:
+        code = str(item).strip().upper()
+        if not code:
+            continue
+        if not _CODE.match(code):
+            raise ValidationError(f"{field}: {item!r} is not a DICOM code (letters and digits, e.g. CR, DX, PA, AP) "
+                                  "or 'any'.")
+        if code not in codes:
+            codes.append(code)
+    return ["ANY"] if "ANY" in codes else codes
+
+
+def study_create(*, name: str, title: str = "", actor: AbstractUser | None = None, **settings_) -> Study:
+    """Create a study with its settings validated by `study_validate` (the one rule the CLI, the API and the
+    dashboard's form share); its creator, when a person, becomes its first study admin."""
+    if not _NAME.match(name or ""):
+        raise ValidationError(f"name {name!r}: use 1–80 lower-case letters, digits, '-' or '_', starting with a "
+                              "letter or digit (it names the study on the command line and in URLs).")
+    if Study.objects.filter(name=name).exists():
+        raise ValidationError(f"A study named {name!r} exists already.")
+    for field in ("modalities", "views"):
+        if field in settings_:
+            settings_[field] = codes_parse(settings_[field], field=field)
+    person = actor if actor and actor.is_authenticated else None
+    study = Study(name=name, title=title or name, created_by=person, **settings_)
     study_validate(study=study)
     with transaction.atomic():
         study.save()
         audit(actor=actor, action="study.create", study=study, obj=study, name=name)
+        if person is not None and not person.is_superuser:
+            membership_add(study=study, user=person, role=Role.ADMIN, actor=actor)
     return study
 
 
 def study_validate(*, study: Study) -> None:
     validate_rubric_definition(study.rubric)
+    if not study.modalities:
+        raise ValidationError("modalities: give at least one (CR, DX for chest radiographs) or 'any'.")
+    if study.prompt_policy not in ("truncate", "chunks"):
+        raise ValidationError("prompt_policy must be 'truncate' or 'chunks'.")
     if not 0.0 <= study.real_fraction <= 1.0:
         raise ValidationError("real_fraction must be between 0 and 1.")
     if not 0.0 <= study.catch_rate < 0.5 or not 0.0 <= study.repeat_rate < 0.5:
