@@ -54,6 +54,8 @@ class GeneratedImage(models.Model):
     index = models.PositiveIntegerField()
     seed = models.BigIntegerField()
     prompt = models.TextField()
+    prompt_encoded = models.TextField(blank=True, help_text="The prompt the text encoder actually read (policy).")
+    prompt_shortened = models.BooleanField(default=False, help_text="Truncated to the text encoder's window.")
     raw_key = models.CharField(max_length=255, help_text="As sampled, before cleaning (grayscale PNG).")
     mask_key = models.CharField(max_length=255, blank=True, help_text="Text/marker mask found by cleaning.")
     cleaned_key = models.CharField(max_length=255, blank=True, help_text="After cleaning; what readers see.")

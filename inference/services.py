@@ -19,6 +19,7 @@ from inference.ml.devices import pick_device
 from inference.ml.errors import WeightsError
 from inference.ml.generation import GenerationConfig, generate, plan_requests
 from inference.ml.loading import PIPELINES, PipelineSpec
+from inference.ml.prompts import encoded_prompt
 from inference.models import GeneratedImage, GenerationBatch, JobStatus, ModelVersion
 from inference.signals import batch_finished
 from inference.storage import local_copy, png_bytes
@@ -160,7 +161,8 @@ def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
         cleaner = Cleaner.for_settings(device) if batch.clean else None
         _heartbeat(batch, generated=len(done_indexes), total=batch.count)
         for request, image in generate(pipe, requests, config, device=device):
-            _store_generated(batch, request, image, cleaner)
+            encoded = encoded_prompt(pipe.tokenizer, request.prompt, config.prompt_policy)
+            _store_generated(batch, request, image, cleaner, encoded)
             _heartbeat(batch, generated=batch.progress.get("generated", 0) + 1)
     except WeightsError as exc:
         ModelVersion.objects.filter(pk=version.pk).update(load_error=str(exc))
@@ -172,7 +174,7 @@ def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
     return _finish(batch, JobStatus.DONE)
 
 
-def _store_generated(batch: GenerationBatch, request, image: np.ndarray, cleaner) -> GeneratedImage:
+def _store_generated(batch: GenerationBatch, request, image: np.ndarray, cleaner, encoded) -> GeneratedImage:
     name = f"generated/{batch.pk}/{request.index:06d}-{request.seed}"
     keys = {"raw_key": default_storage.save(f"{name}-raw.png", ContentFile(png_bytes(image)))}
     fraction = None
@@ -184,7 +186,8 @@ def _store_generated(batch: GenerationBatch, request, image: np.ndarray, cleaner
         fraction = float(result.mask.mean())
     item, created = GeneratedImage.objects.get_or_create(
         batch=batch, index=request.index,
-        defaults={"seed": request.seed, "prompt": request.prompt, "mask_fraction": fraction, **keys},
+        defaults={"seed": request.seed, "prompt": request.prompt, "mask_fraction": fraction,
+                  "prompt_encoded": encoded.text, "prompt_shortened": encoded.shortened, **keys},
     )
     if not created:  # a concurrent run stored it first: drop our copies
         for key in keys.values():

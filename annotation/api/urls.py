@@ -2,12 +2,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from annotation.api import views
+from annotation.api import studies, views
 
 app_name = "api"
 router = DefaultRouter()
-router.register("studies", views.StudyViewSet, basename="study")
-router.register("rounds", views.RoundViewSet, basename="round")
+router.register("studies", studies.StudyViewSet, basename="study")
+router.register("rounds", studies.RoundViewSet, basename="round")
 router.register("images", views.ImageViewSet, basename="image")
 router.register("labels", views.LabelViewSet, basename="label")
 router.register("tasks", views.TaskViewSet, basename="task")

@@ -67,6 +67,17 @@ def _missing(panel: dict, version: dict, key: str) -> str:
     return f"not computed: the reward model of run {panel['reward_run']} has not scored this version"
 
 
+def study_prompts_summary(study) -> dict:
+    """How the study's prompts met the text encoder's 77-token window: generated images whose prompt was shortened
+    (truncated) under the study's policy, of those recorded."""
+    from annotation.models import Image, Source
+
+    synthetic = Image.objects.filter(study=study, source=Source.SYNTHETIC, cleaned_from__isnull=True,
+                                     meta__has_key="prompt_shortened")
+    return {"policy": study.prompt_policy, "recorded": synthetic.count(),
+            "shortened": synthetic.filter(meta__prompt_shortened=True).count()}
+
+
 def study_panel(study) -> dict:
     """`panel_versions` with, per version, its number of scored items (`n`) and why each missing score is missing
     (`missing`): what the study page's panel charts and table show."""

@@ -18,7 +18,13 @@ from django.views.decorators.http import require_POST
 
 from annotation.dashboard.charts import panel_charts, report_charts, study_charts
 from annotation.dashboard.mrmc import round_mrmc_view, study_planner
-from annotation.dashboard.selectors import as_rows, round_progress, round_story, study_panel
+from annotation.dashboard.selectors import (
+    as_rows,
+    round_progress,
+    round_story,
+    study_panel,
+    study_prompts_summary,
+)
 from annotation.models import Image, Round, Study
 from annotation.permissions import administered_study_ids
 from annotation.rounds.config import RoundConfig
@@ -118,6 +124,7 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
         "versions": study_versions(study) if study.current_version_id else [],
         "active": active, "active_progress": round_progress(_round_for_admin(request, active.pk)) if active else None,
         "config": RoundConfig.from_dict(study.round_defaults or {}), "planner": planner,
+        "prompts": study_prompts_summary(study),
     }, status=status)
 
 

@@ -125,7 +125,7 @@ class RoundConfig(Settings):
         return synthetic, real
 
 
-def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None):
+def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None, study=None):
     """The finetune a round on `version` runs: the tiny or the full defaults, the round's overrides, its seed.
     Settings that cannot work on `version` are refused with the reason (a ValidationError, at launch): a LoRA
     rank other than the one of the adapter the finetune continues."""
@@ -133,8 +133,9 @@ def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None):
     from training.ml.finetune_data import LORA_TARGETS, FinetuneConfig
 
     base = FinetuneConfig.tiny() if is_tiny_version(version) else FinetuneConfig()
+    policy = {} if study is None else {"prompt_policy": study.prompt_policy}  # sampling's policy, for training too
     try:
-        ft = FinetuneConfig.from_dict({**base.as_dict(), **cfg.finetune, **({} if seed is None else {"seed": seed})})
+        ft = FinetuneConfig.from_dict({**base.as_dict(), **policy, **cfg.finetune, **({} if seed is None else {"seed": seed})})
         ft.validate()
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"finetune settings: {exc}") from None

@@ -49,7 +49,8 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
     base = base or tiny_domain_base()
     preset = (FinetuneConfig.tiny().as_dict() | {"steps": TINY_DOMAIN_STEPS, "val_every": 0}
               if is_tiny_version(base) else FinetuneConfig().as_dict())
-    cfg = FinetuneConfig.from_dict({**preset, **(config or {}), "objective": "domain"})
+    cfg = FinetuneConfig.from_dict({**preset, "prompt_policy": study.prompt_policy, **(config or {}),
+                                    "objective": "domain"})
     key, digest, summary = domain_snapshot_freeze(study=study)
     if not summary["items"]:
         raise ValueError(f"Study {study.name} has no real images with reports to adapt to.")

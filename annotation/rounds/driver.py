@@ -115,7 +115,7 @@ def _start_finetune(rnd: Round) -> Round:
                           error="DPO needs preference pairs; this round's labels gave none (add the preference task "
                                 "kind, or use objective reward_weighted).")
     try:
-        ft = finetune_settings(cfg, rnd.model_version, seed=round_seed(rnd))
+        ft = finetune_settings(cfg, rnd.model_version, seed=round_seed(rnd), study=rnd.study)
     except ValidationError as exc:
         return round_fail(round=rnd, stage=rnd.status, error=exc.messages[0])
     reward_metrics = reward_run.metrics or {}

@@ -36,8 +36,11 @@ def study_prompts(study: Study) -> list[str]:
 
     prompts: list[str] = []
     if study.prompt_source == "reports":  # distinct, in import order (the same on every database)
-        prompts = list(dict.fromkeys(Image.objects.filter(study=study, source=Source.REAL).exclude(prompt="")
-                                     .order_by("pk").values_list("prompt", flat=True)[:20_000]))[:5000]
+        from inference.ml.prompts import report_prompt
+
+        reports = (Image.objects.filter(study=study, source=Source.REAL).exclude(prompt="").order_by("pk")
+                   .values_list("prompt", flat=True)[:20_000])
+        prompts = [p for p in dict.fromkeys(report_prompt(r) for r in reports) if p][:5000]
     return prompts or list(TEMPLATE_REPORTS)
 
 
@@ -51,7 +54,8 @@ def panel_ensure(study: Study, kind: str = PanelKind.EVALUATION) -> EvaluationPa
         return panel
     from inference.services import generation_config_default
 
-    gen = replace(generation_config_default(study_version(study)), images_per_prompt=1)
+    gen = replace(generation_config_default(study_version(study)), images_per_prompt=1,
+                  prompt_policy=study.prompt_policy)
     offset = 0 if kind == PanelKind.EVALUATION else 1_000_003
     panel, _ = EvaluationPanel.objects.get_or_create(study=study, kind=kind, defaults={
         "prompts": study_prompts(study), "count": size, "seed": (study.seed * 7_919 + 104_729 + offset) % 2**31,

@@ -74,7 +74,7 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
         raise ValidationError("Preference tasks need at least two synthetic images per round.")
     versions = comparison_versions(study, cfg.compare) if cfg.compare else [study_version(study)]
     version = versions[0]
-    gen = generation_config_default(version).as_dict()
+    gen = generation_config_default(version).as_dict() | {"prompt_policy": study.prompt_policy}
     if TaskKind.PREFERENCE in study.task_kinds and not cfg.compare:
         gen["images_per_prompt"] = 2
     if cfg.compare:
@@ -86,7 +86,7 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"generation: {exc}") from None
     if cfg.trains:
-        finetune_settings(cfg, version)  # refused now, before any image is generated, if it cannot work
+        finetune_settings(cfg, version, study=study)  # refused now, before any image is generated, if it cannot work
     prompts = study_prompts(study)
     with transaction.atomic():
         rnd = round or round_create(study=study, actor=actor)

@@ -107,7 +107,9 @@ def _import_selected(rnd: Round) -> None:
             image_store(
                 study=rnd.study, round=rnd, source=Source.SYNTHETIC, pixels=image_load(item.raw_key),
                 prompt=item.prompt, seed=item.seed, generator=version.name, model_version=version,
-                meta={"generated": item.pk, "batch": item.batch_id, "batch_index": item.index})
+                meta={"generated": item.pk, "batch": item.batch_id, "batch_index": item.index,
+                      "prompt_encoded": item.prompt_encoded, "prompt_shortened": item.prompt_shortened,
+                      "prompt_policy": batch.config.get("prompt_policy", "truncate")})
             heartbeat(rnd)
 
 

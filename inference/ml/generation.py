@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from inference.ml.config import Settings
+from inference.ml.prompts import POLICIES, encode_prompts
 from inference.ml.tiny import TEMPLATE_REPORTS
 
 
@@ -27,6 +28,9 @@ class GenerationConfig(Settings):
     images_per_prompt: int = field(default=1, metadata={"help": "images per prompt (>= 2 for preference pairs)"})
     batch_size: int = field(default=4, metadata={"help": "images per forward pass"})
     scheduler: str | None = field(default=None, metadata={"help": "diffusers scheduler class; None = the base's"})
+    prompt_policy: str = field(default="truncate", metadata={
+        "help": "prompts over the text encoder's 77 tokens: 'truncate' (recorded) or 'chunks' (77-token windows, "
+                "concatenated)"})
 
     @classmethod
     def tiny(cls) -> GenerationConfig:
@@ -67,6 +71,25 @@ def to_gray8(image: np.ndarray) -> np.ndarray:
     return np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _prompt_arguments(pipe, prompts: list[str], cfg: GenerationConfig, device: torch.device) -> dict:
+    """`truncate`: the prompts as text (diffusers encodes the first 77 tokens, as `encode_prompts` does). `chunks`:
+    the hidden states of every 77-token window, the negative prompt encoded to the same length."""
+    if cfg.prompt_policy not in POLICIES:
+        raise ValueError(f"prompt_policy must be one of {', '.join(POLICIES)}, not {cfg.prompt_policy!r}")
+    if cfg.prompt_policy == "truncate":
+        return {"prompt": prompts,
+                "negative_prompt": [cfg.negative_prompt] * len(prompts) if cfg.negative_prompt else None}
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, policy="chunks", device=device)
+    windows = embeds.shape[1] // int(pipe.tokenizer.model_max_length)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt] * len(prompts),
+                              policy="chunks", chunks=windows, device=device)
+    if negative.shape[1] != embeds.shape[1]:  # a negative prompt longer than every positive one
+        embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, policy="chunks",
+                                chunks=negative.shape[1] // int(pipe.tokenizer.model_max_length), device=device)
+    dtype = pipe.unet.dtype
+    return {"prompt_embeds": embeds.to(dtype), "negative_prompt_embeds": negative.to(dtype)}
+
+
 def generate(
     pipe,
     requests: Iterable[Request],
@@ -84,8 +107,7 @@ def generate(
         generators = [torch.Generator(generator_device).manual_seed(r.seed) for r in chunk]
         with torch.inference_mode():
             out = pipe(
-                prompt=[r.prompt for r in chunk],
-                negative_prompt=[cfg.negative_prompt] * len(chunk) if cfg.negative_prompt else None,
+                **_prompt_arguments(pipe, [r.prompt for r in chunk], cfg, device),
                 num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, height=cfg.height,
                 width=cfg.width, generator=generators, output_type="np",
             )

@@ -125,6 +125,24 @@ def test_loss_decreases_on_a_fixed_batch(base, phantoms):
     assert sum(b < a for a, b in zip(losses, losses[1:], strict=False)) >= 9
 
 
+def test_training_encodes_long_reports_with_the_study_policy(base, phantoms):
+    """The same encoding as sampling: 'chunks' reads every 75-token window of a long report (the loss differs from
+    the truncated one only because the tail is read); a report within 75 tokens gives the same loss either way."""
+    long_report = " ".join(p.report for p in phantoms[:6])
+    images = D.prepare_images([p.image for p in phantoms[:2]], 64)
+    losses = {}
+    for policy in ("truncate", "chunks"):
+        session = setup_training(base, tiny(objective="domain", prompt_policy=policy), CPU)
+        for name, prompts in (("long", [long_report] * 2), ("short", [p.report for p in phantoms[:2]])):
+            loss, _ = compute_loss(session.models, Batch(real=images, real_prompts=prompts), session.cfg,
+                                   generator=torch.Generator().manual_seed(0))
+            losses[policy, name] = float(loss)
+    assert losses["truncate", "short"] == pytest.approx(losses["chunks", "short"], abs=1e-6)
+    assert losses["truncate", "long"] != pytest.approx(losses["chunks", "long"], abs=1e-6)
+    with pytest.raises(ValueError, match="prompt_policy"):
+        tiny(prompt_policy="summarise").validate()
+
+
 @pytest.fixture(scope="module")
 def session(base):
     """A fresh adapter on the tiny base, for calling the pure loss directly."""

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.ml.prompts import encode_prompts as prompts_encode
+
 REWARD_NORMALISATIONS = ("none", "minmax", "standardise", "exponential", "group")
 
 
@@ -85,13 +87,11 @@ def encode_images(vae, images, device: torch.device, dtype: torch.dtype, *,
     return latents * vae.config.scaling_factor
 
 
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], *, device: torch.device | None = None
-                   ) -> torch.Tensor:
-    """Prompts → the text encoder's last hidden states (B, 77, D), padded to the tokenizer's maximum as in SD."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text_encoder(ids.to(device or text_encoder.device), return_dict=False)[0]
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], *, device: torch.device | None = None,
+                   policy: str = "truncate") -> torch.Tensor:
+    """Prompts → the text encoder's last hidden states (B, 77·k, D) under the study's prompt policy, the same
+    encoding sampling uses (`inference.ml.prompts`): truncated to 77 tokens as in SD, or 77-token chunks."""
+    return prompts_encode(tokenizer, text_encoder, list(prompts), policy=policy, device=device)
 
 
 # --- the denoising loss ---------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def compute_loss(models: Models, batch: Batch, cfg: FinetuneConfig, *,
     """The objective's loss for one micro-batch and detached metrics. Pure: no optimiser, no state, no I/O."""
     device = models.device
     encode = lambda images: D.encode_images(models.vae, images, device, models.dtype, generator=generator)  # noqa: E731
-    embed = lambda prompts: D.encode_prompts(models.tokenizer, models.text_encoder, prompts, device=device)  # noqa: E731
+    embed = lambda prompts: D.encode_prompts(models.tokenizer, models.text_encoder, prompts, device=device,  # noqa: E731
+                                             policy=cfg.prompt_policy)
     if cfg.objective == "domain":
         per_sample = D.diffusion_loss_per_sample(models.unet, models.noise_scheduler, encode(batch.real),
                                                  embed(batch.real_prompts), generator=generator)
@@ -123,7 +124,7 @@ def validation_loss(models: Models, images: torch.Tensor, prompts: Sequence[str]
             chunk = images[start : start + cfg.batch_size]
             latents = D.encode_images(models.vae, chunk, models.device, models.dtype, generator=generator)
             embeds = D.encode_prompts(models.tokenizer, models.text_encoder, prompts[start : start + cfg.batch_size],
-                                      device=models.device)
+                                      device=models.device, policy=cfg.prompt_policy)
             per_sample = D.diffusion_loss_per_sample(models.unet, models.noise_scheduler, latents, embeds,
                                                      generator=generator)
             total += float(per_sample.sum())

@@ -46,6 +46,8 @@ class FinetuneConfig(Settings):
                                    "prompts before training (seeded by `seed`), scored by the round's reward model; "
                                    "they are the synthetic set the finetune weights. 0: the labelled images are.")
     fresh_per_prompt: int = option(4, "Fresh samples per prompt (a group for 'group' weights), images.")
+    prompt_policy: str = option("truncate", "Prompts over the text encoder's 77 tokens: 'truncate' or 'chunks' "
+                                            "(77-token windows, concatenated); the study's, as sampling uses.")
     lora_targets: str = option("attention", f"Modules the LoRA adapter trains: one of {sorted(LORA_TARGETS)}.")
     real_fraction: float = option(0.5, "Share of each reward-weighted micro-batch drawn from real images, 0–1.")
     dpo_beta: float = option(2500.0, "Diffusion-DPO KL strength beta, unitless (paper: 2500 for SD 1.5).")
@@ -81,6 +83,8 @@ class FinetuneConfig(Settings):
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.prompt_policy not in ("truncate", "chunks"):
+            raise ValueError(f"prompt_policy must be 'truncate' or 'chunks', not {self.prompt_policy!r}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, not {self.mixed_precision!r}")
         if self.reward_normalisation not in D.REWARD_NORMALISATIONS:

@@ -77,7 +77,7 @@ def fresh_samples_scored(run: TrainingRun, cfg, prompts: list[str], model, devic
     from training.ml.reward import reward
 
     parent = run.base_version
-    gen = replace(generation_config_default(parent), images_per_prompt=1)
+    gen = replace(generation_config_default(parent), images_per_prompt=1, prompt_policy=cfg.prompt_policy)
     pipe = version_pipeline(parent, scheduler=gen.scheduler, device=device)
 
     beat = Heartbeat(run)
