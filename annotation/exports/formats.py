@@ -71,11 +71,11 @@ def export_check(sel: Selection, fmt: str) -> None:
     """Refuse, with the reason, an export that cannot be written (before a job is queued)."""
     if fmt not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(FORMATS)}.")
+    if fmt == "mrmc":  # what the format itself needs (one comparison round) is said first
+        mrmc_round(sel)
     # an empty image folder is not a dataset `datasets` can load: say why nothing matched instead
     if not sel.incremental and (empty := selection_empty_reason(sel)) is not None:
         raise ValidationError(empty)
-    if fmt == "mrmc":
-        mrmc_round(sel)
 
 
 def write_export(sel: Selection, fmt: str, out: Path, *, on_progress=None) -> dict:

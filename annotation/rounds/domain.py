@@ -24,11 +24,12 @@ from training.models import RunKind, RunStatus, TrainingRun
 TINY_DOMAIN_STEPS = 40
 
 
-def tiny_domain_base() -> ModelVersion:
-    """The pretrained tiny base (built once per machine, reused when its recipe is unchanged)."""
+def tiny_domain_base(progress=None) -> ModelVersion:
+    """The pretrained tiny base (built once per machine, reused when its recipe is unchanged); `progress(stage,
+    done, total)` while it is built."""
     from training.ml.insilico_base import build_insilico_base
 
-    path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain")
+    path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain", progress=progress)
     version, _ = ModelVersion.objects.get_or_create(name="tiny-domain", defaults={"base_path": str(path)})
     return version
 

@@ -15,7 +15,7 @@ POLICIES = ("truncate", "chunks")
 MAX_CHUNKS = 3  # 3 × 75 tokens: a long report's findings and impression, within the UNet's cross-attention budget
 
 # A section header at a line's start (any case), or written in capitals inside a line ("... FINDINGS: ...").
-_SECTION = re.compile(r"(?im:^\s*(findings|impression|conclusion|opinion)\s*:?\s*)|"
+_SECTION = re.compile(r"(?im:^\s*(findings|impression|conclusion|opinion)\s*:\s*)|"
                       r"(?<![A-Za-z])(FINDINGS|IMPRESSION|CONCLUSION|OPINION)\s*:\s*")
 _OTHER_HEADER = re.compile(r"(?im)^\s*(indication|history|clinical history|comparison|technique|exam(?:ination)?|"
                            r"procedure|reason for (?:exam|study)|signed by|electronically signed.*)\s*:?")

@@ -1,7 +1,10 @@
 """The quick start's demo: the tiny base adapted to the demo's phantoms (cached), and a first round generated from
 that adapted version, cleaned and waiting for the demo reader."""
 
+import io
+
 import pytest
+from django.core.management import call_command
 
 from annotation.models import Image, Round
 from annotation.simulation.demo import demo_study_ensure
@@ -21,6 +24,10 @@ def test_the_demo_round_samples_from_the_domain_adapted_model_and_waits_for_the_
     assert Image.objects.filter(round=rnd, source="synthetic", model_version=adapted).count() == 4
     assert Image.objects.filter(round=rnd, source="real").count() == 4
     assert demo_study_ensure(images=4) == study and Round.objects.count() == 1  # idempotent
+    out = io.StringIO()
+    call_command("demo_setup", "--images", "4", stdout=out)  # what scripts/demo.sh runs: says what it does
+    assert "Building the tiny demo model" in out.getvalue() and f"Demo study '{study.name}' ready" in out.getvalue()
+    assert Round.objects.count() == 1
     assert TrainingRun.objects.filter(kind="domain").count() == 1
     assert client.login(username="reader", password="reader-demo-pw")
     home = client.get("/portal/")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ import torch
 from inference.ml.config import Settings, option
 from inference.ml.tiny import TinySDConfig
 from training.ml.readers import SimulatedReader
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 BASE_MARKER = "insilico.json"
 
@@ -119,7 +122,7 @@ def _textures(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
+def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0, progress: Progress | None = None) -> dict[str, float]:
     """Fit the VAE as an autoencoder (MSE + a tiny KL) on phantoms and smooth textures, then set its scaling factor
     so that scaled latents have unit std, as SD's does."""
     from inference.ml.phantoms import generate_phantoms
@@ -137,7 +140,9 @@ def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
     vae.requires_grad_(True).train()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     crop, losses = cfg.vae_crop, []
-    for _ in range(cfg.vae_steps):
+    for step in range(cfg.vae_steps):
+        if progress is not None and step % 25 == 0:
+            progress("fitting the tiny VAE", step, cfg.vae_steps)
         idx = torch.randint(0, len(pixels), (16,), generator=gen)
         top, left = torch.randint(0, 64 - crop + 1, (2,), generator=gen).tolist()
         x = pixels[idx, :, top : top + crop, left : left + crop].repeat(1, 3, 1, 1)
@@ -160,7 +165,7 @@ def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
     }
 
 
-def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, float]:
+def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0, progress: Progress | None = None) -> dict[str, float]:
     """Train the whole UNet briefly on phantoms and their reports (10% empty prompts, so guidance has an
     unconditional model to work from)."""
     from diffusers import DDPMScheduler
@@ -178,7 +183,9 @@ def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, floa
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in range(cfg.unet_steps):
+    for step in range(cfg.unet_steps):
+        if progress is not None and step % 25 == 0:
+            progress("pretraining the tiny UNet", step, cfg.unet_steps)
         idx = torch.randint(0, len(phantoms), (16,), generator=gen)
         text = torch.where((torch.rand(16, generator=gen) < 0.1)[:, None, None], empty, embeds[idx])
         loss = D.diffusion_loss_per_sample(unet, scheduler, latents[idx], text, generator=gen).mean()
@@ -191,9 +198,11 @@ def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0) -> dict[str, floa
     return {"first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-20:]))}
 
 
-def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None, *, seed: int = 0) -> Path:
+def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None, *, seed: int = 0,
+                        progress: Progress | None = None) -> Path:
     """`base_dir/sd`: the tiny SD with its VAE fitted and its UNet pretrained, reused when already built with the
-    same recipe. Trains on the CPU with one thread (the thread count is restored)."""
+    same recipe. Trains on the CPU with one thread (the thread count is restored). `progress(stage, done, total)`
+    is called as it goes (a few minutes on a CPU the first time)."""
     from diffusers import StableDiffusionPipeline
 
     from inference.ml.tiny import build_tiny_sd
@@ -228,8 +237,10 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
         pipe = StableDiffusionPipeline.from_pretrained(
             str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False
         )
-        vae_fit = fit_vae(pipe.vae, cfg, seed=seed)
-        unet_fit = pretrain_unet(pipe, cfg, seed=seed)
+        vae_fit = fit_vae(pipe.vae, cfg, seed=seed, progress=progress)
+        unet_fit = pretrain_unet(pipe, cfg, seed=seed, progress=progress)
+        if progress is not None:
+            progress("pretraining the tiny UNet", cfg.unet_steps, cfg.unet_steps)
         pipe.vae.save_pretrained(str(path / "vae"))
         pipe.unet.save_pretrained(str(path / "unet"))
         marker.write_text(

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.exports.formats import FORMATS, write_export
 from annotation.exports.selection import selection_from
+from annotation.management.progress import ShellProgress
 from annotation.models import Study
 
 
@@ -44,7 +45,8 @@ class Command(BaseCommand):
                                   "include_simulated": include_simulated, "include_superseded": not current_only,
                                   "identities": "username" if usernames else "pseudonym"},
                                  study=the_study, is_admin=True)
-            manifest = write_export(sel, format, out_path)
+            with ShellProgress(f"Exporting {study}", unit="row") as progress:
+                manifest = write_export(sel, format, out_path, on_progress=lambda rows: progress(rows, 0))
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
         counts = ", ".join(f"{v} {k}" for k, v in manifest["counts"].items())

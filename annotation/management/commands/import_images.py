@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.images.importing import ArchiveRejected, images_import_path, read_reports_csv
+from annotation.management.progress import ShellProgress
 from annotation.models import Round, Study
 
 
@@ -45,14 +46,7 @@ class Command(BaseCommand):
             rnd = Round.objects.filter(study=found, number=round).first()
             if rnd is None:
                 raise CommandError(f"Study {study!r} has no round {round}.")
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="file", desc=f"Importing into {study}", disable=None, leave=False)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+        progress = ShellProgress(f"Importing into {study}", unit="file")
         try:
             report_map = read_reports_csv(reports.read_bytes()) if reports else {}
             if url is not None:
@@ -72,7 +66,7 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
         finally:
-            bar.close()
+            progress.close()
         if options["json"]:
             self.stdout.write(json.dumps(result.as_dict()))
         else:

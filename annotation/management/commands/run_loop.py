@@ -14,6 +14,7 @@ import math
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.management.progress import ShellProgress
 from annotation.models import RoundStatus
 from annotation.rounds.services import round_launch
 from annotation.simulation.arms import arm_summary, arms_compare, control_study_ensure
@@ -160,7 +161,8 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
         try:
-            return round_wait(rnd, timeout_s=timeout)
+            with ShellProgress() as progress:
+                return round_wait(rnd, timeout_s=timeout, on_poll=progress.round_poll(f"{label} {the_study.name}"))
         except TimeoutError as exc:
             raise CommandError(str(exc)) from None
 
