@@ -233,3 +233,52 @@ def test_no_identifier_survives_in_rows_files_names_or_reports(make_study, tmp_p
     image = Image.objects.get(study=study)
     assert "small left effusion" in image.prompt and "[removed]" in image.prompt  # matched by accession, scrubbed
     assert image.original_name == "[removed].dcm"
+
+
+@pytest.mark.django_db
+def test_no_identifier_reaches_an_export(make_study, add_reader, tmp_path, settings):
+    """An imported radiograph read in a round and exported (labels as JSONL, images as an imagefolder ZIP): none of
+    its header's identifiers, nor its original UIDs, is in either file."""
+    import uuid
+    import zipfile
+
+    from django.core.management import call_command
+
+    from annotation.images.storage import image_store
+    from annotation.models import Image
+    from annotation.reading import assignment
+    from annotation.rounds.services import round_create, round_open_labeling
+    from tests.conftest import random_pixels
+
+    study = make_study("phi-export", readers_per_image=1, task_kinds=["realism"])
+    ds = base()
+    uids = {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)}
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(dicom_bytes(ds))
+    reports = tmp_path / "reports.csv"
+    reports.write_text(f"study_uid,report\n{ds.StudyInstanceUID},FINDINGS: clear lungs. Doe^Johnathan MRN99887766.\n")
+    assert _import(study, folder, "--reports", str(reports))["imported"] == 1
+    rnd = round_create(study=study)
+    Image.objects.filter(study=study).update(round=rnd)
+    image_store(study=study, round=rnd, source="synthetic", pixels=random_pixels(5, (64, 64)), prompt="p",
+                generator="test")
+    round_open_labeling(round=rnd)
+    reader = add_reader(study, "phi-reader")
+    queue = assignment.queue_for_reader(round=rnd, reader=reader)
+    while (task := assignment.tasks_next_for_reader(queue=queue)) is not None:
+        assignment.label_submit(reader=reader, task_token=task.token, answer={"call": "real", "confidence": 3},
+                                submission_id=uuid.uuid4())
+    texts = []
+    for fmt, name in (("jsonl", "labels.jsonl"), ("imagefolder", "images.zip")):
+        out = tmp_path / "out" / name
+        call_command("export_dataset", "--study", study.name, "--format", fmt, "--out", str(out), stdout=io.StringIO())
+        texts.append(out.read_bytes().decode("latin-1"))
+        if fmt == "imagefolder":
+            with zipfile.ZipFile(out) as zf:
+                texts += [zf.read(n).decode("latin-1") for n in zf.namelist()]
+        texts.append((out.parent / f"{name}.manifest.json").read_text())
+    exported = "\n".join(texts)
+    assert "clear lungs" in exported  # the report made it, scrubbed
+    for value in (*uids, "Doe^Johnathan", "Johnathan", "MRN99887766", "19510317", "ACC5550123", "Kildare"):
+        assert value not in exported, value
