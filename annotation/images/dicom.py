@@ -5,6 +5,7 @@ Pure Python (numpy, pydicom); no Django."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from io import BytesIO
@@ -186,10 +187,15 @@ def decode_dicom(data: bytes, limits: IngestLimits, rules: AcceptRules | None, k
 def _pixel_array(ds: pydicom.Dataset, ts: pydicom.uid.UID) -> np.ndarray:
     """pydicom's decoders (its plugins: GDCM, openjpeg, RLE, CharLS); else GDCM on its own, which reads what
     pydicom will not hand it (JPEG Extended with 12-bit samples, the common lossy CR/DX encoding)."""
+    logger = logging.getLogger("pydicom")  # it logs each plugin's failure with a traceback; we say it once, below
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         return ds.pixel_array
     except Exception as exc:  # missing decoder plugin, wrong length, corrupt codestream
         first = exc
+    finally:
+        logger.setLevel(level)
     if not ts.is_compressed:  # native pixels need no decoder: wrong length or a broken header
         raise ImageRejected(f"cannot decode the DICOM pixel data ({ts.name}): {first}") from first
     arr = _gdcm_pixel_array(ds)
