@@ -71,6 +71,13 @@ def ping() -> str:
 # --- exports and webhooks ------------------------------------------------------------------------------------------
 
 
+@shared_task(name="annotation.tasks.import_job_run")
+def import_job_run_task(*, job_pk: int) -> str:
+    from annotation.images.jobs import import_job_run as run
+
+    return run(job_pk)
+
+
 @shared_task(name="annotation.tasks.export_job_run")
 def export_job_run_task(*, job_pk: int) -> str:
     from annotation.exports.jobs import export_job_run as run

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.dashboard import views
+from annotation.dashboard import imports, views
 
 app_name = "dashboard"
 urlpatterns = [
@@ -8,6 +8,8 @@ urlpatterns = [
     path("studies/<int:pk>/", views.study_page, name="study"),
     path("studies/<int:pk>/launch/", views.study_launch, name="study-launch"),
     path("studies/<int:pk>/version/", views.study_version, name="study-version"),
+    path("studies/<int:pk>/import/", imports.study_import, name="study-import"),
+    path("imports/<int:pk>/", imports.import_job_page, name="import-job"),
     path("rounds/<int:pk>/", views.round_page, name="round"),
     path("rounds/<int:pk>/progress.json", views.round_progress_json, name="round-progress"),
     path("rounds/<int:pk>/gallery/", views.round_gallery, name="round-gallery"),

@@ -125,6 +125,8 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
         "active": active, "active_progress": round_progress(_round_for_admin(request, active.pk)) if active else None,
         "config": RoundConfig.from_dict(study.round_defaults or {}), "planner": planner,
         "prompts": study_prompts_summary(study),
+        "imports": study.import_jobs.order_by("-pk")[:5],
+        "pool": Image.objects.filter(study=study, source="real", round__isnull=True, is_catch=False).count(),
     }, status=status)
 
 

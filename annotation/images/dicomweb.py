@@ -58,12 +58,18 @@ def _value(attrs: dict, keyword: str) -> str:
     return str(values[0]).strip()
 
 
+def url_check(url: str) -> str:
+    """The URL of a DICOMweb service, or a sentence saying why it is not one."""
+    parsed = urlparse((url or "").strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValidationError(f"{url!r} is not an http(s) URL of a DICOMweb service (e.g. http://pacs:8042/dicom-web).")
+    return url.strip()
+
+
 def _client(url: str, session: requests.Session | None):
     from dicomweb_client.api import DICOMwebClient
 
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValidationError(f"{url!r} is not an http(s) URL of a DICOMweb service (e.g. http://pacs:8042/dicom-web).")
+    url = url_check(url)
     client = DICOMwebClient(url=url.rstrip("/"), session=session, timeout=(10, 120))
     client.set_http_retry_params(retry=False)  # a server that does not answer is said at once, not after a minute
     return client

@@ -1,5 +1,6 @@
 """The annotation app's tables, one module per part: `studies` (studies, memberships, audit), `reading` (rounds,
-images, the blinded reading queue, labels), `clients` (API tokens, export jobs, webhooks). Import them from here."""
+images, the blinded reading queue, labels), `clients` (API tokens, export jobs, webhooks), `imports` (import jobs).
+Import them from here."""
 
 from annotation.models.clients import (
     ApiToken,
@@ -9,6 +10,7 @@ from annotation.models.clients import (
     WebhookDelivery,
     new_submission_id,
 )
+from annotation.models.imports import ImportJob
 from annotation.models.panels import EvaluationPanel, PanelKind, PanelScore
 from annotation.models.reading import (
     Image,
@@ -35,6 +37,7 @@ from annotation.models.studies import (
 )
 
 __all__ = [
+    "ImportJob",
     "new_token",
     "new_seed",
     "default_rubric",

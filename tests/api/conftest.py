@@ -50,7 +50,7 @@ def world(labelled, make_user):
 
     from annotation.api.auth import token_issue
     from annotation.images.storage import image_store
-    from annotation.models import ExportJob, Image, Label, Round, Webhook
+    from annotation.models import ExportJob, Image, ImportJob, Label, Round, Webhook
     from annotation.reading import assignment
     from annotation.rounds.services import round_create
     from annotation.studies.services import membership_add, study_create
@@ -70,6 +70,8 @@ def world(labelled, make_user):
     Round.objects.filter(pk=rnd.pk).update(generation_batch=batch, model_version=version,
                                            metrics={"report": {"reader": {}}})
     export = ExportJob.objects.create(study=study, requested_by=study_admin, format="jsonl")
+    import_job = ImportJob.objects.create(study=study, requested_by=study_admin, source="upload",
+                                          upload_name="batch.zip")
     hook = Webhook.objects.create(study=study, url="http://127.0.0.1:9/hook", secret="s", created_by=study_admin)
     other = study_create(name="elsewhere", title="Elsewhere")
     other_round = round_create(study=other)
@@ -96,5 +98,5 @@ def world(labelled, make_user):
     return {"study": study, "round": rnd, "other": other, "other_round": other_round, "other_image": other_image,
             "other_hook": other_hook, "queue": queue,
             "task": task, "image": rnd.images.filter(source="synthetic").first(), "version": version,
-            "generated": generated, "export": export, "hook": hook, "label": Label.objects.filter(
+            "generated": generated, "export": export, "import_job": import_job, "hook": hook, "label": Label.objects.filter(
                 task__round=rnd).first(), "client": client}

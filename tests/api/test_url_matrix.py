@@ -12,7 +12,7 @@ import pytest
 from django.contrib import admin as django_admin
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from annotation.models import ApiToken, AuditEvent, ExportJob, Label, Round, Study, Webhook
+from annotation.models import ApiToken, AuditEvent, ExportJob, ImportJob, Label, Round, Study, Webhook
 
 pytestmark = pytest.mark.django_db
 
@@ -40,6 +40,8 @@ GET_MATRIX: dict[str, tuple[str, tuple]] = {
     "dashboard:home": ("/dashboard/", (L, 200, 200, 200, L, L)),
     "dashboard:study": ("/dashboard/studies/{study.pk}/", (L, 404, 404, 200, L, L)),
     "dashboard:study-launch": ("/dashboard/studies/{study.pk}/launch/", (L, 405, 405, 405, L, L)),
+    "dashboard:study-import": ("/dashboard/studies/{study.pk}/import/", (L, 405, 405, 405, L, L)),
+    "dashboard:import-job": ("/dashboard/imports/{import_job.pk}/", (L, 404, 404, 200, L, L)),
     "dashboard:study-version": ("/dashboard/studies/{study.pk}/version/", (L, 405, 405, 405, L, L)),
     "dashboard:round": ("/dashboard/rounds/{round.pk}/", (L, 404, 404, 200, L, L)),
     "dashboard:round-progress": ("/dashboard/rounds/{round.pk}/progress.json", (L, 404, 404, 200, L, L)),
@@ -200,6 +202,7 @@ def _state(world) -> tuple:
     """What a refused write must leave as it was (token names last: the admin may rename its own)."""
     rnd = Round.objects.get(pk=world["round"].pk)
     return (Round.objects.count(), rnd.status, rnd.config, rnd.metrics, ExportJob.objects.count(),
+            Study.objects.count(), ImportJob.objects.count(),
             sorted(Webhook.objects.values_list("pk", "url", "active", "events")), Label.objects.count(),
             AuditEvent.objects.count(), Study.objects.get(pk=world["study"].pk).current_version_id,
             sorted(ApiToken.objects.values_list("pk", "user_id", "scope", "revoked_at")),
@@ -211,6 +214,9 @@ WRITES = {
     "/portal/api/submit": ({"task": "{task.token}", "answer": {"call": "real", "confidence": 3},
                             "submission_id": "7b0f2b8e-3b5e-4a43-9a39-1f1f3f3f3f3f"}, {"reader_a"}),
     "/dashboard/studies/{study.pk}/launch/": ({"synthetic": 2, "real": 2}, {"study_admin"}),
+    "/dashboard/studies/{study.pk}/import/": ({"url": "http://127.0.0.1:9/dicom-web"}, {"study_admin"}),
+    # creating studies needs annotation.add_study (this study admin has every annotation permission) and admin scope
+    "/api/v1/studies/": ({"name": "made-here"}, {"study_admin", "admin_token"}),
     "/dashboard/studies/{study.pk}/version/": ({"version": "{version.pk}"}, {"study_admin"}),
     "/dashboard/rounds/{round.pk}/close/": ({}, {"study_admin"}),
     "/dashboard/rounds/{round.pk}/cancel/": ({}, {"study_admin"}),
