@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from django.core.files.storage import default_storage
 from django.db.models import Q
 
 from annotation.exports.mrmc import mrmc_csv, mrmc_round
+from annotation.exports.pairs_hf import write_pairs_hf
 from annotation.exports.rows import (
     CHUNK,
     COLUMNS,
@@ -41,7 +43,7 @@ from annotation.models import Image, ReadingTask, Round, Study, StudyMembership
 from annotation.reading.aggregation import Aggregation, ImageReads
 from annotation.rounds.feedback import feedback_items
 
-FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs", "mrmc")
+FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs", "pairs-hf", "mrmc")
 
 
 def _sha256(path: Path) -> str:
@@ -79,12 +81,24 @@ def export_check(sel: Selection, fmt: str) -> None:
 
 
 def write_export(sel: Selection, fmt: str, out: Path, *, on_progress=None) -> dict:
-    """Write one export to `out` (a file; imagefolder: a ZIP) and `out` + '.manifest.json'. Returns the manifest."""
+    """Write one export to `out` (a file; imagefolder: a ZIP; pairs-hf: a folder of Parquet shards) and `out` +
+    '.manifest.json'. Returns the manifest."""
     export_check(sel, fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
     counts: dict = {}
+    if fmt == "pairs-hf":
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValidationError(f"{out} exists and is not an empty folder: pairs-hf writes a folder of shards.")
+        shutil.rmtree(partial, ignore_errors=True)
+        files, counts["pairs"] = write_pairs_hf(sel, partial, on_progress)
+        if out.exists():
+            out.rmdir()
+        partial.replace(out)
+        manifest = manifest_for({name: out / name for name in files}, sel, fmt, counts)
+        out.with_name(out.name + ".manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest
     if fmt in ("jsonl", "csv"):
         counter = {"rows": 0}
         with open(partial, "wb") as handle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from annotation.exports.selection import selection_load
 from annotation.models import ExportJob
 from annotation.webhooks import emit
 
-EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl", "mrmc": "csv"}
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl", "mrmc": "csv",
+              "pairs-hf": "zip"}
 
 
 def _store(local: Path, key: str) -> str:
@@ -37,7 +39,13 @@ def export_job_run(job_pk: int) -> str:
             def progress(n: int) -> None:
                 ExportJob.objects.filter(pk=job.pk).update(progress={"rows": n})
 
-            manifest = write_export(selection_load(job.selection), job.format, local, on_progress=progress)
+            if job.format == "pairs-hf":  # a folder of Parquet shards, downloaded as one ZIP of that folder
+                folder = Path(tmp) / f"{job.study.name}-pairs-hf-{job.pk}"
+                manifest = write_export(selection_load(job.selection), job.format, folder, on_progress=progress)
+                shutil.make_archive(str(local.with_suffix("")), "zip", root_dir=folder)
+                folder.with_name(folder.name + ".manifest.json").replace(local.with_name(name + ".manifest.json"))
+            else:
+                manifest = write_export(selection_load(job.selection), job.format, local, on_progress=progress)
             key = _store(local, f"exports/{job.study.name}/{job.pk}/{name}")
             _store(local.with_name(name + ".manifest.json"), f"exports/{job.study.name}/{job.pk}/{name}.manifest.json")
     except Exception as exc:

@@ -1,8 +1,8 @@
-"""python manage.py export_dataset --study NAME [--round N ...] --format {jsonl,csv,parquet,imagefolder,pairs,mrmc}
+"""python manage.py export_dataset --study NAME [--round N ...] --format {jsonl,csv,parquet,imagefolder,pairs,pairs-hf,mrmc}
 --out PATH
 
-Writes the export to PATH (imagefolder: a ZIP) and PATH.manifest.json (sha256 of every file, the selection, the
-counts). Streams at flat memory; simulated readers are left out unless --include-simulated; readers are named by
+Writes the export to PATH (imagefolder: a ZIP; pairs-hf: a folder of Parquet shards in Pick-a-Pic's layout) and
+PATH.manifest.json (sha256 of every file, the selection, the counts). Streams at flat memory; simulated readers are left out unless --include-simulated; readers are named by
 pseudonym unless --usernames. `mrmc` holds one round (--round N): the CSV `reader_stats --mrmc` reads."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--since-round", type=int, help="Only rounds after this one (incremental).")
         parser.add_argument("--updated-after", help="Only labels stored after this ISO 8601 time (incremental).")
         parser.add_argument("--format", required=True, choices=FORMATS)
-        parser.add_argument("--out", required=True, help="Output file.")
+        parser.add_argument("--out", required=True, help="Output file (pairs-hf: a new or empty folder).")
         parser.add_argument("--include-simulated", action="store_true", help="Keep simulated readers' labels.")
         parser.add_argument("--current-only", action="store_true", help="Leave out superseded revisions.")
         parser.add_argument("--usernames", action="store_true", help="Name readers by username, not pseudonym.")
@@ -38,7 +38,7 @@ class Command(BaseCommand):
         if the_study is None:
             raise CommandError(f"No study named {study!r}.")
         out_path = Path(out)
-        if out_path.exists() and out_path.is_dir():
+        if out_path.exists() and out_path.is_dir() and format != "pairs-hf":
             raise CommandError(f"{out} is a folder; give a file name.")
         try:
             sel = selection_from({"round": round, "since_round": since_round, "updated_after": updated_after,
