@@ -141,6 +141,9 @@ def build_tiny_sd(out_dir: Path, cfg: TinySDConfig | None = None, *, inpaint: bo
     tokenizer = load_tokenizer(build_tokenizer(out_dir.parent / "tokenizer", vocab_size=cfg.vocab_size))
     cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
     cls(**sd_components(cfg, tokenizer, in_channels=9 if inpaint else 4)).save_pretrained(out_dir)
+    (Path(out_dir) / "README.md").write_text(  # a model card as hub repositories carry one (licence in front matter)
+        "---\nlicense: apache-2.0\n---\n# Tiny random Stable Diffusion\n\nBuilt from configs in cxr-loop "
+        "(inference/ml/tiny.py) for tests and the demo; random or briefly pretrained weights, no real images.\n")
     return out_dir
 
 
