@@ -15,7 +15,7 @@ import secrets
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
 from django.db.models import Q
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -36,6 +36,7 @@ from annotation.api.access import (
     token_scope,
 )
 from annotation.exports.formats import export_check
+from annotation.exports.model_export import model_archive, version_study
 from annotation.exports.selection import selection_from
 from annotation.models import (
     ExportJob,
@@ -180,6 +181,21 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         for study in Study.objects.filter(pk__in=allowed):
             ids |= {v.pk for v in study_versions(study)}
         return ModelVersion.objects.filter(pk__in=ids)
+
+    @extend_schema(responses={(200, "application/zip"): bytes, 409: s.DetailSerializer})
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        """The version as a ZIP of the folder `export_model` writes: `pytorch_lora_weights.safetensors` (load with
+        `StableDiffusionPipeline.load_lora_weights`) and the model card README.md."""
+        version = self.get_object()
+        if not version.lora_key:
+            return Response({"detail": f"{version.name} is a base without a LoRA adapter: nothing to download."},
+                            status=status.HTTP_409_CONFLICT)
+        study = version_study(version, admin_study_ids(request))
+        data = model_archive(version, study)
+        response = HttpResponse(data, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{version.name}.zip"'
+        return response
 
 
 # --- exports ------------------------------------------------------------------------------------------------------

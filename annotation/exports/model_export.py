@@ -5,7 +5,10 @@ its lineage, the rounds and feedback that made it, its evaluation-panel figures 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tempfile
+import zipfile
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
@@ -97,6 +100,24 @@ def model_card(version: ModelVersion, study: Study) -> str:
     lines += ["", "## Training settings of the adapter", "", "```json", json.dumps(version.config, indent=2,
               sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def version_study(version: ModelVersion, study_ids: set[int] | None) -> Study | None:
+    """A study (among `study_ids`; None: any) whose rounds sampled or produced `version`: its model card's context."""
+    studies = Study.objects.all() if study_ids is None else Study.objects.filter(pk__in=study_ids)
+    return next((s for s in studies.order_by("pk") if version in study_versions(s)), None)
+
+
+def model_archive(version: ModelVersion, study: Study) -> bytes:
+    """The exported folder as a ZIP (adapter + model card): what the API and the dashboard hand out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / version.name.replace("/", "_")
+        model_export(version, study, folder)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+            for path in sorted(folder.iterdir()):
+                archive.write(path, path.name)
+    return buffer.getvalue()
 
 
 def model_export(version: ModelVersion, study: Study, out: Path) -> dict:

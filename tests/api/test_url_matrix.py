@@ -73,6 +73,8 @@ GET_MATRIX: dict[str, tuple[str, tuple]] = {
     "api:task-detail": ("/api/v1/tasks/{task.pk}/", (401, 200, 404, 200, 200, 200)),  # reader A's own task
     "api:model-version-list": ("/api/v1/model-versions/", (401, 200, 200, 200, 200, 200)),
     "api:model-version-detail": ("/api/v1/model-versions/{version.pk}/", (401, *OURS)),
+    # the world's version is a base without an adapter: those who may download it are told so (409)
+    "api:model-version-download": ("/api/v1/model-versions/{version.pk}/download/", (401, 404, 404, 409, 409, 409)),
     "api:export-list": ("/api/v1/exports/", (401, 200, 200, 200, 200, 200)),
     "api:export-detail": ("/api/v1/exports/{export.pk}/", (401, *OURS)),
     "api:export-download": ("/api/v1/exports/{export.pk}/download/", (401, 404, 404, 409, 409, 409)),

@@ -4,6 +4,7 @@
 
 import dataclasses
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def adapter(tiny_sd_path, tmp_path_factory):
 
 
 def test_an_exported_version_loads_in_plain_diffusers_and_reproduces_the_raw_samples(
-        tiny_sd_path, adapter, make_study, tmp_path):
+        tiny_sd_path, adapter, make_study, tmp_path, client, django_user_model):
     from diffusers import StableDiffusionPipeline
 
     from inference.ml.generation import GenerationConfig
@@ -65,6 +66,18 @@ def test_an_exported_version_loads_in_plain_diffusers_and_reproduces_the_raw_sam
     assert np.abs(platform - exported).max() <= 1e-4
     plain.unload_lora_weights()
     assert np.abs(sample(plain) - exported).max() > 1e-4  # the adapter is what makes the samples
+
+    from annotation.studies.services import membership_add
+
+    admin = django_user_model.objects.create_user(username="model-admin", password="pw-model-admin")
+    membership_add(study=study, user=admin, role="admin")
+    client.force_login(admin)
+    download = client.get(f"/api/v1/model-versions/{version.pk}/download/")  # what the dashboard links to
+    assert download.status_code == 200 and download["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        assert archive.read("pytorch_lora_weights.safetensors") == lora_path.read_bytes()
+        assert "tiny-base+ft1" in archive.read("README.md").decode()
+    assert client.get(f"/api/v1/model-versions/{base.pk}/download/").status_code == 409
 
     with pytest.raises(CommandError, match="not an empty folder"):
         call_command("export_model", "--study", study.name, "--out", str(out), stdout=io.StringIO())
