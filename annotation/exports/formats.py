@@ -28,7 +28,7 @@ from django.core.files.storage import default_storage
 from django.db.models import Q
 
 from annotation.exports.mrmc import mrmc_csv, mrmc_round
-from annotation.exports.pairs_hf import write_pairs_hf
+from annotation.exports.pairs_hf import selection_pairs, write_pairs_hf
 from annotation.exports.rows import (
     CHUNK,
     COLUMNS,
@@ -39,9 +39,8 @@ from annotation.exports.rows import (
     label_rows,
 )
 from annotation.exports.selection import Selection, selection_empty_reason
-from annotation.models import Image, ReadingTask, Round, Study, StudyMembership
+from annotation.models import Image, ReadingTask, Study, StudyMembership
 from annotation.reading.aggregation import Aggregation, ImageReads
-from annotation.rounds.feedback import feedback_items
 
 FORMATS = ("jsonl", "csv", "parquet", "imagefolder", "pairs", "pairs-hf", "mrmc")
 
@@ -157,15 +156,8 @@ def _write_parquet(sel: Selection, path: Path, on_progress) -> int:
 
 
 def pairs_lines(sel: Selection) -> Iterator[bytes]:
-    """Preference pairs as JSONL: explicit pairwise answers (current labels), plus rubric-gap pairs as the training
-    snapshot derives them (`feedback.feedback_items`), over the selection's rounds."""
-    study = Study.objects.get(name=sel.study)
-    rounds = Round.objects.filter(study=study, labeling_opened_at__isnull=False)
-    if sel.rounds:
-        rounds = rounds.filter(number__in=sel.rounds)
-    if sel.since_round is not None:
-        rounds = rounds.filter(number__gt=sel.since_round)
-    for pair in feedback_items(rounds=list(rounds.order_by("number"))).pairs:
+    """Preference pairs (`pairs_hf.selection_pairs`) as JSONL."""
+    for pair in selection_pairs(sel):
         yield (json.dumps({"chosen": pair.chosen, "rejected": pair.rejected, "prompt": pair.prompt,
                            "source": pair.source}) + "\n").encode()
 

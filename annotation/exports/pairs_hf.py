@@ -24,7 +24,9 @@ SCHEMA = pa.schema([("jpg_0", pa.binary()), ("jpg_1", pa.binary()), ("label_0", 
                     ("image_1", pa.int64())])
 
 
-def _pairs(sel: Selection) -> list:
+def selection_pairs(sel: Selection) -> list:
+    """The selection's preference pairs: explicit pairwise answers (current labels), plus rubric-gap pairs as the
+    training snapshot derives them (`feedback.feedback_items`), over its rounds (the `pairs` and `pairs-hf` exports)."""
     study = Study.objects.get(name=sel.study)
     rounds = Round.objects.filter(study=study, labeling_opened_at__isnull=False)
     if sel.rounds:
@@ -36,7 +38,7 @@ def _pairs(sel: Selection) -> list:
 
 def write_pairs_hf(sel: Selection, folder: Path, on_progress=None) -> tuple[dict[str, Path], int]:
     """Write the shards into `folder` (created); returns {shard name: path} and the number of pairs."""
-    pairs = _pairs(sel)
+    pairs = selection_pairs(sel)
     if not pairs:
         raise ValidationError("No preference pairs match: pairs come from pairwise answers and from rubric scores "
                               "that differ between two images of one prompt; none are in the selected rounds.")

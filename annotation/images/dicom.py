@@ -38,12 +38,17 @@ class AcceptRules:
     modalities: tuple[str, ...] = ("CR", "DX")
     views: tuple[str, ...] = ("PA", "AP")
 
-    def check(self, modality: str, view: str) -> None:
+    def modality_refusal(self, modality: str) -> str | None:
+        """Why a file of `modality` is refused, or None when the study takes it."""
         mods = {m.upper() for m in self.modalities}
-        if mods and ANY not in mods and modality not in mods:
+        if mods and ANY not in mods and modality.upper() not in mods:
             what = f"modality {modality}" if modality else "no modality recorded"
-            raise ImageRejected(f"{what}: this study accepts {', '.join(sorted(mods))} only "
-                                f"(a chest X-ray study; set its modalities to 'any' for other images)")
+            return f"{what}: this study accepts {', '.join(sorted(mods))} only"
+        return None
+
+    def check(self, modality: str, view: str) -> None:
+        if (refusal := self.modality_refusal(modality)) is not None:
+            raise ImageRejected(f"{refusal} (a chest X-ray study; set its modalities to 'any' for other images)")
         views = {v.upper() for v in self.views}
         if views and ANY not in views and view not in views:
             what = f"view {view}" if view else "no view position recorded (ViewPosition, view code or description)"

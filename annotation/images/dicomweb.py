@@ -143,7 +143,6 @@ def dicomweb_import(*, study: Study, url: str, filters: dict[str, str] | None = 
     (instances stored before that stay stored: a rerun goes on from there)."""
     instances = instances_find(url, filters or {}, session=session)
     key, limits, rules = settings.CXR_PSEUDONYM_KEY, limits_from_settings(), study_rules(study)
-    accepted = {m.upper() for m in rules.modalities}
     host = urlparse(url).netloc
     result = ImportResult()
     held = set(Image.objects.filter(study=study).exclude(sop_uid_hash="").values_list("sop_uid_hash", flat=True))
@@ -152,9 +151,8 @@ def dicomweb_import(*, study: Study, url: str, filters: dict[str, str] | None = 
         name = f"{host} instance {uid_hash[:12]}"  # never the UID itself
         if uid_hash in held:
             result.duplicates.append((name, "an instance imported earlier", "SOP Instance UID"))
-        elif accepted and "ANY" not in accepted and inst["Modality"] and inst["Modality"].upper() not in accepted:
-            result.rejected.append((name, f"modality {inst['Modality']}: this study accepts "
-                                          f"{', '.join(sorted(accepted))} only (not retrieved)"))
+        elif inst["Modality"] and (refusal := rules.modality_refusal(inst["Modality"])) is not None:
+            result.rejected.append((name, f"{refusal} (not retrieved)"))
         else:
             try:
                 payload = instance_retrieve(url, inst, session=session)

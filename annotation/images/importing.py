@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
@@ -102,8 +103,6 @@ def study_rules(study: Study) -> AcceptRules:
 
 def pixel_sha256(pixels) -> str:
     """Of the decoded, normalised pixels (16-bit): one radiograph stored under two encodings hashes the same."""
-    import numpy as np
-
     q = np.round(np.clip(pixels, 0.0, 1.0) * 65535.0).astype("<u2")
     return hashlib.sha256(f"{q.shape}".encode() + q.tobytes()).hexdigest()
 
