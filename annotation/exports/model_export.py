@@ -18,6 +18,7 @@ from annotation.models import Label, Round, Study
 from annotation.rounds.panel import panel_versions
 from annotation.rounds.versions import study_versions
 from inference.models import ModelVersion
+from training.models import TrainingRun
 
 ADAPTER = "pytorch_lora_weights.safetensors"
 LICENCE_NAMES = {"apache-2.0": "Apache-2.0", "openrail++": "CreativeML Open RAIL++-M (Stability AI's SD 2.x licence)",
@@ -61,8 +62,10 @@ def _licence(base: str) -> str:
 def _made_by(version: ModelVersion, study: Study) -> str:
     kind, _, run = version.produced_by.partition(":")
     rnd = Round.objects.filter(study=study, produced_version=version).first()
-    if rnd is None:
-        return version.produced_by or "not recorded"
+    if rnd is None:  # not made by a round: domain adaptation, or a run started by hand
+        training = TrainingRun.objects.filter(pk=int(run)).first() if run.isdigit() else None
+        return f"{training.get_kind_display()} (run {training.pk})" if training else (version.produced_by or
+                                                                                      "not recorded")
     labels = Label.objects.filter(task__round=rnd).count()
     return f"{kind} run {run} of round {rnd.number} ({labels} labels read in that round)"
 
