@@ -33,7 +33,14 @@ def test_feedback_beats_its_permuted_control_on_the_panel(live_worker, seed):
     vs = result["feedback_vs_control"]
     assert vs["n"] == 32 and vs["unit"] == "panel items"
     assert vs["preference_gain"]["mean"] > 0, vs
-    assert result["summary"]["preference_gain"]["mean"] >= 0 and result["summary"]["unit"] == "panel items"
+    # the arm's own first → current gain is reported with its panel-precision CI; whether the loop learns is a claim
+    # over loop seeds (bench/loop.py: 8 seeds, t-CI and sign test), not over one seed's panel items, so it is not
+    # asserted here (seed 71's round 2 raised realism +0.14 and lowered the taste −0.10: see issue 27's note)
+    summary = result["summary"]
+    assert summary["unit"] == "panel items" and summary["n"] == 32
+    assert summary["last_version"] == Study.objects.get(name=f"learns-{seed}").current_version.name
+    gain = summary["preference_gain"]
+    assert gain["n"] == 32 and gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
     for name in (f"learns-{seed}", f"learns-{seed}-control"):
         assert Round.objects.filter(study__name=name, status="done").count() == 2
         assert Study.objects.get(name=name).memberships.filter(is_simulated=True).count() == 3
