@@ -8,6 +8,7 @@ import uuid
 import pytest
 from django.test import Client
 
+from annotation.models import StudyMembership
 from annotation.reading import assignment
 from annotation.studies.services import membership_add
 
@@ -23,7 +24,27 @@ def world(make_study, add_reader, stored_round, make_user):
     membership_add(study=study, user=admin, role="admin")
     queue = assignment.queue_for_reader(round=rnd, reader=reader)
     task = assignment.tasks_next_for_reader(queue=queue)
-    return {"study": study, "round": rnd, "reader": reader, "admin": admin, "task": task}
+    member = StudyMembership.objects.get(study=study, user=reader)
+    return {"study": study, "round": rnd, "reader": reader, "admin": admin, "task": task, "member": member}
+
+
+def test_invitation_and_practice_forms_need_the_token(world):
+    from annotation.models import PracticeCase
+    from annotation.studies.members import invitation_create
+
+    _, invite = invitation_create(study=world["study"], role="reader", actor=world["admin"])
+    case = PracticeCase.objects.create(study=world["study"], display_key="practice/x.png", answer="real")
+    anonymous = Client(enforce_csrf_checks=True)
+    body = {"username": "newcomer", "password1": "lung-window-77", "password2": "lung-window-77"}
+    assert anonymous.post(f"/portal/join/{invite}/", body).status_code == 403
+    token = _token(anonymous, f"/portal/join/{invite}/")
+    assert anonymous.post(f"/portal/join/{invite}/", {**body, "csrfmiddlewaretoken": token}).status_code == 302
+    reader = Client(enforce_csrf_checks=True)
+    reader.force_login(world["reader"])
+    url = f"/portal/practice/{world['study'].pk}/"
+    assert reader.post(url, {"case": case.pk, "call": "real"}).status_code == 403
+    token = _token(reader, "/portal/")
+    assert reader.post(url, {"case": case.pk, "call": "real", "csrfmiddlewaretoken": token}).status_code == 200
 
 
 def _token(client: Client, url: str) -> str:
@@ -59,7 +80,9 @@ def test_dashboard_actions_need_the_token(world):
     posts = [f"/dashboard/studies/{study.pk}/launch/", f"/dashboard/studies/{study.pk}/version/",
              f"/dashboard/rounds/{rnd.pk}/close/", f"/dashboard/rounds/{rnd.pk}/retry/",
              f"/dashboard/rounds/{rnd.pk}/cancel/", f"/dashboard/rounds/{rnd.pk}/report/refresh/",
-             "/tools/clean/"]
+             "/tools/clean/", "/dashboard/studies/new/", f"/dashboard/studies/{study.pk}/settings/",
+             f"/dashboard/studies/{study.pk}/invitations/", f"/dashboard/studies/{study.pk}/practice/",
+             f"/dashboard/studies/{study.pk}/members/{world['member'].pk}/deactivate/"]
     for url in posts:
         assert c.post(url, {}).status_code == 403, url
     token = _token(c, f"/dashboard/rounds/{rnd.pk}/")

@@ -128,3 +128,28 @@ def as_rows(value, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(value, float):
         return [(prefix, f"{value:.4g}")]
     return [(prefix, "—" if value is None else str(value))]
+
+
+def study_members(study) -> dict:
+    """The study's people for its readers section: each member with their reading progress (answered cases, cases
+    they hold open now, last answer; practice done), and the invitations with their state."""
+    from django.db.models import Count, Max, Q
+    from django.utils import timezone
+
+    from annotation.models import Invitation, PracticeAnswer, ReadingTask, TaskStatus
+
+    members = list(StudyMembership.objects.filter(study=study, is_simulated=False).select_related("user")
+                   .order_by("role", "pk"))
+    stats = {row["reader_id"]: row for row in ReadingTask.objects.filter(round__study=study).values("reader_id")
+             .annotate(done=Count("pk", filter=Q(status=TaskStatus.DONE)),
+                       open=Count("pk", filter=Q(status=TaskStatus.CLAIMED)), last=Max("answered_at"))}
+    practice = {row["reader"]: row for row in PracticeAnswer.objects.filter(case__study=study).values("reader")
+                .annotate(answered=Count("pk"), correct=Count("pk", filter=Q(correct=True)))}
+    now = timezone.now()
+    invitations = [{"invitation": i, "state": "used" if i.used_at else "expired" if i.expires_at <= now else "open"}
+                   for i in Invitation.objects.filter(study=study).select_related("used_by", "created_by")[:50]]
+    simulated = StudyMembership.objects.filter(study=study, is_simulated=True).count()
+    return {"members": [{"member": m, **stats.get(m.user_id, {"done": 0, "open": 0, "last": None}),
+                         "practice": practice.get(m.user_id)} for m in members],
+            "invitations": invitations, "simulated": simulated,
+            "practice_cases": study.practice_cases.count()}

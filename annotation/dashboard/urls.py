@@ -1,14 +1,19 @@
 from django.urls import path
 
-from annotation.dashboard import imports, views
+from annotation.dashboard import imports, members, practice, setup, views
 
 app_name = "dashboard"
 urlpatterns = [
     path("", views.home, name="home"),
+    path("studies/new/", setup.study_new, name="study-new"),
     path("studies/<int:pk>/", views.study_page, name="study"),
+    path("studies/<int:pk>/settings/", setup.study_settings, name="study-settings"),
     path("studies/<int:pk>/launch/", views.study_launch, name="study-launch"),
     path("studies/<int:pk>/version/", views.study_version, name="study-version"),
     path("studies/<int:pk>/import/", imports.study_import, name="study-import"),
+    path("studies/<int:pk>/invitations/", members.study_invite, name="study-invite"),
+    path("studies/<int:pk>/members/<int:member>/<str:action>/", members.member_action, name="member-action"),
+    path("studies/<int:pk>/practice/", practice.practice_upload, name="practice-upload"),
     path("imports/<int:pk>/", imports.import_job_page, name="import-job"),
     path("rounds/<int:pk>/", views.round_page, name="round"),
     path("rounds/<int:pk>/progress.json", views.round_progress_json, name="round-progress"),

@@ -22,11 +22,12 @@ from annotation.dashboard.selectors import (
     as_rows,
     round_progress,
     round_story,
+    study_members,
     study_panel,
     study_prompts_summary,
 )
 from annotation.models import Image, Round, Study
-from annotation.permissions import administered_study_ids
+from annotation.permissions import administered_study_ids, can_create_studies
 from annotation.rounds.config import RoundConfig
 from annotation.rounds.driver import round_advance
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
@@ -70,7 +71,7 @@ def home(request: HttpRequest) -> HttpResponse:
     if allowed is not None:
         studies = studies.filter(pk__in=allowed)
     rows = [(s, Round.objects.filter(study=s).order_by("-number").first()) for s in studies]
-    return render(request, "dashboard/home.html", {"rows": rows})
+    return render(request, "dashboard/home.html", {"rows": rows, "can_create": can_create_studies(request.user)})
 
 
 LAUNCH_FIELDS = ("synthetic", "real", "oversample", "selection", "objective", "promote", "auto_next")
@@ -108,7 +109,8 @@ def _launch_config(post) -> dict:
 
 
 @login_required
-def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 200) -> HttpResponse:
+def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 200,
+               invitation_link: str = "") -> HttpResponse:
     study = _study_for_admin(request, pk)
     all_rounds = list(Round.objects.filter(study=study).select_related("model_version", "produced_version")
                       .order_by("-number"))
@@ -127,6 +129,7 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
         "prompts": study_prompts_summary(study),
         "imports": study.import_jobs.order_by("-pk")[:5],
         "pool": Image.objects.filter(study=study, source="real", round__isnull=True, is_catch=False).count(),
+        "people": study_members(study), "invitation_link": invitation_link,
     }, status=status)
 
 

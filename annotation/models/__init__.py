@@ -13,6 +13,7 @@ from annotation.models.clients import (
 from annotation.models.imports import ImportJob
 from annotation.models.panels import EvaluationPanel, PanelKind, PanelScore
 from annotation.models.reading import (
+    ACTIVE_STATUSES,
     Image,
     Label,
     ReaderQueue,
@@ -24,6 +25,9 @@ from annotation.models.reading import (
 )
 from annotation.models.studies import (
     AuditEvent,
+    Invitation,
+    PracticeAnswer,
+    PracticeCase,
     Role,
     Source,
     Study,
@@ -37,6 +41,10 @@ from annotation.models.studies import (
 )
 
 __all__ = [
+    "ACTIVE_STATUSES",
+    "Invitation",
+    "PracticeAnswer",
+    "PracticeCase",
     "ImportJob",
     "new_token",
     "new_seed",

@@ -27,6 +27,11 @@ class RoundStatus(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+#: Statuses in which a round is running (one at a time per study).
+ACTIVE_STATUSES = (RoundStatus.GENERATING, RoundStatus.CLEANING, RoundStatus.LABELING, RoundStatus.TRAINING_REWARD,
+                   RoundStatus.FINETUNING, RoundStatus.EVALUATING)
+
+
 class Round(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="rounds")
     number = models.PositiveIntegerField()

@@ -118,6 +118,9 @@ class StudyMembership(models.Model):
     is_simulated = models.BooleanField(default=False, help_text="A virtual reader driven by code.")
     simulation = models.JSONField(default=dict, blank=True, help_text="A simulated reader's settings (training.ml.readers.SimulatedReader.as_dict).")
     created_at = models.DateTimeField(auto_now_add=True)
+    deactivated_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a study admin ended this membership: the reader's labels stay, their "
+                                         "open claims went back to the pool, they get no new cases.")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["study", "user", "role"], name="uniq_membership")]
@@ -140,3 +143,59 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.action}"
+
+
+class Invitation(models.Model):
+    """A one-time, expiring link that makes its user a reader or a study admin of a study. Only a hash of the
+    token is stored: the link is shown once, to the admin who made it."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.READER)
+    note = models.CharField(max_length=200, blank=True, help_text="Whom it is for (a name or e-mail), for the admin.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation to {self.study} as {self.role}"
+
+
+class PracticeCase(models.Model):
+    """A case of a study's practice set: an image with its known answer (real or synthetic) and what to look at.
+    Stored apart from the study's images: never part of a round, a statistic or an export."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="practice_cases")
+    display_key = models.CharField(max_length=255, help_text="The image as readers see it (storage key).")
+    answer = models.CharField(max_length=10, choices=Source.choices, help_text="The known answer.")
+    explanation = models.CharField(max_length=500, blank=True, help_text="Shown after the reader answers.")
+    position = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+
+    def __str__(self) -> str:
+        return f"practice case {self.position + 1} of {self.study}"
+
+
+class PracticeAnswer(models.Model):
+    """A reader's answer to a practice case (the latest one counts); feedback only, never a label."""
+
+    case = models.ForeignKey(PracticeCase, on_delete=models.CASCADE, related_name="answers")
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    call = models.CharField(max_length=10, choices=Source.choices)
+    correct = models.BooleanField()
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["case", "reader"], name="uniq_practice_answer")]
+
+    def __str__(self) -> str:
+        return f"{self.reader} on {self.case}"

@@ -34,6 +34,7 @@ from annotation.models import (
 )
 from annotation.reading.answers import validate_answer
 from annotation.reading.ordering import chance, derive_seed, permute, slot_for
+from annotation.reading.selectors import reader_active
 from annotation.reading.signals import case_filled
 
 #: Candidates fetched per query while walking a reader's permutation.
@@ -42,12 +43,18 @@ WINDOW = 32
 # which stops SQLite from using the rest of the (round, kind, is_catch, slot, idx) index.
 
 
+DEACTIVATED = "Your reading in this study was ended by its admin; your answers so far are kept."
+
+
 class CaseReturned(ValidationError):
     """The claim expired and its case went to another reader; the answer cannot be stored."""
 
 
 def queue_for_reader(*, round: Round, reader: AbstractUser) -> ReaderQueue:
     """The reader's queue for a round, created on first use (readers may join mid-round)."""
+    if not reader_active(study_id=round.study_id, user=reader):
+        raise PermissionDenied(DEACTIVATED if StudyMembership.objects.filter(
+            study_id=round.study_id, user=reader, role=Role.READER).exists() else "You are not a reader of this study.")
     queue = ReaderQueue.objects.filter(round=round, reader=reader).first()
     if queue:
         return queue
@@ -237,6 +244,8 @@ def _submit(reader, task_token: str, answer: dict, submission_id: uuid.UUID, tim
         )
         if task is None:
             raise ReadingTask.DoesNotExist("No such task.")
+        if not reader_active(study_id=task.round.study_id, user=reader):
+            raise PermissionDenied(DEACTIVATED)
         if task.round.status != RoundStatus.LABELING:
             raise ValidationError("This round is closed for labeling.")
         clean = validate_answer(task.kind, answer, rubric=task.round.study.rubric)
@@ -275,18 +284,27 @@ def claims_expire_stale(*, older_than_s: int | None = None) -> int:
     """Return idle claims to the pool. Safe to run any number of times, concurrently with readers."""
     cutoff = timezone.now() - timedelta(seconds=settings.CXR_CLAIM_TIMEOUT_S if older_than_s is None
                                         else older_than_s)
-    expired = 0
-    stale = ReadingTask.objects.filter(status=TaskStatus.CLAIMED, claimed_at__lt=cutoff).values_list("pk", flat=True)
-    for pk in list(stale[:10_000]):
+    return _release(ReadingTask.objects.filter(status=TaskStatus.CLAIMED, claimed_at__lt=cutoff))
+
+
+def claims_release(*, study_id: int, reader: AbstractUser) -> int:
+    """Return every case the reader holds open in the study's rounds to the pool (a reader deactivated by an
+    admin), so each case can still reach its K reads; their answered cases stay."""
+    return _release(ReadingTask.objects.filter(status=TaskStatus.CLAIMED, reader=reader, round__study_id=study_id))
+
+
+def _release(claimed) -> int:
+    """Expire the claimed tasks of `claimed` one by one (each a conditional update, so a reader's answer arriving
+    at the same moment either lands first or finds the task expired) and give each case its place back."""
+    released = 0
+    for pk in list(claimed.values_list("pk", flat=True)[:10_000]):
         with transaction.atomic():
-            changed = ReadingTask.objects.filter(pk=pk, status=TaskStatus.CLAIMED, claimed_at__lt=cutoff).update(
-                status=TaskStatus.EXPIRED
-            )
+            changed = claimed.filter(pk=pk).update(status=TaskStatus.EXPIRED)  # still claimed: its filters again
             if changed:
                 case_id = ReadingTask.objects.filter(pk=pk).values_list("case_id", flat=True).get()
                 ReadingCase.objects.filter(pk=case_id, taken__gt=0).update(taken=F("taken") - 1)
-                expired += 1
-    return expired
+                released += 1
+    return released
 
 
 def task_touch(*, task: ReadingTask) -> None:

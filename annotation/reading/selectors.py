@@ -19,7 +19,8 @@ from annotation.models import (
 
 
 def rounds_open_for_reader(*, reader: AbstractUser) -> list[Round]:
-    studies = StudyMembership.objects.filter(user=reader, role=Role.READER).values("study_id")
+    studies = StudyMembership.objects.filter(user=reader, role=Role.READER, deactivated_at__isnull=True).values(
+        "study_id")
     return list(
         Round.objects.filter(study_id__in=studies, status=RoundStatus.LABELING)
         .select_related("study")
@@ -75,3 +76,9 @@ def queue_review(*, queue: ReaderQueue) -> list[ReadingTask]:
         .select_related("image", "image_b", "current_label")
         .order_by("position")
     )
+
+
+def reader_active(*, study_id: int, user: AbstractUser) -> bool:
+    """Whether `user` is a reader of the study whose reading an admin has not ended."""
+    return StudyMembership.objects.filter(study_id=study_id, user=user, role=Role.READER,
+                                          deactivated_at__isnull=True).exists()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.reading import views
+from annotation.reading import onboarding, views
 
 app_name = "portal"
 
@@ -13,4 +13,7 @@ urlpatterns = [
     path("i/<str:token>", views.image, name="image"),
     path("api/next", views.api_next, name="api-next"),
     path("api/submit", views.api_submit, name="api-submit"),
+    path("join/<str:token>/", onboarding.join, name="join"),
+    path("practice/<int:pk>/", onboarding.practice, name="practice"),
+    path("practice/<int:pk>/<int:case>.png", onboarding.practice_image, name="practice-image"),
 ]

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import ReaderQueue, ReadingTask, RoundStatus, TaskStatus
 from annotation.reading import assignment, selectors
+from annotation.reading.practice import practice_pending
 
 IMAGE_HEADERS = {
     "Cache-Control": "private, max-age=3600",
@@ -29,10 +30,17 @@ def _queue(request: HttpRequest, token: str) -> ReaderQueue:
     return get_object_or_404(ReaderQueue.objects.select_related("round__study"), token=token, reader=request.user)
 
 
+def _active(request: HttpRequest, study_id: int) -> None:
+    """A reader whose reading an admin ended gets no further case (their answers stay)."""
+    if not selectors.reader_active(study_id=study_id, user=request.user):
+        raise PermissionDenied(assignment.DEACTIVATED)
+
+
 def _task(request: HttpRequest, token: str) -> ReadingTask:
     task = selectors.task_for_reader(token=token, reader=request.user)
     if task is None:
         raise Http404("No such case.")
+    _active(request, task.queue.round.study_id)
     return task
 
 
@@ -64,7 +72,8 @@ def home(request: HttpRequest) -> HttpResponse:
         except PermissionDenied:
             continue
         queue.round = rnd
-        entries.append({"queue": queue, "study": rnd.study, "progress": selectors.queue_progress(queue=queue)})
+        entries.append({"queue": queue, "study": rnd.study, "progress": selectors.queue_progress(queue=queue),
+                        "practice": practice_pending(study=rnd.study, reader=request.user)})
     return render(request, "portal/home.html", {"entries": entries})
 
 
@@ -72,6 +81,9 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_GET
 def queue_next(request: HttpRequest, token: str) -> HttpResponse:
     queue = _queue(request, token)
+    _active(request, queue.round.study_id)
+    if practice_pending(study=queue.round.study, reader=request.user):  # the practice set comes first
+        return redirect("portal:practice", queue.round.study_id)
     task = assignment.tasks_next_for_reader(queue=queue)
     if task is None:
         return redirect("portal:done", token=queue.token)
@@ -142,6 +154,8 @@ def api_next(request: HttpRequest) -> JsonResponse:
     queue = ReaderQueue.objects.filter(token=request.GET.get("queue", ""), reader=request.user).first()
     if queue is None:
         return _json_error("Unknown reading queue.", 404)
+    if not selectors.reader_active(study_id=queue.round.study_id, user=request.user):
+        return _json_error(assignment.DEACTIVATED, 403)
     after = None
     if request.GET.get("after"):
         after = ReadingTask.objects.filter(token=request.GET["after"], queue=queue).only("position").first()

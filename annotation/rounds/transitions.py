@@ -15,7 +15,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from annotation.models import Round, RoundStatus
+from annotation.models import ACTIVE_STATUSES, Round, RoundStatus
 from annotation.studies.audit import audit
 
 #: Legal round transitions; every status change goes through `round_transition`.
@@ -42,8 +42,7 @@ ROUND_TRANSITIONS: dict[str, set[str]] = {
 }
 
 #: Statuses in which a round is running (one at a time per study).
-ACTIVE = (RoundStatus.GENERATING, RoundStatus.CLEANING, RoundStatus.LABELING, RoundStatus.TRAINING_REWARD,
-          RoundStatus.FINETUNING, RoundStatus.EVALUATING)
+ACTIVE = ACTIVE_STATUSES
 
 #: Sent inside the transaction that changed a round's status. kwargs: round, status, previous.
 round_status_changed = Signal()

@@ -56,6 +56,66 @@ def study_create(*, name: str, title: str = "", actor: AbstractUser | None = Non
     return study
 
 
+#: settings a study admin may change after creation (the name is fixed: the CLI, API and exports use it)
+EDITABLE = ("title", "description", "task_kinds", "rubric", "readers_per_image", "images_per_round", "real_fraction",
+            "catch_rate", "repeat_rate", "repeat_washout", "display_size", "modalities", "views", "panel_size",
+            "promotion_panel_size", "equivalence_margin", "prompt_source", "prompt_policy")
+#: settings a running round reads (its queues, cases, panels and prompts): they wait until no round is running
+ROUND_SETTINGS = ("task_kinds", "rubric", "readers_per_image", "images_per_round", "real_fraction", "catch_rate",
+                  "repeat_rate", "repeat_washout", "display_size", "panel_size", "promotion_panel_size",
+                  "prompt_source", "prompt_policy")
+
+
+def study_update(*, study: Study, actor: AbstractUser | None, **changes) -> Study:
+    """Change a study's settings, validated by the same rule as `study_create`. Refused with the reason: a setting
+    a running round reads while one runs; the display size once images are stored (they were resized to it); the
+    rubric once rubric scores exist (they were given on its scales); a panel's size once the panel is defined
+    (every version is compared on the same items)."""
+    from annotation.models import ACTIVE_STATUSES, EvaluationPanel, Image, Label, PanelKind
+
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise ValidationError(f"These settings cannot be changed here: {', '.join(sorted(unknown))}.")
+    for field in ("modalities", "views"):
+        if field in changes:
+            changes[field] = codes_parse(changes[field], field=field)
+    changed = {k: v for k, v in changes.items() if getattr(study, k) != v}
+    if not changed:
+        return study
+    reasons = []
+    running = study.rounds.filter(status__in=ACTIVE_STATUSES).order_by("number").first()
+    touched = [k for k in ROUND_SETTINGS if k in changed]
+    if running is not None and touched:
+        reasons.append(f"round {running.number} is running ({running.status}): {', '.join(touched)} can change "
+                       "once it is done or cancelled.")
+    if "display_size" in changed and Image.objects.filter(study=study).exists():
+        reasons.append(f"display_size: the study's images are stored for readers at {study.display_size} px; it "
+                       "cannot change once images exist (create a new study for another size).")
+    if "rubric" in changed and Label.objects.filter(task__round__study=study, task__kind=TaskKind.RUBRIC).exists():
+        reasons.append("rubric: readers have scored images on the current criteria and scales; it cannot change "
+                       "once rubric scores exist (create a new study for another rubric).")
+    for field, kind in (("panel_size", PanelKind.EVALUATION), ("promotion_panel_size", PanelKind.PROMOTION)):
+        if field in changed and EvaluationPanel.objects.filter(study=study, kind=kind).exists():
+            reasons.append(f"{field}: the {kind} panel is fixed once defined, so every version is compared on "
+                           "the same items.")
+    if reasons:
+        raise ValidationError(" ".join(reasons))
+    before = {k: getattr(study, k) for k in changed}
+    for key, value in changed.items():
+        setattr(study, key, value)
+    try:
+        study_validate(study=study)
+    except ValidationError:
+        for key, value in before.items():
+            setattr(study, key, value)
+        raise
+    with transaction.atomic():
+        study.save(update_fields=list(changed))
+        audit(actor=actor, action="study.update", study=study, obj=study,
+              changed={k: [before[k], changed[k]] for k in changed})
+    return study
+
+
 def study_validate(*, study: Study) -> None:
     validate_rubric_definition(study.rubric)
     if not study.modalities:
@@ -71,6 +131,12 @@ def study_validate(*, study: Study) -> None:
         raise ValidationError(f"task_kinds must be a non-empty list drawn from {list(TaskKind.values)}.")
     if study.readers_per_image < 1 or not 64 <= study.display_size <= 2048:
         raise ValidationError("readers_per_image must be ≥ 1 and display_size within 64–2048 px.")
+    if study.images_per_round < 1:
+        raise ValidationError("images_per_round must be ≥ 1.")
+    if not 0.0 < study.equivalence_margin < 0.5:
+        raise ValidationError("equivalence_margin must be between 0 and 0.5 (accuracy units around 0.5).")
+    if study.prompt_source not in ("templates", "reports"):
+        raise ValidationError("prompt_source must be 'templates' or 'reports'.")
 
 
 def membership_add(*, study: Study, user: AbstractUser, role: str, simulated: bool = False,

@@ -86,6 +86,12 @@ def world(labelled, make_user):
     tokens = {"export_token": token_issue(user=study_admin, name="e", scope="export")[1],
               "admin_token": token_issue(user=study_admin, name="a", scope="admin")[1]}
     users = {"reader_a": alice, "reader_b": bob, "study_admin": study_admin}
+    from annotation.models import PracticeCase, StudyMembership
+    from annotation.studies.members import invitation_create
+
+    practice = PracticeCase.objects.create(study=study, display_key=rnd.images.first().display_key, answer="real")
+    invite_token = invitation_create(study=study, role="reader", actor=study_admin)[1]
+    member = StudyMembership.objects.get(study=study, user=bob, role="reader")
 
     def client(who: str) -> APIClient:
         c = APIClient()
@@ -99,4 +105,5 @@ def world(labelled, make_user):
             "other_hook": other_hook, "queue": queue,
             "task": task, "image": rnd.images.filter(source="synthetic").first(), "version": version,
             "generated": generated, "export": export, "import_job": import_job, "hook": hook, "label": Label.objects.filter(
-                task__round=rnd).first(), "client": client}
+                task__round=rnd).first(), "client": client, "practice": practice, "invite_token": invite_token,
+            "member": member}

@@ -12,7 +12,20 @@ import pytest
 from django.contrib import admin as django_admin
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from annotation.models import ApiToken, AuditEvent, ExportJob, ImportJob, Label, Round, Study, Webhook
+from annotation.models import (
+    ApiToken,
+    AuditEvent,
+    ExportJob,
+    ImportJob,
+    Invitation,
+    Label,
+    PracticeAnswer,
+    PracticeCase,
+    Round,
+    Study,
+    StudyMembership,
+    Webhook,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -38,6 +51,17 @@ GET_MATRIX: dict[str, tuple[str, tuple]] = {
     "portal:api-submit": ("/portal/api/submit", (L, 405, 405, 405, L, L)),
     "inference:clean-preview": ("/tools/clean/", (A, A, A, 200, A, A)),
     "dashboard:home": ("/dashboard/", (L, 200, 200, 200, L, L)),
+    # creating a study needs annotation.add_study (the study admin holds every annotation permission)
+    "dashboard:study-new": ("/dashboard/studies/new/", (L, 403, 403, 200, L, L)),
+    "dashboard:study-settings": ("/dashboard/studies/{study.pk}/settings/", (L, 404, 404, 200, L, L)),
+    "dashboard:study-invite": ("/dashboard/studies/{study.pk}/invitations/", (L, 405, 405, 405, L, L)),
+    "dashboard:member-action": ("/dashboard/studies/{study.pk}/members/{member.pk}/deactivate/",
+                                (L, 405, 405, 405, L, L)),
+    "dashboard:practice-upload": ("/dashboard/studies/{study.pk}/practice/", (L, 405, 405, 405, L, L)),
+    # an invitation link is its own authorisation: anyone holding it sees the join page (GET uses nothing)
+    "portal:join": ("/portal/join/{invite_token}/", (200, 200, 200, 200, 200, 200)),
+    "portal:practice": ("/portal/practice/{study.pk}/", (L, 200, 200, 404, L, L)),
+    "portal:practice-image": ("/portal/practice/{study.pk}/{practice.pk}.png", (L, 200, 200, 404, L, L)),
     "dashboard:study": ("/dashboard/studies/{study.pk}/", (L, 404, 404, 200, L, L)),
     "dashboard:study-launch": ("/dashboard/studies/{study.pk}/launch/", (L, 405, 405, 405, L, L)),
     "dashboard:study-import": ("/dashboard/studies/{study.pk}/import/", (L, 405, 405, 405, L, L)),
@@ -208,6 +232,8 @@ def _state(world) -> tuple:
             sorted(Webhook.objects.values_list("pk", "url", "active", "events")), Label.objects.count(),
             AuditEvent.objects.count(), Study.objects.get(pk=world["study"].pk).current_version_id,
             sorted(ApiToken.objects.values_list("pk", "user_id", "scope", "revoked_at")),
+            Study.objects.get(pk=world["study"].pk).title, Invitation.objects.count(), PracticeCase.objects.count(),
+            PracticeAnswer.objects.count(), StudyMembership.objects.filter(deactivated_at__isnull=False).count(),
             sorted(ApiToken.objects.values_list("pk", "name")))
 
 
@@ -220,6 +246,12 @@ WRITES = {
     # creating studies needs annotation.add_study (this study admin has every annotation permission) and admin scope
     "/api/v1/studies/": ({"name": "made-here"}, {"study_admin", "admin_token"}),
     "/dashboard/studies/{study.pk}/version/": ({"version": "{version.pk}"}, {"study_admin"}),
+    "/dashboard/studies/new/": ({"name": "made-in-form", "title": "x", "task_kinds": "realism"}, {"study_admin"}),
+    "/dashboard/studies/{study.pk}/settings/": ({"title": "changed"}, {"study_admin"}),
+    "/dashboard/studies/{study.pk}/invitations/": ({"role": "admin", "days": 7}, {"study_admin"}),
+    "/dashboard/studies/{study.pk}/members/{member.pk}/deactivate/": ({}, {"study_admin"}),
+    "/dashboard/studies/{study.pk}/practice/": ({"clear": "1"}, {"study_admin"}),
+    "/portal/practice/{study.pk}/": ({"case": "{practice.pk}", "call": "real"}, {"reader_a", "reader_b"}),
     "/dashboard/rounds/{round.pk}/close/": ({}, {"study_admin"}),
     "/dashboard/rounds/{round.pk}/cancel/": ({}, {"study_admin"}),
     "/dashboard/rounds/{round.pk}/report/refresh/": ({}, {"study_admin"}),
@@ -260,6 +292,9 @@ def test_a_study_admins_writes_into_another_study_are_refused(world):
     client = world["client"]("study_admin")
     before = _state(world)
     for url in (f"/dashboard/studies/{world['other'].pk}/launch/", f"/dashboard/rounds/{world['other_round'].pk}/close/",
+                f"/dashboard/studies/{world['other'].pk}/settings/", f"/dashboard/studies/{world['other'].pk}/invitations/",
+                f"/dashboard/studies/{world['other'].pk}/practice/",
+                f"/dashboard/studies/{world['other'].pk}/members/{world['member'].pk}/deactivate/",
                 f"/api/v1/rounds/{world['other_round'].pk}/close/"):
         assert client.post(url, {}, format="json").status_code == 404, url
     created = client.post("/api/v1/exports/", {"study": world["other"].pk, "format": "jsonl"}, format="json")
