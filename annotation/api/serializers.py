@@ -48,6 +48,19 @@ class StudyCreateSerializer(serializers.Serializer):
     prompt_policy = serializers.ChoiceField(choices=["truncate", "chunks"], required=False)
 
 
+class StudyUpdateSerializer(StudyCreateSerializer):
+    """What `PATCH /api/v1/studies/{id}/` takes: any setting but the name, checked by `study_update` (the dashboard's
+    settings form's rule: settings a running round reads wait; display size and rubric are fixed once data exist)."""
+
+    name = None
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True)
+    repeat_washout = serializers.IntegerField(required=False, min_value=0, max_value=100_000)
+    panel_size = serializers.IntegerField(required=False, min_value=0, max_value=100_000)
+    promotion_panel_size = serializers.IntegerField(required=False, min_value=0, max_value=100_000)
+    prompt_source = serializers.ChoiceField(choices=["templates", "reports"], required=False)
+
+
 class RoundSerializer(serializers.ModelSerializer):
     study = serializers.PrimaryKeyRelatedField(read_only=True)
     model_version = serializers.CharField(source="model_version.name", default=None, read_only=True)

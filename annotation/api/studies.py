@@ -33,7 +33,7 @@ from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
 from annotation.rounds.transitions import IllegalTransition
 from annotation.studies.audit import audit
-from annotation.studies.services import study_create
+from annotation.studies.services import study_create, study_update
 
 # --- studies -------------------------------------------------------------------------------------------------------
 
@@ -62,6 +62,20 @@ class StudyViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         except DjangoValidationError as exc:
             raise ValidationError({"detail": exc.messages}) from None
         return Response(s.StudySerializer(study).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.StudyUpdateSerializer, responses={200: s.StudySerializer, 400: s.DetailSerializer,
+                                                               403: s.DetailSerializer})
+    def partial_update(self, request, *args, **kwargs):
+        """Change a study's settings (the study's admin, session or admin-scope token), by the dashboard's rule."""
+        study = self.get_object()
+        require_admin_action(request, study.pk)
+        body = s.StudyUpdateSerializer(data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        try:
+            study = study_update(study=study, actor=request.user, **body.validated_data)
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from None
+        return Response(s.StudySerializer(study).data)
 
     @extend_schema(parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv", "pairs"]),
                                OpenApiParameter("round", str), OpenApiParameter("since_round", int),

@@ -134,3 +134,19 @@ def test_another_studys_settings_are_not_found(make_study, make_user):
     assert client.get(f"/dashboard/studies/{other.pk}/settings/").status_code == 404
     assert client.post(f"/dashboard/studies/{other.pk}/settings/", {"title": "x"}).status_code == 404
 
+
+
+def test_the_api_changes_settings_by_the_same_rule(make_study, make_user, stored_round):
+    from rest_framework.test import APIClient
+
+    study = make_study(readers_per_image=1)
+    admin = make_user("api-boss", is_superuser=True)
+    client = APIClient()
+    client.force_login(admin)
+    ok = client.patch(f"/api/v1/studies/{study.pk}/", {"readers_per_image": 2, "views": []}, format="json")
+    assert ok.status_code == 200 and ok.json()["readers_per_image"] == 2 and ok.json()["views"] == []
+    stored_round(study, real=1, synthetic=1)
+    refused = client.patch(f"/api/v1/studies/{study.pk}/", {"display_size": 128}, format="json")
+    assert refused.status_code == 400 and "cannot change once images exist" in str(refused.json()["detail"])
+    assert client.patch(f"/api/v1/studies/{study.pk}/", {"name": "renamed"}, format="json").json()[
+        "name"] == study.name  # the name is fixed: not a setting here

@@ -245,6 +245,7 @@ WRITES = {
     "/dashboard/studies/{study.pk}/import/": ({"url": "http://127.0.0.1:9/dicom-web"}, {"study_admin"}),
     # creating studies needs annotation.add_study (this study admin has every annotation permission) and admin scope
     "/api/v1/studies/": ({"name": "made-here"}, {"study_admin", "admin_token"}),
+    "/api/v1/studies/{study.pk}/": ({"title": "changed by the API"}, {"study_admin", "admin_token"}),
     "/dashboard/studies/{study.pk}/version/": ({"version": "{version.pk}"}, {"study_admin"}),
     "/dashboard/studies/new/": ({"name": "made-in-form", "title": "x", "task_kinds": "realism"}, {"study_admin"}),
     "/dashboard/studies/{study.pk}/settings/": ({"title": "changed"}, {"study_admin"}),
@@ -280,7 +281,7 @@ def test_writes_by_callers_who_may_not_are_refused_and_change_nothing(world, who
         if who in allowed:
             continue
         url = template.format(**world)
-        method = client.patch if template.startswith("/api/v1/webhooks/{") else client.post
+        method = client.patch if template.startswith(("/api/v1/webhooks/{", "/api/v1/studies/{")) else client.post
         response = method(url, _fill(body, world), format="json")
         assert response.status_code in (302, 401, 403, 404), (who, url, response.status_code)
         if response.status_code == 302:
