@@ -36,5 +36,5 @@ def practice_upload(request: HttpRequest, pk: int) -> HttpResponse:
     refused += more
     if refused:
         return study_page(request, pk, error=f"Added {len(added)} practice case{'s' if len(added) != 1 else ''}; "
-                          f"refused: {'; '.join(refused)}.", status=400 if not added else 200)
+                          f"refused: {'; '.join(r.rstrip('.') for r in refused)}.", status=400 if not added else 200)
     return redirect(reverse("dashboard:study", args=[study.pk]) + "#practice")

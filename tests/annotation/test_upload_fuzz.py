@@ -130,3 +130,19 @@ def test_a_good_file_after_the_hostile_ones_still_imports(upload):
     response, before = upload("good.png", GOOD, stores=True)
     assert response.status_code == 200 and "1 imported" in response.content.decode()
     assert StoredImage.objects.count() == before[0] + 1
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_the_practice_set_upload_refuses_hostile_files_as_the_import_does(make_study, admin_client, settings, name):
+    from annotation.models import PracticeCase
+
+    study = make_study()
+    media = Path(settings.MEDIA_ROOT)
+    before = _files(media)
+    data, reason = FILES[name]
+    handle = io.BytesIO(data)
+    handle.name = name
+    response = admin_client.post(f"/dashboard/studies/{study.pk}/practice/", {"images": handle, "answer": "real"})
+    text = html.unescape(response.content.decode())
+    assert response.status_code == 400 and f"refused: {name}: " in text and reason in text
+    assert not PracticeCase.objects.exists() and _files(media) == before
