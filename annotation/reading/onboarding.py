@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 
-from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.http import Http404, HttpRequest, HttpResponse
@@ -17,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from annotation.login import failure_count, failures_exceeded, refused_for_failures
 from annotation.models import PracticeCase, Role, Study, StudyMembership
 from annotation.reading.practice import practice_answer, practice_next, practice_pending, practice_summary
 from annotation.studies.members import invitation_accept, invitation_find
@@ -24,19 +23,6 @@ from annotation.studies.members import invitation_accept, invitation_find
 
 def _failures_key(request: HttpRequest) -> str:
     return "cxr:join-fail:" + hashlib.sha256(request.META.get("REMOTE_ADDR", "").encode()).hexdigest()
-
-
-def _throttled(request: HttpRequest) -> bool:
-    return cache.get(_failures_key(request), 0) >= settings.CXR_LOGIN_MAX_FAILURES
-
-
-def _count_failure(request: HttpRequest) -> None:
-    key = _failures_key(request)
-    cache.add(key, 0, settings.CXR_LOGIN_WINDOW_S)
-    try:
-        cache.incr(key)
-    except ValueError:
-        cache.set(key, 1, settings.CXR_LOGIN_WINDOW_S)
 
 
 def _after_joining(member: StudyMembership) -> HttpResponse:
@@ -51,14 +37,12 @@ def join(request: HttpRequest, token: str) -> HttpResponse:
     """An invitation link: a new person sets a username and password (Django's password validators), someone with
     an account signs in first; either way the invitation is used once and they land in their queue. A used,
     expired or unknown link says so; guessing links is throttled like failed logins."""
-    if _throttled(request):
-        minutes = max(1, settings.CXR_LOGIN_WINDOW_S // 60)
-        return HttpResponse(f"Too many invalid invitation links from this address; try again in {minutes} minutes.",
-                            status=429, content_type="text/plain")
+    if failures_exceeded(_failures_key(request)):
+        return refused_for_failures("invalid invitation links from this address")
     try:
         invitation = invitation_find(token)
     except ValidationError as exc:
-        _count_failure(request)
+        failure_count(_failures_key(request))
         return render(request, "portal/join.html", {"problem": exc.messages[0]},
                       status=404 if exc.code == "unknown" else 410)
     context = {"invitation": invitation, "study": invitation.study,
