@@ -40,23 +40,27 @@ def summarise(seeds: list[dict], args) -> tuple[list[dict], list[dict]]:
             for budget in args.budgets:
                 cell = [r for r in rows if (r["objective"], r["selection"], r["budget"]) == (objective, sel, budget)]
                 ok = [r for r in cell if r["status"] == "done" and r["preference_gain"]]
-                gains = [r["preference_gain"]["mean"] for r in ok]
-                fools = [(r["fooling_rate_gain"] or {}).get("mean") for r in ok]
-                per100 = [100 * r["preference_gain"]["mean"] / r["labels"] for r in ok if r["labels"]]
-                one = ok[0] if len(ok) == 1 else None
+                # a round whose reward model failed its check ships the base: gain 0, counted (not dropped)
+                blocked = [r for r in cell if r["status"] == "done" and r.get("blocked")]
+                gains = [r["preference_gain"]["mean"] for r in ok] + [0.0] * len(blocked)
+                fools = [(r["fooling_rate_gain"] or {}).get("mean") for r in ok] + [0.0] * len(blocked)
+                per100 = ([100 * r["preference_gain"]["mean"] / r["labels"] for r in ok if r["labels"]]
+                          + [0.0] * len(blocked))
+                one = ok[0] if len(ok) == 1 and not blocked else None
                 scale = 100 / one["labels"] if one and one["labels"] else None
                 single100 = ({k: one["preference_gain"][k] * scale for k in ("ci_low", "ci_high")
                               if one["preference_gain"].get(k) is not None} if scale else None)
                 labels = [r["labels"] for r in cell]
                 cells.append({
                     "objective": objective, "selection": sel, "budget": budget,
-                    "seeds": len(cell), "failed": len(cell) - len(ok),
+                    "seeds": len(cell), "failed": len(cell) - len(ok) - len(blocked), "blocked": len(blocked),
                     "labels": sum(labels) / len(labels) if labels else None,
                     "synthetic_read": sum(r["synthetic_read"] for r in cell) / max(len(cell), 1),
                     "pairs": (sum(r["pairs"] or 0 for r in cell) / len(cell)) if cell else None,
                     "preference_gain": over_seeds(gains, one and one["preference_gain"]),
                     "gain_per_100_labels": over_seeds(per100, single100),
                     "fooling_rate_gain": over_seeds(fools, one and one["fooling_rate_gain"]),
+                    "seeds_positive": sum(1 for g in gains if g > 0),
                     "seeds_p_below_0.05": sum(1 for r in ok if r["p_value"] is not None and r["p_value"] < 0.05),
                     "seconds_mean": round(sum(r["seconds"] for r in cell) / max(len(cell), 1), 1),
                     "cpu_s_mean": round(sum(r["cpu_s"] for r in cell) / max(len(cell), 1), 1),
@@ -86,13 +90,16 @@ def _ci(stat: dict | None, digits: int = 3) -> str:
 
 def table_lines(cells: list[dict]) -> list[str]:
     lines = ["| objective | selection | synthetic / round | labels / round | pairs | preference gain [95% CI] | "
-             "gain per 100 labels [95% CI] | fooling-rate gain [95% CI] | seeds p < 0.05 | s / round (CPU) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "seeds > 0 | blocked | gain per 100 labels [95% CI] | fooling-rate gain [95% CI] | seeds p < 0.05 | "
+             "s / round (CPU) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cells:
         failed = f" ({c['failed']} failed)" if c["failed"] else ""
+        counted = c["seeds"] - c["failed"]
         lines.append(f"| {c['objective']} | {c['selection']} | {c['budget']} | {c['labels']:.0f} | "
-                     f"{c['pairs']:.0f} | {_ci(c['preference_gain'])} | {_ci(c['gain_per_100_labels'])} | "
-                     f"{_ci(c['fooling_rate_gain'])} | {c['seeds_p_below_0.05']}/{c['seeds'] - c['failed']}"
+                     f"{c['pairs']:.0f} | {_ci(c['preference_gain'])} | {c.get('seeds_positive', '—')}/{counted} | "
+                     f"{c.get('blocked', 0)}/{counted} | {_ci(c['gain_per_100_labels'])} | "
+                     f"{_ci(c['fooling_rate_gain'])} | {c['seeds_p_below_0.05']}/{counted}"
                      f"{failed} | {c['seconds_mean']} ({c['cpu_s_mean']}) |")
     return lines
 
@@ -202,7 +209,9 @@ def markdown(result: dict, cells: list[dict], contrasts: list[dict], plot: Path 
              f"{s['reward_steps']} reward and {s['finetune_steps']} finetune steps (DPO: {s.get('dpo_batch', 4)} "
              f"pairs a batch; the loop preset's recipe otherwise), torch threads {s.get('threads') or 'default'}. "
              "Gain: produced version − base on the panel's simulated-reader preference (paired over "
-             "items); CI: 95% t-interval over seeds (one seed: that seed's panel bootstrap). Labels: every answer "
+             "items); a round whose reward model failed its check (the `blocked` column) trains nothing and ships "
+             "the base: gain 0, counted. CI: 95% t-interval over seeds (one seed: that seed's panel bootstrap). "
+             "Labels: every answer "
              "stored in the round (warm-up labels, "
              f"{', '.join(f'{k} {v:.0f}' for k, v in result['warmup_labels'].items())} per study, not included).",
              "", *table_lines(cells), "", "Paired contrasts on the same panel items (per seed, then over seeds):",

@@ -19,8 +19,11 @@ otherwise each would use whichever cell ran before it).
 Then for every budget B (synthetic images read per round; real = round(B/3); 3 readers per image) and selection
 (random, active), one round from the base version: `oversample` 3 for both selections (same round seed, so random
 and active pick from the same generated candidates), `feedback_rounds: this` (only the round's own labels train),
-`promote: manual`, the loop preset's reward/finetune recipe (150 + 150 steps; DPO: 4 pairs a batch, i.e. the same 8
-images a step as reward-weighted). The warm-up's finetune runs 4 steps: only its reward model is used.
+`promote: manual`, the loop preset's reward/finetune recipe (100 + 100 steps; reward-weighted on 128 fresh samples
+of the base scored by the round's reward model; DPO on the readers' pairs: 4 pairs a batch, i.e. the same 8 images a
+step as reward-weighted). The warm-up's finetune runs 4 steps: only its reward model is used. The reward model's
+check (out-of-fold ranking of the synthetic images) applies as in the loop: a round whose model fails it trains
+nothing and ships the base, which counts as a gain of 0 (the `blocked` column), not as a missing seed.
 
 Measured per round: labels collected (every stored answer of the round) and the evaluation panel's gain of the
 produced version over the base (simulated readers' preference; fooling rate), paired over the panel items, with
@@ -28,8 +31,8 @@ its bootstrap 95% CI and one-sided Wilcoxon p. Per (budget, selection, objective
 t-interval over seeds (95%; with one seed: that seed's panel-bootstrap CI), and the gain per 100 labels.
 Prints a table, writes JSON, an SVG plot and its own section of bench/RESULTS.md.
 
-    python bench/sample_efficiency.py                  # 3 seeds x budgets 8 16 32 x 2 selections x 2 objectives
-    python bench/sample_efficiency.py --quick          # a pilot: 1 seed, budgets 8 16, fewer steps, panel 16
+    python bench/sample_efficiency.py --jobs 2 --threads 1   # 5 seeds x budgets 16 32 64 x 2 selections x 2 objectives
+    python bench/sample_efficiency.py --quick          # a pilot: 1 seed, budgets 16 32, fewer steps, panel 16
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,8 +57,10 @@ from _sample_efficiency_report import (  # noqa: E402 - beside this script
     table_lines,
 )
 
-SEEDS = (11, 23, 37)  # as bench/loop.py's, fixed before the first run
-BUDGETS = (8, 16, 32)
+#: fixed before the first run of the seed-level design (2026-12-07): not the loop benchmark's, not the pilots'
+SEEDS = (41, 43, 47, 53, 59)
+PILOT_SEED = 7  # --quick: a pilot's seed is none of the benchmark's
+BUDGETS = (16, 32, 64)
 SELECTIONS = ("random", "active")
 OBJECTIVES = ("reward_weighted", "dpo")
 KINDS = {"reward_weighted": ["realism", "rubric"], "dpo": ["realism", "rubric", "preference"]}
@@ -186,6 +190,9 @@ def _child(spec: dict) -> dict:
             "real_read": Image.objects.filter(round=rnd, source=Source.REAL).count(),
             "pairs": (m.get("snapshot") or {}).get("pairs"),
             "produced_version": rnd.produced_version.name if rnd.produced_version else None,
+            # the reward model failed its check: no finetune, the study keeps the base (counted as gain 0)
+            "blocked": (m.get("finetune") or {}).get("blocked"),
+            "reward_valid": m.get("reward_valid"),
             "preference_gain": panel.get("preference_gain"), "p_value": panel.get("p_value"),
             "effect_size": panel.get("effect_size"), "fooling_rate_gain": panel.get("fooling_rate_gain"),
             "fooling_rate_p_value": panel.get("fooling_rate_p_value"),
@@ -204,8 +211,9 @@ def _child(spec: dict) -> dict:
             "objective": objective, "feedback_rounds": "this", "promote": "manual", "image_metrics": False,
             "seed": round_seed, "reward": {"steps": spec["reward_steps"]},
             # DPO: batch_size counts pairs; half the loop preset's 8 images, so both objectives train on 8 images a step
+            # DPO learns from the labelled pairs, not from reward-scored fresh samples
             "finetune": {"steps": finetune_steps,
-                         **({"batch_size": spec["dpo_batch"]} if objective == "dpo" else {})}})
+                         **({"batch_size": spec["dpo_batch"], "fresh_samples": 0} if objective == "dpo" else {})}})
 
     warmups, rows, versions = [], [], {}
     for objective, sel in cells:
@@ -228,10 +236,12 @@ def _child(spec: dict) -> dict:
             if row["synthetic_read"] != budget:
                 row["warning"] = f"{row['synthetic_read']} of {budget} synthetic images read"
             rows.append(row)
-            versions[(objective, budget, sel)] = (study, rnd.produced_version)
+            # a blocked round ships the base: its contrasts compare the base
+            versions[(objective, budget, sel)] = (study, rnd.produced_version or (base if row["blocked"] else None))
             gain = (row["preference_gain"] or {}).get("mean")
             log(f"{objective} B={budget} {sel}: {rnd.status}, {row['labels']} labels, pairs {row['pairs']}, "
-                f"gain {gain if gain is None else round(gain, 4)} (p {row['p_value']}), {secs:.0f} s, "
+                f"gain {gain if gain is None else round(gain, 4)} (p {row['p_value']}), "
+                f"{'blocked, ' if row['blocked'] else ''}{secs:.0f} s, "
                 f"CPU {row['cpu_s']:.0f} s, stages {row['stage_s']}")
 
     # paired contrasts on the panel items (the same items for every version of every study: a shared panel)
@@ -252,7 +262,7 @@ def _child(spec: dict) -> dict:
                                   "objective": objective if what.startswith("active") else None,
                                   "selection": sel if what.startswith("dpo") else None,
                                   "difference": cmp["gain"], "p_value": cmp["p_value"]})
-    return {"seed": seed, "setup_s": round(setup_s, 1), "setup_cpu_s": round(setup_cpu, 1), "wall_s": round(time.perf_counter() - started, 1),
+    return {"seed": seed, "process_cpu_s": round(time.process_time(), 1), "setup_s": round(setup_s, 1), "setup_cpu_s": round(setup_cpu, 1), "wall_s": round(time.perf_counter() - started, 1),
             "base_version": base.name, "panel_items": spec["panel"], "warmups": warmups, "rows": rows,
             "contrasts": contrasts}
 
@@ -272,18 +282,16 @@ def run_seed(seed: int, args) -> dict:
             "oversample": args.oversample, "reward_steps": args.reward_steps, "finetune_steps": args.finetune_steps,
             "selections": args.selections, "objectives": args.objectives, "round_timeout": args.round_timeout,
             "threads": args.threads, "dpo_batch": args.dpo_batch}
-    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, text=True)  # stderr (progress, errors) passes through
     wall = time.perf_counter() - started
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"seed {seed} failed ({done.returncode}); its var folder: {var}")
     line = next(ln for ln in reversed(done.stdout.splitlines()) if ln.startswith(MARK))
     out = json.loads(line[len(MARK):])
     out["process_wall_s"] = round(wall, 1)
-    out["cpu_s"] = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)
+    out["cpu_s"] = out["process_cpu_s"]  # the child's own (user + system, all threads): seeds may run in parallel
     return out
 
 
@@ -295,17 +303,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="Synthetic images read per round.")
-    parser.add_argument("--quick", action="store_true", help="A pilot: 1 seed, budgets 8 16, fewer steps, panel 16.")
+    parser.add_argument("--quick", action="store_true", help="A pilot: 1 seed, budgets 16 32, fewer steps, panel 16.")
     parser.add_argument("--selections", nargs="+", choices=SELECTIONS, default=list(SELECTIONS))
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--readers", type=int, default=3)
     parser.add_argument("--panel", type=int, default=None, help="Evaluation panel items (default 32; quick 16).")
     parser.add_argument("--oversample", type=float, default=3.0)
-    parser.add_argument("--reward-steps", type=int, default=None, help="Default 150, the loop preset's (quick 40).")
+    parser.add_argument("--reward-steps", type=int, default=None, help="Default 100, the loop preset's (quick 40).")
     parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="Default 150, the loop preset's (quick 40).")
+                        help="Default 100, the loop preset's (quick 40).")
     parser.add_argument("--dpo-batch", type=int, default=4, help="DPO pairs per micro-batch (default 4 = 8 images).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the child (default: torch's).")
+    parser.add_argument("--jobs", type=int, default=1, help="Seeds run in parallel (e.g. 2 with --threads 1).")
     parser.add_argument("--round-timeout", type=float, default=1800.0)
     parser.add_argument("--out", default=None, help="JSON (default bench/results/sample_efficiency.json; quick: "
                                                     "sample_efficiency_quick.json).")
@@ -326,11 +335,11 @@ def main() -> None:
             markdown_write(Path(args.markdown), markdown(result, result["rows"], result["contrasts"], plot))
         return
     q = args.quick
-    args.seeds = args.seeds or ([SEEDS[0]] if q else list(SEEDS))
+    args.seeds = args.seeds or ([PILOT_SEED] if q else list(SEEDS))
     args.budgets = sorted(args.budgets or (list(BUDGETS[:2]) if q else list(BUDGETS)))
     args.panel = args.panel or (16 if q else 32)
-    args.reward_steps = args.reward_steps or (40 if q else 150)
-    args.finetune_steps = args.finetune_steps or (40 if q else 150)
+    args.reward_steps = args.reward_steps or (40 if q else 100)
+    args.finetune_steps = args.finetune_steps or (40 if q else 100)
     args.objectives = [o for o in OBJECTIVES if o in args.objectives]
     if "reward_weighted" not in args.objectives:
         args.objectives.insert(0, "reward_weighted")  # its study defines the base, readers and panel
@@ -340,10 +349,12 @@ def main() -> None:
     load = os.getloadavg()[0]
     started = time.perf_counter()
     seeds = []
-    for seed in args.seeds:
-        out = run_seed(seed, args)
-        seeds.append(out)
-        print(f"seed {seed}: {out['process_wall_s']} s wall, {out['cpu_s']} s CPU", flush=True)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each seed is its own child process
+        for out in pool.map(lambda seed: run_seed(seed, args), args.seeds):
+            seeds.append(out)
+            print(f"seed {out['seed']}: {out['process_wall_s']} s wall, {out['cpu_s']} s CPU", flush=True)
     wall = time.perf_counter() - started
     cells, contrasts = summarise(seeds, args)
     warmup = {}

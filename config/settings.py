@@ -77,6 +77,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "annotation.dashboard.navigation.navigation",
             ]
         },
     }
@@ -207,6 +208,17 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "cxr-loop API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False,
+    "DESCRIPTION": (
+        "Studies, rounds, labels, exports and model versions of the expert-in-the-loop platform.\n\n"
+        "**Authenticating.** Signed in to the site in this browser, the docs' *Try it out* uses your session. "
+        "Scripts send a token: `Authorization: Bearer cxr_…`. A token is made on the server with "
+        "`python manage.py api_token --user NAME --scope read|export|admin` (printed once; only its hash is "
+        "stored; revoke with `--revoke PREFIX`). Scopes: *read* — a reader's own tasks; *export* — read-only "
+        "access to the studies the user administers; *admin* — export plus study setup, round actions and "
+        "webhooks. Press **Authorize** above and paste the token to try the endpoints with it.\n\n"
+        "Labels stream from `GET /api/v1/studies/{id}/export/?format=csv|jsonl|pairs`; Parquet, image folders, "
+        "Hugging Face preference pairs and MRMC tables are export jobs (`POST /api/v1/exports/`, then poll and "
+        "download)."),
     # the docs UI's assets come from drf-spectacular-sidecar's static files: no CDN
     "SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR",
 }

@@ -45,6 +45,9 @@ class GenerationBatch(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        verbose_name_plural = "generation batches"
+
     def __str__(self) -> str:
         return f"batch {self.pk} of {self.model_version} ({self.status})"
 

@@ -15,8 +15,10 @@ worker=$!
 trap 'kill $worker 2>/dev/null || true' EXIT INT TERM
 echo
 echo "  CXR feedback loop is running:  http://127.0.0.1:$PORT/"
-echo "  reader portal: log in as  reader / reader-demo-pw"
-echo "  admin:         http://127.0.0.1:$PORT/admin/  as  admin / admin-demo-pw"
+echo "  reader portal: http://127.0.0.1:$PORT/portal/     as  reader / reader-demo-pw"
+echo "  dashboard:     http://127.0.0.1:$PORT/dashboard/  as  admin / admin-demo-pw  (studies, rounds, reports)"
+echo "  API docs:      http://127.0.0.1:$PORT/api/v1/docs/  (tokens: manage.py api_token --user admin --scope admin)"
+echo "  Django admin:  http://127.0.0.1:$PORT/admin/"
 echo "  worker log:    $LOG_DIR/worker.log        (Ctrl-C stops both)"
 echo
 .venv/bin/gunicorn config.wsgi -b "127.0.0.1:$PORT" -w 2 --threads 4 -k gthread --access-logfile - \

@@ -67,11 +67,14 @@ def round_progress_json(request: HttpRequest, pk: int) -> JsonResponse:
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     allowed = administered_study_ids(request.user)
+    can_create = can_create_studies(request.user)
+    if allowed == set() and not can_create:  # a reader: the dashboard is for study admins, their lists are here
+        return redirect(f"{reverse('portal:home')}?from=dashboard")
     studies = Study.objects.select_related("current_version").annotate(n_rounds=Count("rounds")).order_by("name")
     if allowed is not None:
         studies = studies.filter(pk__in=allowed)
     rows = [(s, Round.objects.filter(study=s).order_by("-number").first()) for s in studies]
-    return render(request, "dashboard/home.html", {"rows": rows, "can_create": can_create_studies(request.user)})
+    return render(request, "dashboard/home.html", {"rows": rows, "can_create": can_create})
 
 
 LAUNCH_FIELDS = ("synthetic", "real", "oversample", "selection", "objective", "promote", "auto_next")

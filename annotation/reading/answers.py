@@ -66,7 +66,7 @@ def validate_answer(kind: str, answer: Any, *, rubric: list[dict]) -> dict:
         return unassessable
     if kind == "realism":
         if answer.get("call") not in ("real", "synthetic"):
-            raise ValidationError("call must be 'real' or 'synthetic' (or mark the case cannot_assess).")
+            raise ValidationError("Choose Real or Synthetic, or mark the case as cannot assess.")
         return {"call": answer["call"], "confidence": number_in(answer.get("confidence"), *CONFIDENCE_RANGE, "confidence")}
     if kind == "rubric":
         scores = answer.get("scores")

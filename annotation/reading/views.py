@@ -74,7 +74,7 @@ def home(request: HttpRequest) -> HttpResponse:
         queue.round = rnd
         entries.append({"queue": queue, "study": rnd.study, "progress": selectors.queue_progress(queue=queue),
                         "practice": practice_pending(study=rnd.study, reader=request.user)})
-    return render(request, "portal/home.html", {"entries": entries})
+    return render(request, "portal/home.html", {"entries": entries, "from_dashboard": request.GET.get("from") == "dashboard"})
 
 
 @login_required

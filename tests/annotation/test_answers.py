@@ -33,7 +33,7 @@ def test_valid_answers_are_normalised(kind, answer, expected):
 @pytest.mark.parametrize(
     ("kind", "answer", "message"),
     [
-        ("realism", {"call": "maybe", "confidence": 3}, "call must be"),
+        ("realism", {"call": "maybe", "confidence": 3}, "Choose Real or Synthetic"),
         ("realism", {"call": "real"}, "confidence must be"),
         ("realism", {"call": "real", "confidence": 6}, "confidence must be"),
         ("realism", {"call": "real", "confidence": True}, "confidence must be"),

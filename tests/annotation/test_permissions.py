@@ -86,7 +86,7 @@ def test_submit_needs_csrf_and_gives_clear_4xx(world):
     bad = c.post("/portal/api/submit", "not json", content_type="application/json")
     assert bad.status_code == 400 and "JSON" in bad.json()["error"]
     bad = c.post("/portal/api/submit", {**body, "answer": {"call": "maybe"}}, content_type="application/json")
-    assert bad.status_code == 400 and "call must be" in bad.json()["error"]
+    assert bad.status_code == 400 and "Choose Real or Synthetic" in bad.json()["error"]
     assert c.get("/portal/api/next?queue=nope").status_code == 404
 
 

@@ -50,7 +50,7 @@ GET_MATRIX: dict[str, tuple[str, tuple]] = {
     "portal:api-next": ("/portal/api/next?queue={queue.token}", (L, 200, 404, 404, L, L)),
     "portal:api-submit": ("/portal/api/submit", (L, 405, 405, 405, L, L)),
     "inference:clean-preview": ("/tools/clean/", (A, A, A, 200, A, A)),
-    "dashboard:home": ("/dashboard/", (L, 200, 200, 200, L, L)),
+    "dashboard:home": ("/dashboard/", (L, 302, 302, 200, L, L)),  # readers are sent to the portal
     # creating a study needs annotation.add_study (the study admin holds every annotation permission)
     "dashboard:study-new": ("/dashboard/studies/new/", (L, 403, 403, 200, L, L)),
     "dashboard:study-settings": ("/dashboard/studies/{study.pk}/settings/", (L, 404, 404, 200, L, L)),
