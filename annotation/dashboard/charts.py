@@ -25,9 +25,11 @@ def study_charts(study: Study) -> list[str]:
         version = rnd.model_version.name if rnd.model_version else None
         rate = rates.get(version) or (next(iter(rates.values())) if rates else None)
         fooling.append((rnd.number, *_stat(rate)))
-        auroc.append((rnd.number, m.get("reward_auroc"), None, None))
+        skipped = m.get("skipped") or {}  # why a figure is missing, said at its round on the chart as in the table
+        auroc.append((rnd.number, m.get("reward_auroc"), None, None, skipped.get("reward_auroc")))
         fid.append((rnd.number, m.get("fid"), None, None))
-        pref.append((rnd.number, m.get("simulated_preference_score"), None, None))
+        pref.append((rnd.number, m.get("simulated_preference_score"), None, None,
+                     skipped.get("simulated_preference_score")))
     charts = [plots.points_with_ci({"reader accuracy": accuracy, "fooling rate": fooling},
                                    title="Readers per round: accuracy and fooling rate, Wilson 95% CI",
                                    reference=0.5)]

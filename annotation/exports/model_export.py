@@ -18,6 +18,7 @@ from annotation.models import Label, Round, Study
 from annotation.rounds.panel import panel_versions
 from annotation.rounds.versions import study_versions
 from inference.models import ModelVersion
+from training.ml.reporting import too_few
 from training.models import TrainingRun
 
 ADAPTER = "pytorch_lora_weights.safetensors"
@@ -73,9 +74,9 @@ def _made_by(version: ModelVersion, study: Study) -> str:
 def _stat(stat: dict | None) -> str:
     if not stat or stat.get("mean") is None:
         return "not scored"
-    ci = (f" [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]" if stat.get("ci_low") is not None
-          else " (too few for a CI)")
-    return f"{stat['mean']:.3f}{ci} (n={stat['n']})"
+    if stat.get("ci_low") is None:
+        return f"{stat['mean']:.3f}, {too_few(stat['n'])} for a CI"
+    return f"{stat['mean']:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}] (n={stat['n']})"
 
 
 def model_card(version: ModelVersion, study: Study) -> str:

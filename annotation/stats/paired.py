@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from training.ml.reporting import too_few
+
 BOOTSTRAP = 2000
 MIN_PAIRS = 6
 
@@ -41,7 +43,7 @@ def signed_rank_p(diff: Sequence[float], *, shift: float = 0.0) -> tuple[float |
 
     d = np.asarray(diff, dtype=float) + shift
     if len(d) < MIN_PAIRS:
-        return None, f"too few (n={len(d)})"
+        return None, too_few(len(d))
     if not np.any(d):
         return None, "every paired difference is 0"
     return float(wilcoxon(d, alternative="greater").pvalue), None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.ml.jsonable import json_safe
+from training.ml.reporting import too_few
 from training.ml.reward import RewardModel, predict
 from training.ml.reward_data import (
     REALISM,
@@ -173,7 +174,7 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, str | 
     from sklearn.metrics import roc_auc_score
 
     if len(labels) < MIN_AUROC_TARGETS:
-        return None, f"too few (n={len(labels)})"
+        return None, too_few(len(labels))
     if len(np.unique(labels)) < 2:
         return None, f"only one class among {len(labels)} validation targets"
     return float(roc_auc_score(labels, scores)), None
