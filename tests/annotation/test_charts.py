@@ -35,7 +35,7 @@ def test_tick_labels_carry_the_decimals_the_step_needs():
     svg = plots.line_with_ci([("a", 0.61, 0.6, 0.63, 30), ("b", 0.67, 0.65, 0.69, 30)], title="t")
     labels = _ticks(svg)
     assert labels and len({len(t.split(".")[-1]) for t in labels}) == 1
-    steps = {round(float(b) - float(a), 6) for a, b in zip(labels, labels[1:])}
+    steps = {round(float(b) - float(a), 6) for a, b in zip(labels, labels[1:], strict=False)}
     assert len(steps) == 1  # evenly spaced: not 0.60/0.62/0.64/0.67/0.69
     assert _ticks(plots.bars_with_ci([("x", 0.5, 0.4, 0.6)], title="t")) == ["0.00", "0.25", "0.50", "0.75", "1.00"]
 
