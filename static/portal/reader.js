@@ -65,7 +65,47 @@
   let boxMode = false;
   const boxes = [];
   function setBoxMode(on) { boxMode = on; document.getElementById("viewers").classList.toggle("boxing", on); }
+  function boxCount() { const count = document.getElementById("box-count"); if (count) count.textContent = boxes.length; }
+  // By keyboard: B puts a draft box on the (first) image; arrows move it, Shift+arrows resize it, Enter or B keeps
+  // it, Esc drops it. Coordinates are fractions of the image, as the mouse's boxes are.
+  let draft = null, draftEl = null;
+  const STEP = 0.02;
+  function drawDraft() {
+    const fig = draftEl.parentElement, r = fig.querySelector("img").getBoundingClientRect(), fr = fig.getBoundingClientRect();
+    Object.assign(draftEl.style, { left: (r.left - fr.left + draft.x * r.width) + "px", top: (r.top - fr.top + draft.y * r.height) + "px",
+      width: draft.w * r.width + "px", height: draft.h * r.height + "px" });
+  }
+  function startDraft() {
+    const fig = document.querySelector(".viewer");
+    draftEl = document.createElement("div"); draftEl.className = "box draft"; fig.appendChild(draftEl);
+    draft = { x: 0.4, y: 0.4, w: 0.2, h: 0.2 };
+    setBoxMode(true); drawDraft();
+  }
+  function moveDraft(dx, dy, resize) {
+    const round = v => Math.round(v * 1000) / 1000;
+    if (resize) {
+      draft.w = round(Math.min(1 - draft.x, Math.max(STEP, draft.w + dx)));
+      draft.h = round(Math.min(1 - draft.y, Math.max(STEP, draft.h + dy)));
+    } else {
+      draft.x = round(Math.min(1 - draft.w, Math.max(0, draft.x + dx)));
+      draft.y = round(Math.min(1 - draft.h, Math.max(0, draft.y + dy)));
+    }
+    drawDraft();
+  }
+  function endDraft(keep) {
+    if (keep) { boxes.push({ ...draft }); draftEl.classList.remove("draft"); } else draftEl.remove();
+    draft = null; draftEl = null; boxCount(); setBoxMode(false);
+  }
+  function draftKey(e) {
+    const k = e.key, d = { ArrowLeft: [-STEP, 0], ArrowRight: [STEP, 0], ArrowUp: [0, -STEP], ArrowDown: [0, STEP] }[k];
+    if (d) moveDraft(d[0], d[1], e.shiftKey);
+    else if (k === "Enter" || k === "b" || k === "B") endDraft(true);
+    else if (k === "Escape") endDraft(false);
+    else return false;
+    return true;
+  }
   function startBox(fig, e) {
+    if (draft) endDraft(false);  // the mouse takes over from a keyboard draft
     const img = fig.querySelector("img"); const r = img.getBoundingClientRect();
     const el = document.createElement("div"); el.className = "box"; fig.appendChild(el);
     const fr = fig.getBoundingClientRect();
@@ -82,8 +122,7 @@
       const x = clamp((Math.min(x0, ev.clientX) - r.left) / r.width), y = clamp((Math.min(y0, ev.clientY) - r.top) / r.height);
       const w = clamp((Math.max(x0, ev.clientX) - r.left) / r.width) - x, h = clamp((Math.max(y0, ev.clientY) - r.top) / r.height) - y;
       if (w > 0.005 && h > 0.005) boxes.push({ x, y, w, h }); else el.remove();
-      const count = document.getElementById("box-count"); if (count) count.textContent = boxes.length;
-      setBoxMode(false);
+      boxCount(); setBoxMode(false);
     };
     fig.addEventListener("pointermove", move); fig.addEventListener("pointerup", up);
   }
@@ -186,6 +225,7 @@
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const k = e.key;
     if (leaving || (e.repeat && (k === "Enter" || k === "Backspace"))) { e.preventDefault(); return; }
+    if (draft) { if (draftKey(e)) e.preventDefault(); return; }
     let handled = true;
     if (k === "Enter") submit();
     else if (k === "Backspace") { const prev = document.getElementById("prev"); if (prev) window.location.assign(prev.href); }
@@ -203,7 +243,7 @@
     else if (k === "ArrowDown" && criteria.length) setActive(active + 1);
     else if (k === "x" || k === "X") form.cannot_assess.checked = !form.cannot_assess.checked;
     else if ((k === "c" || k === "C") && form.comment) form.comment.focus();
-    else if ((k === "b" || k === "B") && data.kind === "rubric") setBoxMode(!boxMode);
+    else if ((k === "b" || k === "B") && data.kind === "rubric") startDraft();
     else if (k === "Escape" && boxMode) setBoxMode(false);
     else if (k === "+" || k === "=") zoomBy(1.25);
     else if (k === "-" || k === "_") zoomBy(0.8);

@@ -188,10 +188,22 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     assert page.url == last_url, "after a revision the reader returns to the case they left"
     assert counter(page) == "6 / 10"
 
-    # Cases 7-9, rubric: 3, 3, 3; progress shows on the page after each.
+    # Cases 7-9, rubric: 3, 3, 3; progress shows on the page after each. On case 7 the reader boxes an artifact by
+    # keyboard: B puts a box on the image, arrows move it, Shift+arrows resize it, Enter keeps it (and does not
+    # submit); a second box is dropped with Esc.
     for n in (6, 7, 8):
         assert check_case_page(page)["kind"] == "rubric"
         assert counter(page) == f"{n} / 10"
+        if n == 6:
+            url = page.url
+            press_all(page, "b", "ArrowRight", "ArrowRight", "ArrowRight", "ArrowUp", "Shift+ArrowDown",
+                      "Shift+ArrowDown", "Shift+ArrowRight")
+            assert page.is_visible(".viewer .box.draft")
+            page.screenshot(path=artifacts_dir / "case-box.png")
+            page.keyboard.press("Enter")
+            assert page.url == url and page.text_content("#box-count") == "1"
+            press_all(page, "b", "ArrowLeft", "Escape")
+            assert page.text_content("#box-count") == "1" and page.locator(".viewer .box").count() == 1
         press_all(page, "3", "3", "3")
         submit(page)
 
@@ -220,6 +232,9 @@ def test_reader_answers_revises_and_finishes_with_the_keyboard_only(live_server,
     assert revised["scores"] == {"anatomy": 2, "style": 3, "artifacts": 5}
     assert tasks[5].current_label_id == labels[tasks[5].pk, 2].pk
     assert all(labels[t.pk, 1].answer["scores"] == {"anatomy": 3, "style": 3, "artifacts": 3} for t in tasks[6:9])
+    boxed = labels[tasks[6].pk, 1].answer["boxes"]
+    assert len(boxed) == 1 and boxed[0] == pytest.approx({"x": 0.46, "y": 0.38, "w": 0.22, "h": 0.24})
+    assert all(not labels[t.pk, 1].answer.get("boxes") for t in tasks[7:9])
     assert labels[tasks[9].pk, 1].answer["cannot_assess"] is True
     assert Round.objects.get(pk=tasks[0].round_id).status == "done"  # the last answer closed labeling
     assert all(lab.time_spent_ms > 0 for lab in labels.values())
