@@ -46,6 +46,7 @@ def round_progress(rnd: Round, *, names: bool = True) -> dict:
         if rnd.labeling_opened_at else None,
         "reward": _run_progress(rnd.reward_run),
         "finetune": _run_progress(rnd.finetune_run),
+        "evaluation": progress.get("evaluation"),
         "heartbeat_at": rnd.heartbeat_at.isoformat() if rnd.heartbeat_at else None,
         "promotion": (rnd.metrics or {}).get("promotion"),
     }

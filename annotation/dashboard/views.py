@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from annotation.dashboard.charts import panel_charts, report_charts, study_charts
+from annotation.dashboard.guidance import round_next_steps, study_next_steps
 from annotation.dashboard.mrmc import round_mrmc_view, study_planner
 from annotation.dashboard.selectors import (
     as_rows,
@@ -121,6 +122,7 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
     panel = study_panel(study)
     charts, missing = panel_charts(panel)
     planner = study_planner(study, request.GET)
+    people = study_members(study)
     if planner["error"]:
         status = 400
     return render(request, "dashboard/study.html", {
@@ -132,7 +134,11 @@ def study_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
         "prompts": study_prompts_summary(study),
         "imports": study.import_jobs.order_by("-pk")[:5],
         "pool": Image.objects.filter(study=study, source="real", round__isnull=True, is_catch=False).count(),
-        "people": study_members(study), "invitation_link": invitation_link,
+        "people": people, "invitation_link": invitation_link,
+        "next_steps": study_next_steps(
+            study, rounds=all_rounds, images=Image.objects.filter(study=study, source="real").count(),
+            readers=sum(1 for m in people["members"] if m["member"].role == "reader" and not m["member"].deactivated_at)
+            + people["simulated"]),
     }, status=status)
 
 
@@ -186,8 +192,10 @@ def round_page(request: HttpRequest, pk: int, *, error: str = "", status: int = 
     if rnd.finetune_run and rnd.finetune_run.loss_curve:
         charts.append(plots.lines({"finetune": [tuple(p) for p in rnd.finetune_run.loss_curve]},
                                   title="Finetune loss per step"))
+    progress = round_progress(rnd)
     return render(request, "dashboard/round.html", {
-        "round": rnd, "study": rnd.study, "progress": round_progress(rnd), "charts": charts, "error": error,
+        "round": rnd, "study": rnd.study, "progress": progress, "charts": charts, "error": error,
+        "next_steps": round_next_steps(rnd, progress),
         **_panel_record(rnd),
         "metrics_json": json.dumps({k: v for k, v in (rnd.metrics or {}).items() if k != "report"}, indent=2,
                                    default=str),

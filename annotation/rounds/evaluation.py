@@ -19,7 +19,7 @@ from django.conf import settings
 from annotation.models import PanelKind, Round
 from annotation.reading.simulated import reader_of, simulated_members
 from annotation.rounds.config import round_config
-from annotation.rounds.messages import heartbeat
+from annotation.rounds.messages import heartbeat, progress_merge
 from annotation.rounds.panel import panel_compare, panel_ensure, panel_sample, panel_score
 from annotation.stats.paired import paired_promotion_test
 from annotation.stats.reports import round_report_compute
@@ -32,19 +32,33 @@ def _value(stat) -> float | None:
     return stat.get("value") if isinstance(stat, dict) else None
 
 
+#: The evaluating stage's steps, in order, as its progress bar names them.
+EVALUATION_STEPS = ("sampling and scoring the evaluation panel", "sampling and scoring the promotion panel",
+                    "computing the round report", "scoring the generated images with the simulated readers")
+
+
+def _step(rnd: Round, done: int) -> None:
+    """The evaluating stage's progress: `done` of its steps finished, the one under way named (with the heartbeat)."""
+    progress_merge(rnd, evaluation={"done": done, "total": len(EVALUATION_STEPS),
+                                    "now": EVALUATION_STEPS[done] if done < len(EVALUATION_STEPS) else "finished"})
+
+
 def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
     cfg = round_config(rnd)
     skipped: dict[str, str] = {}
     profiles = _simulated_profiles(rnd)
+    _step(rnd, 0)
     panel, panel_record = _panel(rnd, profiles, skipped)
+    _step(rnd, 1)
     promotion, promote = _promotion_check(rnd, cfg, _promotion_panel(rnd) or panel)
     if promotion.get("skipped"):
         skipped["promotion"] = promotion["skipped"]
     if panel_record is not None:
         panel_record["promotion_p_value"] = promotion.get("p_value")
     rnd.metrics = {**rnd.metrics, "panel": panel_record}  # so the report computed next carries it
+    _step(rnd, 2)
     report = round_report_compute(round=rnd, with_images=cfg.image_metrics)
-    heartbeat(rnd)
+    _step(rnd, 3)
     pooled = ((report.get("reader") or {}).get("pooled") or {})
     accuracy = _value(pooled.get("accuracy"))
     if accuracy is None:
@@ -66,7 +80,7 @@ def evaluation_compute(rnd: Round) -> tuple[dict, bool]:
         skipped["simulated_preference_score"] = "the round generated no images"
     else:
         preference = float(np.mean([[p.score(img) for img in generated] for p in profiles]))
-    heartbeat(rnd)
+    _step(rnd, len(EVALUATION_STEPS))
     metrics = {
         "reader_accuracy": accuracy, "fid": fid, "reward_auroc": auroc,
         "simulated_preference_score": preference, "promotion": promotion, "panel": panel_record,

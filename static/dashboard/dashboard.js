@@ -23,6 +23,8 @@
       if (run) setBar(root, name, run.step, run.total,
         run.step + " / " + (run.total || "?") + (run.loss !== null && run.loss !== undefined ? " · loss " + run.loss.toFixed(4) : ""));
     });
+    if (p.evaluation) setBar(root, "evaluation", p.evaluation.done, p.evaluation.total,
+      p.evaluation.done + " / " + p.evaluation.total + " · " + p.evaluation.now);
     var status = root.querySelector("[data-status]");
     if (status && status.getAttribute("data-status") !== p.status) window.location.reload();
   }

@@ -10,7 +10,8 @@ TINY_ROUND = {
 }
 
 
-def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, images: int = 8, **kw):
+def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, images: int = 8, simulated: bool = True,
+               **kw):
     from annotation.images.storage import image_store
     from annotation.reading.simulated import simulated_readers_ensure
     from annotation.studies.services import study_create
@@ -26,5 +27,6 @@ def tiny_study(name: str = "loop", *, readers: int = 2, real_pool: int = 8, imag
         phantom = generate_phantom(seed=500 + i, size=64)
         image_store(study=study, source="real", pixels=phantom.image, prompt=phantom.report,
                              findings=list(phantom.findings))
-    simulated_readers_ensure(study=study, count=readers)
+    if simulated:  # else people read (a browser test)
+        simulated_readers_ensure(study=study, count=readers)
     return study
