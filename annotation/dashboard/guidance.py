@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 
-from annotation.models import Round, RoundStatus
+from annotation.models import Role, Round, RoundStatus, StudyMembership
 from annotation.rounds.config import round_config
 
 
@@ -13,15 +13,24 @@ def _step(text: str, label: str | None = None, url: str | None = None) -> dict:
     return {"text": text, "link": {"label": label, "url": url} if label and url else None}
 
 
-def _readers_left(progress: dict) -> str:
+def _readers_left(rnd: Round, progress: dict) -> str:
+    """Who still has how many cases of this round to read, and who has not opened their list yet."""
     labeling = progress.get("labeling") or {}
     cases = labeling.get("cases") or 0
-    left = [(r["reader"], cases - r["answered"]) for r in labeling.get("readers") or [] if r["answered"] < cases]
-    if not left:
-        return "every reader has answered every case of their list"
-    shown = ", ".join(f"{name} {n} case{'s' if n != 1 else ''}" for name, n in left[:8])
-    more = f" and {len(left) - 8} more readers" if len(left) > 8 else ""
-    return f"cases left per reader: {shown}{more}"
+    started = {r["reader"]: r["answered"] for r in labeling.get("readers") or []}
+    members = (StudyMembership.objects.filter(study_id=rnd.study_id, role=Role.READER, deactivated_at__isnull=True)
+               .select_related("user").order_by("pk"))
+    names = [m.user.get_username() for m in members]
+    left = [(name, cases - started[name]) for name in names if name in started and started[name] < cases]
+    unopened = [name for name in names if name not in started]
+    parts = []
+    if left:
+        shown = ", ".join(f"{name} {n} case{'s' if n != 1 else ''}" for name, n in left[:8])
+        parts.append(f"cases left per reader: {shown}{f' and {len(left) - 8} more' if len(left) > 8 else ''}")
+    if unopened:
+        shown = ", ".join(unopened[:8])
+        parts.append(f"not yet opened their list: {shown}{f' and {len(unopened) - 8} more' if len(unopened) > 8 else ''}")
+    return "; ".join(parts) or "every reader has answered every case of their list"
 
 
 def round_next_steps(rnd: Round, progress: dict) -> list[dict]:
@@ -37,7 +46,7 @@ def round_next_steps(rnd: Round, progress: dict) -> list[dict]:
         after = ("the reward model trains on the labels, the generator is finetuned and the new version evaluated"
                  if cfg.trains else "the round ends and its report is built")
         return [_step(f"Readers are reading: {labeling.get('answered', 0)} of {labeling.get('planned', 0)} planned "
-                      f"answers are in; {_readers_left(progress)}."),
+                      f"answers are in; {_readers_left(rnd, progress)}."),
                 _step(f"When every case has its readers, labeling closes by itself and {after}. To stop waiting, "
                       "close labeling now (the answers so far are used); a reader who has left can be deactivated "
                       "on the study page, and their open cases return to the others.", "Readers", study_url + "#readers")]
