@@ -79,3 +79,25 @@ def test_a_finished_round_says_where_to_go(make_study, stored_round):
     texts = " ".join(s["text"] for s in steps)
     assert "Read the round's report" in texts and "No new version was made (reward model does not rank" in texts
     assert steps[0]["link"]["url"] == f"/dashboard/rounds/{rnd.pk}/report/"
+
+
+def test_the_report_shows_the_reward_model_with_its_check_and_one_n(boss, make_study, stored_round):
+    study = make_study(task_kinds=["realism"], readers_per_image=1)
+    rnd = stored_round(study, real=1, synthetic=1)
+    Round.objects.filter(pk=rnd.pk).update(status=RoundStatus.DONE, metrics={
+        "report": {"reader": {}, "images": None},
+        "reward": {"auroc": 0.734, "mismatch": {"n": 3, "auroc": None, "auroc_skipped": "too few (n=3)"}},
+        "reward_valid": {"valid": False, "reason": "ρ = 0.08 [−0.21, …], n = 32"}})
+    page = boss.get(f"/dashboard/rounds/{rnd.pk}/report/").content.decode()
+    section = page[page.index("<h2>Reward model</h2>"):page.index("<h2>Images</h2>")]
+    assert "0.734" in section and "(held-out real images, n=3)" in section and "too few (n=3)" in section
+    assert "failed: ρ = 0.08" in section
+
+
+def test_a_skipped_auroc_counts_what_its_record_counts():
+    import numpy as np
+
+    from training.ml.reward_training import _auroc
+
+    assert _auroc(np.r_[np.ones(3), np.zeros(3)], np.zeros(6), n=3) == (None, "too few (n=3)")
+    assert _auroc(np.ones(4), np.zeros(4))[1] == "too few (n=4)"

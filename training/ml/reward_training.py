@@ -170,11 +170,13 @@ def expected_calibration_error(prob: np.ndarray, target: np.ndarray, bins: int =
 MIN_AUROC_TARGETS = 10
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, str | None]:
+def _auroc(labels: np.ndarray, scores: np.ndarray, *, n: int | None = None) -> tuple[float | None, str | None]:
+    """AUROC of `scores` for `labels`; under MIN_AUROC_TARGETS targets, None with "too few (n=…)" where n counts
+    what the record's own `n` counts (`n`, default the targets)."""
     from sklearn.metrics import roc_auc_score
 
     if len(labels) < MIN_AUROC_TARGETS:
-        return None, too_few(len(labels))
+        return None, too_few(len(labels) if n is None else n)
     if len(np.unique(labels)) < 2:
         return None, f"only one class among {len(labels)} validation targets"
     return float(roc_auc_score(labels, scores)), None
@@ -239,5 +241,5 @@ def _mismatch_auroc(
     true, _ = predict(model, images, [it.prompt for it in real], mc_samples=1)
     wrong, _ = predict(model, images, [p for p, s in zip(prompts, swapped, strict=True) if s], mc_samples=1)
     scores = np.concatenate([true[REALISM], wrong[REALISM]])
-    auroc, why = _auroc(np.r_[np.ones(len(real)), np.zeros(len(real))], scores)
+    auroc, why = _auroc(np.r_[np.ones(len(real)), np.zeros(len(real))], scores, n=len(real))
     return {"n": len(real), "auroc": auroc, "auroc_skipped": why}
