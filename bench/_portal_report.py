@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
-LS_DIR = Path("/work/shared/peers/labelstudio")
+#: The peer harness's results, beside the checkout (`../shared/peers/labelstudio`), or where CXR_PEERS_DIR points.
+LS_DIR = Path(os.environ.get("CXR_PEERS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "peers") / "labelstudio"
 
 
 def load_ls():
