@@ -53,6 +53,21 @@ def rng(values):
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
+def side_by_side_lines(runs) -> list[str]:
+    """One table per database from one run (`--with-labelstudio`): ours, Label Studio's and the ratio per metric."""
+    out = []
+    for db in sorted({r["db"] for r in runs if r.get("side_by_side")}):
+        rows = [r for r in runs if r["db"] == db and r.get("side_by_side")]
+        out += [f"### Side by side in one run: {db} (ours / Label Studio; latency ratios < 1 and throughput "
+                "ratios > 1 favour us)\n", "| cases | metric | ours | Label Studio | ratio |", "|---:|---|---:|---:|---:|"]
+        for r in rows:
+            for name, m in r["side_by_side"].items():
+                out.append(f"| {r['cases']} | {name} | {m['ours']} | {m['labelstudio']} | "
+                           f"{'—' if m['ratio'] is None else m['ratio']} |")
+        out.append("")
+    return out
+
+
 def render(results, target_ms):
     ls = load_ls()
     runs = results["runs"]
@@ -73,7 +88,7 @@ def render(results, target_ms):
                 for lab, data in ls.get(r["db"], []):
                     if size in data:
                         order.append((lab, {"db": r["db"], "cases": size, "ls": data[size]}))
-    out = []
+    out = side_by_side_lines(runs)
     w = out.append
     w(f"### Sequential next + submit (1 reader, keep-alive; target p99 < {target_ms} ms)\n")
     w("| run | cases | setup s: images + open (LS: import) | next p50/p95/p99 ms | submit p50/p95/p99 ms "

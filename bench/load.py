@@ -6,7 +6,13 @@ Reports throughput and p50 / p99 latency of next-task and submit, then checks th
 lost, none stored twice, no case read by more than K readers, every reader's queue balanced (each block of 10
 realism cases within ±1 of the study's real:synthetic ratio). Only 127.0.0.1; bounded in cases and seconds.
 
+With `--think LO,HI` each reader takes a think time drawn uniformly from LO–HI seconds per case (seeded per
+reader) between receiving a case and submitting it, as a radiologist reading at their pace; without it readers never
+think (the saturation run). Also the server's CPU (gunicorn master and workers, user + system) per stored label and
+labels/s per server core busy.
+
     python bench/load.py                                   # 64 readers, 2,000 images, K = 2, PostgreSQL
+    python bench/load.py --think 3,10 --readers 256        # readers at human pace
     python bench/load.py --readers 16 --images 400 --db sqlite
 """
 
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -98,6 +105,25 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+def _server_cpu(pid: int) -> float:
+    """User + system CPU seconds of the gunicorn master and its workers so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readers", type=int, default=64)
@@ -107,8 +133,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--think", default="0", help="LO,HI seconds a reader spends on each case (default 0: never).")
+    parser.add_argument("--label", default="", help="Row label in the results (default: from the settings).")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
     args = parser.parse_args()
+    think_lo, think_hi = (float(v) for v in (args.think.split(",") + [args.think])[:2])
     import httpx
 
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"cxr-load-{os.getpid()}"
@@ -153,6 +182,7 @@ def main() -> None:
             mine_next, mine_submit, mine_acked = [], [], []
             barrier.wait()
             try:
+                rng = random.Random(r["user"])
                 while time.monotonic() < stop_at[0]:
                     t0 = time.perf_counter()
                     nxt = client.get("/portal/api/next", params={"queue": r["queue"]})
@@ -161,6 +191,11 @@ def main() -> None:
                     data = nxt.json()
                     if data.get("done"):
                         break
+                    if think_hi > 0:  # the reader looks at the case before answering
+                        pause = rng.uniform(think_lo, think_hi)
+                        if time.monotonic() + pause >= stop_at[0]:
+                            break
+                        time.sleep(pause)
                     sid = str(uuid.uuid4())
                     body = {"task": data["task"], "answer": {"call": "real", "confidence": 3}, "submission_id": sid,
                             "time_spent_ms": 1000}
@@ -183,6 +218,7 @@ def main() -> None:
                     acked.extend(mine_acked)
 
         threads = [threading.Thread(target=reader_loop, args=(r,)) for r in readers]
+        cpu0 = _server_cpu(server.pid)
         started = time.perf_counter()
         stop_at[0] = time.monotonic() + args.max_seconds
         for t in threads:
@@ -190,6 +226,7 @@ def main() -> None:
         for t in threads:
             t.join()
         wall = time.perf_counter() - started
+        server_cpu = _server_cpu(server.pid) - cpu0
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -207,6 +244,11 @@ def main() -> None:
                   "next_p99_ms": round(_percentile(lat_next, 0.99) * ms, 1),
                   "submit_p50_ms": round(_percentile(lat_submit, 0.5) * ms, 1),
                   "submit_p99_ms": round(_percentile(lat_submit, 0.99) * ms, 1),
+                  "think_s": args.think, "label": args.label or f"{args.readers} readers, think {args.think} s",
+                  "server_cpu_s": round(server_cpu, 1),
+                  "cpu_ms_per_label": round(1000 * server_cpu / len(acked), 1) if acked else None,
+                  "server_cores_busy": round(server_cpu / wall, 2),
+                  "labels_per_s_per_core": round(len(acked) / server_cpu, 1) if server_cpu else None,
                   "errors": len(errors), **check}],
         "errors_sample": errors[:10],
         "mean_next_ms": round(statistics.mean(lat_next) * ms, 1) if lat_next else None,

@@ -41,6 +41,7 @@ import time
 import uuid
 from pathlib import Path
 
+import _labelstudio as labelstudio
 from _portal_child import child_main
 from _portal_clients import ANSWER, Reader, conc_phase, http_floor, http_pairs
 from _portal_measure import CpuMeter, log, machine_info, rss_mb, summary_ms
@@ -186,6 +187,9 @@ def main():
                     help="experiment: keep one idle SQLite connection open in the benchmark process while the "
                          "server runs (what persistent connections would give)")
     ap.add_argument("--redis-url", default="", help="set REDIS_URL for the server (default: none, LocMemCache)")
+    ap.add_argument("--with-labelstudio", action="store_true",
+                    help=f"run Label Studio {labelstudio.VERSION} beside us, interleaved by size, with "
+                         "the peer harness's client (its venv cached under var/labelstudio); ratios ours / theirs")
     ap.add_argument("--quick", action="store_true", help="smoke: sqlite, 1000 cases, 50 pairs, 4x20")
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--render", metavar="JSON", help="only re-render the Markdown of an existing results file")
@@ -233,20 +237,42 @@ def main():
             sys.exit(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
     passwords = [f"pw-bench-r{i}-{uuid.uuid4().hex[:10]}" for i in range(N_READERS)]
     tmp_root = tempfile.mkdtemp(prefix="bench-portal-")
+    peer_python = labelstudio.venv_ensure() if args.with_labelstudio else None
+    if peer_python:
+        results["settings"]["labelstudio"] = {"version": labelstudio.VERSION, "harness": str(labelstudio.HARNESS),
+                                              "client": "bench_ls.py suite (the peer harness's)", "server":
+                                              "label-studio start (runserver, one process)", "exports": "none"}
     try:
         for db in dbs:
-            for size in sizes:
-                log(f"== {db} {size}")
-                t0 = time.perf_counter()
-                try:
-                    r = run_one(args, db, size, tmp_root, passwords)
-                except Exception as exc:  # record and go on with the next size
-                    log(f"{db}/{size} FAILED: {exc}")
-                    r = {"db": db, "cases": size, "error": str(exc)[-3000:]}
-                r["total_s"] = round(time.perf_counter() - t0, 1)
-                results["runs"].append(r)
-                with open(args.out, "w") as fh:
-                    json.dump(results, fh, indent=1)
+            peer = None
+            if peer_python:  # one Label Studio server per database, its sizes interleaved with ours
+                peer = labelstudio.LabelStudio(db, peer_python, seq_n=args.seq_n, threads=args.threads_clients,
+                                               iters=args.iters, warmup=args.warmup, max_seconds=args.max_seconds)
+                peer.start()
+            try:
+                for size in sizes:
+                    log(f"== {db} {size}")
+                    t0 = time.perf_counter()
+                    try:
+                        r = run_one(args, db, size, tmp_root, passwords)
+                    except Exception as exc:  # record and go on with the next size
+                        log(f"{db}/{size} FAILED: {exc}")
+                        r = {"db": db, "cases": size, "error": str(exc)[-3000:]}
+                    r["total_s"] = round(time.perf_counter() - t0, 1)
+                    if peer is not None:
+                        log(f"== {db} {size}: Label Studio")
+                        try:
+                            r["labelstudio"] = peer.suite(size)
+                            r["side_by_side"] = labelstudio.side_by_side(r, r["labelstudio"])
+                        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                            log(f"{db}/{size} Label Studio FAILED: {exc}")
+                            r["labelstudio"] = {"error": str(exc)[-3000:]}
+                    results["runs"].append(r)
+                    with open(args.out, "w") as fh:
+                        json.dump(results, fh, indent=1)
+            finally:
+                if peer is not None:
+                    peer.stop()
     finally:
         if not args.keep_tmp:
             shutil.rmtree(tmp_root, ignore_errors=True)
