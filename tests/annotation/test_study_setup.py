@@ -70,7 +70,7 @@ def test_without_the_right_no_study_is_created(make_user):
     assert client.get("/dashboard/studies/new/").status_code == 403
     assert client.post("/dashboard/studies/new/", FORM).status_code == 403
     assert not Study.objects.exists()
-    assert "give you the right to create studies" in client.get("/dashboard/").content.decode()
+    assert "give you the right to create studies" in client.get("/dashboard/", follow=True).content.decode()
 
 
 def _edit(client, study, **changes):
