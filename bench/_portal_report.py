@@ -68,6 +68,31 @@ def side_by_side_lines(runs) -> list[str]:
     return out
 
 
+SIDE_BEGIN, SIDE_END = "<!-- labelstudio_side_by_side:begin -->", "<!-- labelstudio_side_by_side:end -->"
+
+
+def side_by_side_write(path, results) -> None:
+    """bench/RESULTS.md's side-by-side section (between its markers; nothing else touched) from one run."""
+    lines = side_by_side_lines(results["runs"])
+    if not lines:
+        return
+    ls = results["settings"].get("labelstudio") or {}
+    head = ["## Label Studio side by side (`bench/portal.py --with-labelstudio`)", "",
+            f"`bench/results/portal.json` — {results['date']}; one run, ours and Label Studio {ls.get('version', '')} "
+            "interleaved by size on the same machine (2 cores, client and server together); ours: gunicorn "
+            f"{results['settings']['gunicorn']}; Label Studio: {ls.get('server', '')}, its harness's client "
+            f"({ls.get('client', '')}). {results['settings']['seq_n']} sequential pairs, then "
+            f"{results['settings']['threads']} clients × {results['settings']['iters']} pairs.", ""]
+    block = "\n".join([SIDE_BEGIN, "", *head, *lines, SIDE_END, ""])
+    text = path.read_text() if path.exists() else ""
+    if SIDE_BEGIN in text and SIDE_END in text:
+        before, rest = text.split(SIDE_BEGIN, 1)
+        text = before + block + rest.split(SIDE_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
 def render(results, target_ms):
     ls = load_ls()
     runs = results["runs"]
