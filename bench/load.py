@@ -7,8 +7,9 @@ lost, none stored twice, no case read by more than K readers, every reader's que
 realism cases within ±1 of the study's real:synthetic ratio). Only 127.0.0.1; bounded in cases and seconds.
 
 With `--think LO,HI` each reader takes a think time drawn uniformly from LO–HI seconds per case (seeded per
-reader) between receiving a case and submitting it, as a radiologist reading at their pace; without it readers never
-think (the saturation run). Also the server's CPU (gunicorn master and workers, user + system) per stored label and
+reader) between receiving a case and submitting it, as a radiologist reading at their pace, and opens their list at
+a time drawn from 0–HI seconds (arrivals spread, not one burst); without it readers never think and all start at
+once (the saturation run). Also the server's CPU (gunicorn master and workers, user + system) per stored label and
 labels/s per server core busy.
 
     python bench/load.py                                   # 64 readers, 2,000 images, K = 2, PostgreSQL
@@ -183,6 +184,8 @@ def main() -> None:
             barrier.wait()
             try:
                 rng = random.Random(r["user"])
+                if think_hi > 0:  # people do not all open their list in the same millisecond: arrivals spread
+                    time.sleep(rng.uniform(0, think_hi))
                 while time.monotonic() < stop_at[0]:
                     t0 = time.perf_counter()
                     nxt = client.get("/portal/api/next", params={"queue": r["queue"]})

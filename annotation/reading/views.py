@@ -151,7 +151,8 @@ def _json_error(message: str, status: int) -> JsonResponse:
 @login_required
 @require_GET
 def api_next(request: HttpRequest) -> JsonResponse:
-    queue = ReaderQueue.objects.filter(token=request.GET.get("queue", ""), reader=request.user).first()
+    queue = (ReaderQueue.objects.filter(token=request.GET.get("queue", ""), reader=request.user)
+             .select_related("round").first())  # the round's study decides the deactivation check: one statement
     if queue is None:
         return _json_error("Unknown reading queue.", 404)
     if not selectors.reader_active(study_id=queue.round.study_id, user=request.user):
