@@ -25,6 +25,12 @@ def administered(qs: QuerySet, user, path: str = "study") -> QuerySet:
     return qs if ids is None else qs.filter(**{f"{path}__in": ids})
 
 
+def uses_dashboard(user) -> bool:
+    """Whether the dashboard is for `user`: they administer a study (a superuser: all) or may create one; everyone
+    else reads in the portal."""
+    return bool(user and user.is_authenticated) and (administered_study_ids(user) != set() or can_create_studies(user))
+
+
 def can_create_studies(user) -> bool:
     """A superuser, or a user given Django's `annotation.add_study` permission (directly or by a group)."""
     return bool(user and user.is_authenticated and user.is_active and user.has_perm("annotation.add_study"))

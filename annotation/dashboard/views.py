@@ -28,7 +28,7 @@ from annotation.dashboard.selectors import (
     study_prompts_summary,
 )
 from annotation.models import Image, Round, Study
-from annotation.permissions import administered_study_ids, can_create_studies
+from annotation.permissions import administered_study_ids, can_create_studies, uses_dashboard
 from annotation.rounds.config import RoundConfig
 from annotation.rounds.driver import round_advance
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
@@ -67,10 +67,10 @@ def round_progress_json(request: HttpRequest, pk: int) -> JsonResponse:
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
+    if not uses_dashboard(request.user):  # a reader: the dashboard is for study admins, their lists are here
+        return redirect(f"{reverse('portal:home')}?from=dashboard")
     allowed = administered_study_ids(request.user)
     can_create = can_create_studies(request.user)
-    if allowed == set() and not can_create:  # a reader: the dashboard is for study admins, their lists are here
-        return redirect(f"{reverse('portal:home')}?from=dashboard")
     studies = Study.objects.select_related("current_version").annotate(n_rounds=Count("rounds")).order_by("name")
     if allowed is not None:
         studies = studies.filter(pk__in=allowed)
