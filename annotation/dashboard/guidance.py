@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 
-from annotation.models import Role, Round, RoundStatus, StudyMembership
+from annotation.models import ACTIVE_STATUSES, Role, Round, RoundStatus, StudyMembership
 from annotation.rounds.config import round_config
 
 
@@ -103,9 +103,7 @@ def study_next_steps(study, *, rounds: list, images: int, readers: int) -> list[
     if latest is None:
         return [_step("Launch the first round: the worker generates images, readers label them blinded, and their "
                       "labels train the reward model that finetunes the generator.")]
-    if latest.status in (RoundStatus.DRAFT, RoundStatus.GENERATING, RoundStatus.CLEANING, RoundStatus.LABELING,
-                         RoundStatus.TRAINING_REWARD, RoundStatus.FINETUNING, RoundStatus.EVALUATING,
-                         RoundStatus.FAILED):
+    if latest.status in (*ACTIVE_STATUSES, RoundStatus.DRAFT, RoundStatus.FAILED):
         verb = "stopped" if latest.status == RoundStatus.FAILED else "is running"
         return [_step(f"Round {latest.number} {verb} ({latest.status.replace('_', ' ')}): its page says what "
                       "happens next.", f"Round {latest.number}",
