@@ -1,7 +1,7 @@
 """Text-cleaning benchmark on phantoms: per-stage latency and mask / inpainting quality against ground truth.
 
 Each phantom (512 px, JPEG quality 75, burned-in text, markers and ECG leads) is cleaned with the production
-code (`inference.cleaning`): the classical detector, SAM box refinement with a random tiny SAM (latency only:
+code (`inference.ml.cleaning`): the classical detector, SAM box refinement with a random tiny SAM (latency only:
 random weights cannot refine), OpenCV Telea inpainting, and, on the first few, SD2-inpainting through a tiny
 random pipeline (latency of the plumbing only). The same seeds without text measure false alarms.
 

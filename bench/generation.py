@@ -5,7 +5,7 @@ Two arms run interleaved (A B A B …) on one warm pipeline, so machine noise hi
 - bare: `pipe(prompt=[...], generator=[...], output_type="np")` per chunk, nothing else;
 - worker: with `--django` (default on CPU) the whole job service `inference.services.generation_batch_run` —
   database rows, heartbeats, PNG files through the storage API — else the ML-level path the worker calls
-  (`inference.generation.generate`: per-image seeds, grayscale conversion).
+  (`inference.ml.generation.generate`: per-image seeds, grayscale conversion).
 
 Also checks that a second batch on a warm worker loads no weights. Prints a table and writes JSON.
 

@@ -10,7 +10,7 @@ For each database (--dbs) and round size (--sizes, reading cases of one "realism
      round_open_labeling; a 200-case warm-up study; 9 reader accounts (+1 in-process probe account)
      with passwords and memberships added through membership_add;
   3. in-process probe (child process, same database, before any HTTP traffic): SQL statements and wall time
-     per call of annotation.assignment.tasks_next_for_reader / label_submit (CaptureQueriesContext), and of
+     per call of annotation.reading.assignment.tasks_next_for_reader / label_submit (CaptureQueriesContext), and of
      the whole views (django.test.Client, middleware included). The probe's tasks/labels are deleted again and
      the case counters restored (checked), so the HTTP phases start on an untouched round;
   4. gunicorn (gthread) on 127.0.0.1:<free port>, DJANGO_DEBUG=0; httpx clients with keep-alive log in

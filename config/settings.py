@@ -228,6 +228,10 @@ SPECTACULAR_SETTINGS = {
 CXR_DEVICE = env("CXR_DEVICE", "auto")
 #: Where built tiny models live (made on first use, offline).
 CXR_MODELS_DIR = Path(env("CXR_MODELS_DIR", str(VAR_DIR / "models")))
+#: Tiny bases pretrained offline and shipped in the repository (tiny-domain: the loop's and the proofs' 64-px base;
+#: tiny-demo: the demo's 128-px base; rebuilt by `manage.py build_tiny_bases`): copied under CXR_MODELS_DIR
+#: when first used instead of being trained on each machine.
+CXR_WEIGHTS_DIR = Path(env("CXR_WEIGHTS_DIR", str(BASE_DIR / "weights")))
 #: Base text-to-image pipeline: a local SD v2-1-base diffusers folder or single-file checkpoint; empty = tiny model.
 CXR_BASE_MODEL = env("CXR_BASE_MODEL")
 #: Inpainting pipeline for cleaning: a local SD2-inpainting folder, "tiny", or empty for OpenCV (Telea).

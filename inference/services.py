@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -94,16 +96,34 @@ def version_pipeline(version: ModelVersion, *, scheduler: str | None, device):
                          pipeline_spec(version, scheduler=scheduler), device)
 
 
-def is_tiny_version(version: ModelVersion) -> bool:
-    """Whether the version sits on one of the tiny bases built on this machine (CXR_MODELS_DIR/tiny*): those get
-    the tiny generation and training presets."""
+def tiny_size(version: ModelVersion) -> int | None:
+    """The image side of a version on one of the tiny bases kept on this machine (CXR_MODELS_DIR/tiny*): its UNet's
+    sample size × 8 (64 px for the built ones, 128 for the demo's shipped base). None for a version on real
+    weights. The one rule for "tiny or full preset": tiny versions get the tiny generation, training and reward
+    presets at this size."""
     base, models = Path(version.base_path).resolve(), Path(settings.CXR_MODELS_DIR).resolve()
-    return base.is_relative_to(models) and base.relative_to(models).parts[0].startswith("tiny")
+    if not (base.is_relative_to(models) and base.relative_to(models).parts[0].startswith("tiny")):
+        return None
+    return _unet_side(str(base))
+
+
+@functools.lru_cache(maxsize=64)
+def _unet_side(base: str) -> int:
+    config = Path(base) / "unet" / "config.json"
+    try:
+        return int(json.loads(config.read_text())["sample_size"]) * 8
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64  # a tiny base without a readable UNet config: the built tiny models' size
+
+
+def is_tiny_version(version: ModelVersion) -> bool:
+    return tiny_size(version) is not None
 
 
 def generation_config_default(version: ModelVersion) -> GenerationConfig:
-    if is_tiny_version(version):
-        return GenerationConfig.tiny()
+    size = tiny_size(version)
+    if size is not None:
+        return GenerationConfig.tiny(size)
     return GenerationConfig(**settings.CXR_GENERATION)
 
 

@@ -129,10 +129,11 @@ def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None, stu
     """The finetune a round on `version` runs: the tiny or the full defaults, the round's overrides, its seed.
     Settings that cannot work on `version` are refused with the reason (a ValidationError, at launch): a LoRA
     rank other than the one of the adapter the finetune continues."""
-    from inference.services import is_tiny_version  # torch: loaded only when a round is launched or trained
+    from inference.services import tiny_size  # torch: loaded only when a round is launched or trained
     from training.ml.finetune_data import LORA_TARGETS, FinetuneConfig
 
-    base = FinetuneConfig.tiny() if is_tiny_version(version) else FinetuneConfig()
+    size = tiny_size(version)
+    base = FinetuneConfig() if size is None else FinetuneConfig.tiny(size)
     policy = {} if study is None else {"prompt_policy": study.prompt_policy}  # sampling's policy, for training too
     try:
         ft = FinetuneConfig.from_dict({**base.as_dict(), **policy, **cfg.finetune, **({} if seed is None else {"seed": seed})})

@@ -2,8 +2,9 @@
 
 On real weights this is a `domain` training run (LoRA, 10 epochs at 512 px in the seed paper) started from the
 configured base. On the embedded default the base is the tiny SD with its VAE fitted and its UNet pretrained on
-phantoms (`training.ml.insilico_base.build_insilico_base`, cached under CXR_MODELS_DIR/tiny-domain by recipe, about a CPU
-minute once), and the LoRA run is its tiny preset; the version it registers is reused by every later call.
+phantoms (`training.ml.insilico_base.build_insilico_base`, shipped in the repository under weights/tiny-domain and
+copied under CXR_MODELS_DIR/tiny-domain), and the LoRA run is its tiny preset; the version it registers is reused by
+every later call. The demo starts from its own shipped base (`demo_base`, 128 px, trained ten times longer).
 """
 
 from __future__ import annotations
@@ -24,13 +25,31 @@ from training.models import RunKind, RunStatus, TrainingRun
 TINY_DOMAIN_STEPS = 40
 
 
-def tiny_domain_base(progress=None) -> ModelVersion:
-    """The pretrained tiny base (built once per machine, reused when its recipe is unchanged); `progress(stage,
-    done, total)` while it is built."""
+def tiny_domain_path(progress=None) -> Path:
+    """The pretrained tiny base's folder: copied from the repository's shipped copy, or built here when its recipe
+    changed (`progress(stage, done, total)` while it is built)."""
     from training.ml.insilico_base import build_insilico_base
 
-    path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain", progress=progress)
+    return build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain",
+                               shipped=Path(settings.CXR_WEIGHTS_DIR) / "tiny-domain", progress=progress)
+
+
+def tiny_domain_base(progress=None) -> ModelVersion:
+    """The pretrained tiny base as a model version (registered once)."""
+    path = tiny_domain_path(progress)
     version, _ = ModelVersion.objects.get_or_create(name="tiny-domain", defaults={"base_path": str(path)})
+    return version
+
+
+def demo_base(progress=None) -> ModelVersion:
+    """The demo's base: the tiny SD pretrained offline at 128 px (`demo_base_config`), copied from the repository
+    (CXR_WEIGHTS_DIR/tiny-demo) under CXR_MODELS_DIR/tiny-demo, so it gets the tiny presets at its own size; built
+    here only when the shipped copy is missing or from another recipe (about 40 CPU minutes)."""
+    from training.ml.insilico_base import build_insilico_base, demo_base_config
+
+    path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-demo", demo_base_config(),
+                               shipped=Path(settings.CXR_WEIGHTS_DIR) / "tiny-demo", progress=progress)
+    version, _ = ModelVersion.objects.get_or_create(name="tiny-demo", defaults={"base_path": str(path)})
     return version
 
 
@@ -38,7 +57,7 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
                  actor=None) -> TrainingRun:
     """Start (or find) the study's domain-adaptation run; when it is done its version becomes the study's
     current one. Runs on the worker (inline when tasks are eager)."""
-    from inference.services import is_tiny_version
+    from inference.services import tiny_size
     from training.ml.finetune_data import FinetuneConfig
     from training.services import training_run_create
 
@@ -48,8 +67,9 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
     if existing is not None:
         return existing
     base = base or tiny_domain_base()
-    preset = (FinetuneConfig.tiny().as_dict() | {"steps": TINY_DOMAIN_STEPS, "val_every": 0}
-              if is_tiny_version(base) else FinetuneConfig().as_dict())
+    size = tiny_size(base)
+    preset = (FinetuneConfig().as_dict() if size is None
+              else FinetuneConfig.tiny(size).as_dict() | {"steps": TINY_DOMAIN_STEPS, "val_every": 0})
     cfg = FinetuneConfig.from_dict({**preset, "prompt_policy": study.prompt_policy, **(config or {}),
                                     "objective": "domain"})
     key, digest, summary = domain_snapshot_freeze(study=study)

@@ -14,7 +14,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from annotation.models import Round, RoundStatus
-from annotation.tasks import round_advance_task
+from annotation.tasks import round_advance_task, round_clean_task, round_evaluate_task, round_simulate_task
 from inference.models import GenerationBatch
 
 
@@ -48,10 +48,8 @@ def advance_later(rnd: Round | int) -> None:
 
 def stage_enqueue(rnd: Round) -> None:
     """Send the message of the round's own stage work; stamps the heartbeat so the reconciler waits a timeout."""
-    from annotation import tasks
-
-    task = {RoundStatus.CLEANING: tasks.round_clean_task, RoundStatus.EVALUATING: tasks.round_evaluate_task,
-            RoundStatus.LABELING: tasks.round_simulate_task}.get(rnd.status)
+    task = {RoundStatus.CLEANING: round_clean_task, RoundStatus.EVALUATING: round_evaluate_task,
+            RoundStatus.LABELING: round_simulate_task}.get(rnd.status)
     if task is None:
         return
     Round.objects.filter(pk=rnd.pk).update(heartbeat_at=timezone.now())

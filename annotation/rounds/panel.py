@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 from django.db import transaction
 
-from annotation.models import EvaluationPanel, PanelKind, PanelScore, Study
+from annotation.models import EvaluationPanel, Image, PanelKind, PanelScore, Source, Study
 from annotation.rounds.versions import study_version
 from annotation.stats.paired import bootstrap_mean, paired_comparison
 from inference.models import GenerationBatch, JobStatus, ModelVersion
@@ -31,7 +31,6 @@ SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism_only_f
 def study_prompts(study: Study) -> list[str]:
     """The prompt pool a study's generation draws from: its real images' reports (prompt_source "reports"), else
     the built-in templates."""
-    from annotation.models import Image, Source
     from inference.ml.tiny import TEMPLATE_REPORTS
 
     prompts: list[str] = []

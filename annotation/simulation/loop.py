@@ -15,7 +15,7 @@ from django.conf import settings
 from annotation.images.storage import image_store
 from annotation.models import Image, Label, Round, RoundStatus, Source, Study
 from annotation.reading.simulated import reader_of, simulated_members, simulated_readers_ensure
-from annotation.rounds.domain import domain_adapt, on_domain_finished
+from annotation.rounds.domain import domain_adapt, on_domain_finished, tiny_domain_path
 from annotation.rounds.driver import rounds_reconcile
 from annotation.rounds.panel import study_prompts
 from annotation.rounds.versions import study_version
@@ -138,12 +138,10 @@ def tastes_table(count: int = 32) -> list[dict]:
     from inference.ml.generation import GenerationConfig, generate, plan_requests
     from inference.ml.loading import PipelineSpec, load_pipeline
     from inference.ml.phantoms import generate_phantoms
-    from training.ml.insilico_base import build_insilico_base
 
     phantoms = list(generate_phantoms(count, seed=100_000, size=64))
     device = torch.device("cpu")
-    pipe = load_pipeline(PipelineSpec(base=str(build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain"))),
-                         device)
+    pipe = load_pipeline(PipelineSpec(base=str(tiny_domain_path())), device)
     requests = plan_requests(prompts=[p.report for p in phantoms], count=count, images_per_prompt=1, seed=0)
     base_images = [image for _, image in generate(pipe, requests, GenerationConfig.tiny(), device=device)]
     toward = directions_toward([p.image for p in phantoms], base_images)

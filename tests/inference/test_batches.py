@@ -91,3 +91,25 @@ def test_cleaning_keeps_raw_image_and_mask_linked_to_the_cleaned_one(version):
         assert raw.shape == mask.shape == cleaned.shape == (64, 64)
         assert item.mask_fraction == pytest.approx((mask > 0).mean())
         np.testing.assert_array_equal(cleaned[mask == 0], raw[mask == 0])  # only masked pixels change
+
+
+def test_tiny_presets_follow_the_tiny_base_s_own_size_and_real_weights_get_the_settings(settings, tmp_path):
+    """One rule for "tiny or full": a version on a base under CXR_MODELS_DIR/tiny* samples and trains at its UNet's
+    native side (the demo's shipped base is 128 px); a version on real weights gets the configured defaults."""
+    import json
+
+    from annotation.rounds.config import RoundConfig, finetune_settings
+    from inference.services import generation_config_default, tiny_size
+
+    settings.CXR_MODELS_DIR = tmp_path / "models"
+    unet = settings.CXR_MODELS_DIR / "tiny-demo" / "sd" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text(json.dumps({"sample_size": 16}))
+    demo = ModelVersion.objects.create(name="tiny-demo", base_path=str(unet.parent))
+    real = ModelVersion.objects.create(name="sd21", base_path=str(tmp_path / "sd21"))
+    assert tiny_size(demo) == 128 and tiny_size(real) is None
+    gen = generation_config_default(demo)
+    assert (gen.height, gen.width, gen.steps) == (128, 128, 8)
+    assert finetune_settings(RoundConfig(), demo).resolution == 128
+    assert generation_config_default(real).height == settings.CXR_GENERATION.get("height", 512)
+    assert finetune_settings(RoundConfig(), real).resolution == 512

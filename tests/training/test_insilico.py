@@ -2,6 +2,7 @@
 finetune with the rewards permuted. The proof itself is slow (~2–3 min on one CPU thread); the reader and the
 statistics are checked quickly first."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,6 +69,25 @@ def test_config_round_trips_through_json():
         InSilicoConfig.from_dict({"steps": 3})
 
 
+def test_a_base_is_copied_from_its_shipped_copy_only_when_built_with_the_same_recipe(tmp_path):
+    """What ships in weights/ is used only for its own recipe: the same settings copy it (no training), other
+    settings build their own; a half-finished folder is never taken for a built base."""
+    from training.ml.insilico_base import BASE_MARKER, build_insilico_base
+
+    quick = InSilicoConfig(image_size=32, vae_steps=2, vae_images=8, unet_steps=2, unet_images=4)
+    shipped = build_insilico_base(tmp_path / "shipped", quick)
+    assert (shipped / "unet" / "config.json").is_file() and json.loads((shipped / BASE_MARKER).read_text())[
+        "recipe"]["image_size"] == 32
+    copied = build_insilico_base(tmp_path / "models", quick, shipped=tmp_path / "shipped")
+    assert (copied / BASE_MARKER).read_bytes() == (shipped / BASE_MARKER).read_bytes()
+    assert (copied / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        shipped / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    other = build_insilico_base(tmp_path / "other", dataclasses.replace(quick, unet_steps=3),
+                                shipped=tmp_path / "shipped")
+    assert json.loads((other / BASE_MARKER).read_text())["recipe"]["unet_steps"] == 3
+    assert not list(tmp_path.glob("*/sd.*.tmp"))  # no staging folder left behind
+
+
 # --- the proof --------------------------------------------------------------------------------------------------------
 
 
@@ -77,7 +97,10 @@ def runs():
     once per machine (~2.5 CPU min) under CXR_MODELS_DIR/tiny-domain and reused by both."""
     from django.conf import settings
 
-    base_dir = Path(settings.CXR_MODELS_DIR) / "tiny-domain"
+    from annotation.rounds.domain import tiny_domain_path
+
+    base_dir = tiny_domain_path().parent  # the repository's shipped base, copied (built only if its recipe changed)
+    assert base_dir == Path(settings.CXR_MODELS_DIR) / "tiny-domain"
     return {seed: run_insilico(seed, base_dir=base_dir) for seed in SEEDS}
 
 

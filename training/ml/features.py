@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from scipy import linalg
 
-_MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as in torchmetrics
-
 
 class MetricSkipped(Exception):
     """A metric cannot run here (no weights, unreadable weights, too few images); `reason` says why."""

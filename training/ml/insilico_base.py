@@ -20,6 +20,8 @@ The proof itself (`run_insilico`, `paired_comparison` and the command line) is i
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ class InSilicoConfig(Settings):
     reader_spread: float = option(
         1.0, "The reader's logistic scale, in stds of the property over the base's images."
     )
+    image_size: int = option(64, "Side of the images the base is fitted on and samples, px (multiple of 8).")
+    unet_channels: tuple[int, ...] = option((32, 64), "Tiny UNet block widths (2 or 3 levels).")
     vae_channels: tuple[int, ...] = option(
         (16, 16, 32, 32), "Tiny VAE block widths (4 blocks: 8x downsampling)."
     )
@@ -62,6 +66,8 @@ class InSilicoConfig(Settings):
     unet_steps: int = option(400, "Full-UNet pretraining steps on phantoms, batch 16 (shared by all seeds).")
     unet_lr: float = option(1e-3, "AdamW learning rate of the UNet pretraining.")
     unet_images: int = option(256, "Phantoms (with their reports) the UNet is pretrained on.")
+    unet_batch: int = option(16, "Images per UNet pretraining step.")
+    unet_cosine: bool = option(False, "Anneal the UNet learning rate to zero (cosine) over its steps.")
     n_samples: int = option(
         96, "Base images labelled by the reader: the reward model's and the finetune's set."
     )
@@ -101,9 +107,19 @@ class InSilicoConfig(Settings):
     def _inflate(cls, data: dict) -> dict:
         if isinstance(data.get("reader"), dict):
             data["reader"] = SimulatedReader.from_dict(data["reader"])
-        if "vae_channels" in data:
-            data["vae_channels"] = tuple(data["vae_channels"])
+        for key in ("vae_channels", "unet_channels"):
+            if key in data:
+                data[key] = tuple(data[key])
         return data
+
+
+def demo_base_config() -> InSilicoConfig:
+    """The demo's base, built offline and shipped in the repository (`weights/tiny-demo`, by `manage.py
+    build_tiny_bases`): the same recipe at 128 px
+    with a three-level UNet and a wider VAE, trained ten times longer (about 40 minutes on one CPU thread), so its
+    samples show the phantoms' lungs, heart and ribs at reading size instead of blurred blobs."""
+    return InSilicoConfig(image_size=128, unet_channels=(32, 64, 64), vae_channels=(32, 32, 64, 64), vae_steps=1500,
+                          vae_images=512, unet_steps=4000, unet_images=1024, unet_cosine=True)
 
 
 # --- the base: tiny SD with a fitted VAE and a pretrained UNet -------------------------------------------------------
@@ -129,11 +145,12 @@ def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0, progress: Progress | Non
 
     rng = np.random.default_rng(seed)
     half = cfg.vae_images // 2
-    phantoms = np.stack([p.image for p in generate_phantoms(half, seed=10_000 + seed, size=64)]) / np.float32(
+    size = cfg.image_size
+    phantoms = np.stack([p.image for p in generate_phantoms(half, seed=10_000 + seed, size=size)]) / np.float32(
         255
     )
     pixels = (
-        torch.from_numpy(np.concatenate([phantoms, _textures(cfg.vae_images - half, 64, rng)]))[:, None] * 2
+        torch.from_numpy(np.concatenate([phantoms, _textures(cfg.vae_images - half, size, rng)]))[:, None] * 2
         - 1
     )
     gen = torch.Generator().manual_seed(seed)
@@ -144,7 +161,7 @@ def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0, progress: Progress | Non
         if progress is not None and step % 25 == 0:
             progress("fitting the tiny VAE", step, cfg.vae_steps)
         idx = torch.randint(0, len(pixels), (16,), generator=gen)
-        top, left = torch.randint(0, 64 - crop + 1, (2,), generator=gen).tolist()
+        top, left = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
         x = pixels[idx, :, top : top + crop, left : left + crop].repeat(1, 3, 1, 1)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
@@ -173,7 +190,7 @@ def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0, progress: Progres
     from inference.ml.phantoms import generate_phantoms
     from training.ml import diffusion as D
 
-    phantoms = list(generate_phantoms(cfg.unet_images, seed=20_000 + seed, size=64))
+    phantoms = list(generate_phantoms(cfg.unet_images, seed=20_000 + seed, size=cfg.image_size))
     cpu = torch.device("cpu")
     latents = D.encode_images(pipe.vae, D.prepare_images([p.image for p in phantoms]), cpu, torch.float32)
     embeds = D.encode_prompts(pipe.tokenizer, pipe.text_encoder, [p.report for p in phantoms], device=cpu)
@@ -181,28 +198,52 @@ def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0, progress: Progres
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet = pipe.unet.requires_grad_(True).train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.unet_steps) if cfg.unet_cosine else None)
     gen = torch.Generator().manual_seed(seed)
-    losses = []
+    losses, batch = [], cfg.unet_batch
     for step in range(cfg.unet_steps):
         if progress is not None and step % 25 == 0:
             progress("pretraining the tiny UNet", step, cfg.unet_steps)
-        idx = torch.randint(0, len(phantoms), (16,), generator=gen)
-        text = torch.where((torch.rand(16, generator=gen) < 0.1)[:, None, None], empty, embeds[idx])
+        idx = torch.randint(0, len(phantoms), (batch,), generator=gen)
+        text = torch.where((torch.rand(batch, generator=gen) < 0.1)[:, None, None], empty, embeds[idx])
         loss = D.diffusion_loss_per_sample(unet, scheduler, latents[idx], text, generator=gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
+        if schedule is not None:
+            schedule.step()
         losses.append(float(loss.detach()))
     unet.requires_grad_(False).eval()
     return {"first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-20:]))}
 
 
+def _built_with(path: Path, recipe: dict) -> bool:
+    marker = path / BASE_MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("recipe") == recipe
+
+
+def _copy_shipped(source: Path, path: Path, recipe: dict) -> None:
+    """Copy a shipped base into place through a staging folder, so a web process and a worker starting together
+    never see half a copy."""
+    staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        staging.rename(path)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _built_with(path, recipe):  # not another process's finished copy
+            raise
+
+
 def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None, *, seed: int = 0,
-                        progress: Progress | None = None) -> Path:
+                        shipped: str | Path | None = None, progress: Progress | None = None) -> Path:
     """`base_dir/sd`: the tiny SD with its VAE fitted and its UNet pretrained, reused when already built with the
-    same recipe. Trains on the CPU with one thread (the thread count is restored). `progress(stage, done, total)`
-    is called as it goes (a few minutes on a CPU the first time)."""
+    same recipe, copied from `shipped/sd` (a copy kept in the repository) when that one was built with it, else
+    built here: on the CPU with one thread (the thread count is restored), `progress(stage, done, total)` called as
+    it goes (a few CPU minutes for the default recipe, about 40 for `demo_base_config()`)."""
     from diffusers import StableDiffusionPipeline
 
     from inference.ml.tiny import build_tiny_sd
@@ -210,6 +251,10 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
     cfg = cfg or InSilicoConfig()
     path = Path(base_dir) / "sd"
     keys = (
+        "image_size",
+        "unet_channels",
+        "unet_batch",
+        "unet_cosine",
         "vae_channels",
         "vae_norm_groups",
         "vae_steps",
@@ -220,10 +265,16 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
         "unet_lr",
         "unet_images",
     )
-    recipe = {"seed": seed, **{k: v for k, v in cfg.as_dict().items() if k in keys}}
-    marker = path / BASE_MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe:
+    defaults = InSilicoConfig().as_dict()  # settings at their defaults stay out, so older caches keep their recipe
+    recipe = {"seed": seed, **{k: v for k, v in cfg.as_dict().items()
+                               if k in keys and (k in keys[4:] or v != defaults[k])}}
+    if _built_with(path, recipe):
         return path
+    if shipped is not None and _built_with(Path(shipped) / "sd", recipe):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _copy_shipped(Path(shipped) / "sd", path, recipe)
+        return path
+    marker = path / BASE_MARKER
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -231,6 +282,8 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
         build_tiny_sd(
             path,
             TinySDConfig(
+                sample_size=cfg.image_size // 8, block_out_channels=tuple(cfg.unet_channels),
+                attention_head_dim=tuple(min(2 ** (i + 1), 8) for i in range(len(cfg.unet_channels))),
                 vae_block_out_channels=tuple(cfg.vae_channels), vae_norm_groups=cfg.vae_norm_groups, seed=seed
             ),
         )
