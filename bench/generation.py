@@ -3,7 +3,7 @@
 Two arms run interleaved (A B A B …) on one warm pipeline, so machine noise hits both alike:
 
 - bare: `pipe(prompt=[...], generator=[...], output_type="np")` per chunk, nothing else;
-- worker: with `--django` (default on CPU) the whole job service `inference.services.generation_batch_run` —
+- worker: with `--django` (default on CPU) the whole job service `inference.jobs.generation_batch_run` —
   database rows, heartbeats, PNG files through the storage API — else the ML-level path the worker calls
   (`inference.ml.generation.generate`: per-image seeds, grayscale conversion).
 
@@ -57,7 +57,8 @@ def main() -> None:
     import torch
 
     from inference.ml.devices import pick_device, synchronize
-    from inference.ml.generation import GenerationConfig, generate, plan_requests
+    from inference.ml.generation import generate, plan_requests
+    from inference.ml.generation_config import GenerationConfig
     from inference.ml.loading import PIPELINES, PipelineSpec
     from inference.ml.tiny import TinySDConfig, build_tiny_sd
 
@@ -93,7 +94,7 @@ def main() -> None:
 
     def worker(seed: int) -> None:
         if use_django:
-            from inference.services import generation_batch_run
+            from inference.jobs import generation_batch_run
 
             batch = GenerationBatch.objects.create(model_version=version, count=args.images, prompts=[], seed=1,
                                                    config=cfg.as_dict(), clean=False)
@@ -103,7 +104,7 @@ def main() -> None:
                 pass
 
     if use_django:  # the service keys its cache by model version: warm that entry too
-        from inference.services import version_pipeline
+        from inference.jobs import version_pipeline
 
         version_pipeline(version, scheduler=cfg.scheduler, device=device)
     bare()  # warm-up (kernels, allocator)

@@ -8,8 +8,8 @@ from celery import shared_task
 
 @shared_task(name="inference.tasks.generation_batch_run")
 def generation_batch_run_task(*, batch_pk: int) -> str:
+    from inference.jobs import generation_batch_run
     from inference.models import GenerationBatch
-    from inference.services import generation_batch_run
 
     batch = GenerationBatch.objects.select_related("model_version").get(pk=batch_pk)
     return generation_batch_run(batch=batch).status

@@ -71,8 +71,8 @@ def _to_gray8(image: PILImage.Image) -> np.ndarray:
 @staff_member_required
 def clean_preview(request: HttpRequest) -> HttpResponse:
     # torch loads here, not at import: web workers that never clean an image stay small
+    from inference.jobs import Cleaner
     from inference.ml.devices import pick_device
-    from inference.services import Cleaner
 
     form = CleanForm(request.POST or None, request.FILES or None)
     context: dict = {"form": form}

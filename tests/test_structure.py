@@ -50,3 +50,19 @@ def test_no_module_is_longer_than_one_sitting():
             if "migrations" not in path.parts and len(path.read_text().splitlines()) > 400:
                 long.append(str(path.relative_to(ROOT)))
     assert long == []
+
+
+def test_the_web_side_loads_no_torch():
+    """A web process (URLs, views, round services, the API) starts without the ML stack: the settings it reads live
+    in torch-free modules (`*_config.py`, `inference.services`), and torch loads only on a worker."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, django; django.setup(); import config.urls, annotation.rounds.services, "
+            "annotation.rounds.driver, annotation.dashboard.views, annotation.api.views, annotation.reading.views; "
+            "from django.urls import get_resolver; get_resolver().url_patterns; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"})
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -53,6 +53,7 @@ from annotation.models import (
 from annotation.rounds.versions import study_versions
 from annotation.studies.audit import audit
 from annotation.tasks import export_job_run_task
+from inference.models import ModelVersion
 
 # --- images, labels, tasks, versions ---------------------------------------------------------------------------------
 
@@ -172,8 +173,6 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     pagination_class = ByIdCursor
 
     def get_queryset(self):
-        from inference.models import ModelVersion
-
         allowed = admin_study_ids(self.request)
         if allowed is None:
             return ModelVersion.objects.all()

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from annotation.models import ReaderQueue, ReadingCase, Role, Round, StudyMembership
+from annotation.models import (
+    Image,
+    Invitation,
+    PracticeAnswer,
+    ReaderQueue,
+    ReadingCase,
+    ReadingTask,
+    Role,
+    Round,
+    Source,
+    StudyMembership,
+    TaskStatus,
+)
 from annotation.rounds.messages import round_batches
 from annotation.rounds.panel import panel_versions
 from annotation.rounds.services import labeling_share
@@ -71,7 +83,6 @@ def _missing(panel: dict, version: dict, key: str) -> str:
 def study_prompts_summary(study) -> dict:
     """How the study's prompts met the text encoder's 77-token window: generated images whose prompt was shortened
     (truncated) under the study's policy, of those recorded."""
-    from annotation.models import Image, Source
 
     synthetic = Image.objects.filter(study=study, source=Source.SYNTHETIC, cleaned_from__isnull=True,
                                      meta__has_key="prompt_shortened")
@@ -137,7 +148,6 @@ def study_members(study) -> dict:
     from django.db.models import Count, Max, Q
     from django.utils import timezone
 
-    from annotation.models import Invitation, PracticeAnswer, ReadingTask, TaskStatus
 
     members = list(StudyMembership.objects.filter(study=study, is_simulated=False).select_related("user")
                    .order_by("role", "pk"))

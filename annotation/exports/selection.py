@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.dateparse import parse_datetime
 
-from annotation.models import Round, Study, StudyMembership
+from annotation.models import Label, Round, Study, StudyMembership
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,6 @@ def selection_scope(sel: Selection, study: Study) -> tuple[dict[int, int], list[
 
 def selection_empty_reason(sel: Selection) -> str | None:
     """Why an export of `sel` would hold no label (a sentence), or None when some label matches."""
-    from annotation.models import Label
-
     study = Study.objects.get(name=sel.study)
     rounds, simulated = selection_scope(sel, study)
     labels = Label.objects.filter(task__round_id__in=list(rounds))

@@ -26,6 +26,7 @@ from annotation.images.importing import (
 from annotation.images.ingest import iter_archive
 from annotation.models import ImportJob, Study
 from annotation.studies.audit import audit
+from annotation.tasks import import_job_run_task
 
 PROGRESS_EVERY = 5  # files between progress writes (and always the last one)
 
@@ -34,7 +35,6 @@ def import_job_create(*, study: Study, actor, upload=None, reports_csv: bytes | 
                       filters: list[str] | tuple[str, ...] = ()) -> ImportJob:
     """Check the request and queue the job: an uploaded ZIP or image file (`upload`, a Django UploadedFile), or a
     DICOMweb root `url` with QIDO-RS `filters` ("KEY=VALUE"); an optional reports CSV."""
-    from annotation.tasks import import_job_run_task
 
     if (upload is None) == (not url):
         raise ValidationError("Give a file (a ZIP or an image) to upload, or a DICOMweb URL to pull from (not both).")

@@ -9,6 +9,8 @@ from django.core.exceptions import ValidationError
 from annotation.models import Round, Study
 from annotation.reading.answers import number_in
 from inference.ml.config import Settings, option
+from inference.services import tiny_size
+from training.ml.finetune_config import LORA_TARGETS, FinetuneConfig
 from training.models import RunKind
 
 SELECTIONS = ("random", "active")
@@ -129,8 +131,6 @@ def finetune_settings(cfg: RoundConfig, version, *, seed: int | None = None, stu
     """The finetune a round on `version` runs: the tiny or the full defaults, the round's overrides, its seed.
     Settings that cannot work on `version` are refused with the reason (a ValidationError, at launch): a LoRA
     rank other than the one of the adapter the finetune continues."""
-    from inference.services import tiny_size  # torch: loaded only when a round is launched or trained
-    from training.ml.finetune_data import LORA_TARGETS, FinetuneConfig
 
     size = tiny_size(version)
     base = FinetuneConfig() if size is None else FinetuneConfig.tiny(size)

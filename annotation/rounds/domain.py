@@ -20,7 +20,10 @@ from annotation.rounds.messages import owner_of, owner_pk
 from annotation.rounds.versions import study_version_choose
 from annotation.studies.audit import audit
 from inference.models import ModelVersion
+from inference.services import tiny_size
+from training.ml.finetune_config import FinetuneConfig
 from training.models import RunKind, RunStatus, TrainingRun
+from training.services import training_run_create
 
 TINY_DOMAIN_STEPS = 40
 
@@ -57,9 +60,6 @@ def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict
                  actor=None) -> TrainingRun:
     """Start (or find) the study's domain-adaptation run; when it is done its version becomes the study's
     current one. Runs on the worker (inline when tasks are eager)."""
-    from inference.services import tiny_size
-    from training.ml.finetune_data import FinetuneConfig
-    from training.services import training_run_create
 
     owner = owner_of(study)
     existing = TrainingRun.objects.filter(kind=RunKind.DOMAIN, owner=owner).exclude(

@@ -25,7 +25,10 @@ from annotation.rounds.messages import owner_of, round_batches, stage_enqueue
 from annotation.rounds.services import labeling_complete, round_close_labeling, round_fail
 from annotation.rounds.transitions import ACTIVE, round_transition
 from inference.models import GenerationBatch, JobStatus
+from inference.services import generation_batch_requeue, is_tiny_version
+from training.ml.reward_config import RewardConfig
 from training.models import RunKind
+from training.services import training_run_create, training_run_requeue
 
 log = logging.getLogger("cxr.rounds")
 
@@ -74,9 +77,6 @@ def _to(rnd: Round, current: str, to: str, *, then=None, **fields_) -> Round:
 
 
 def _advance_reward(rnd: Round) -> Round:
-    from training.ml.reward_data import RewardConfig
-    from training.services import training_run_create
-
     run = rnd.reward_run
     if run is None:
         cfg = round_config(rnd)
@@ -105,7 +105,6 @@ def _advance_reward(rnd: Round) -> Round:
 
 def _start_finetune(rnd: Round) -> Round:
     from training.runs.storage import snapshot_load
-    from training.services import training_run_create
 
     cfg = round_config(rnd)
     kind = OBJECTIVES[cfg.objective]
@@ -163,8 +162,6 @@ def _advance_finetune(rnd: Round) -> Round:
 
 
 def _tiny(rnd: Round) -> bool:
-    from inference.services import is_tiny_version
-
     return rnd.model_version is not None and is_tiny_version(rnd.model_version)
 
 
@@ -178,8 +175,6 @@ def _has_simulated_work(rnd: Round) -> bool:
 def rounds_reconcile(*, timeout_s: float | None = None) -> list[dict]:
     """Advance every running round whose job ended while nobody listened, and re-send the message of every stage
     whose heartbeat is older than `timeout_s` (default CXR_STAGE_TIMEOUT_S). Returns what it did."""
-    from inference.services import generation_batch_requeue
-    from training.services import training_run_requeue
 
     timeout = settings.CXR_STAGE_TIMEOUT_S if timeout_s is None else timeout_s
     stale_before = timezone.now() - timedelta(seconds=timeout)

@@ -21,7 +21,9 @@ from django.db import transaction
 from annotation.models import EvaluationPanel, Image, PanelKind, PanelScore, Source, Study
 from annotation.rounds.versions import study_version
 from annotation.stats.paired import bootstrap_mean, paired_comparison
+from inference.ml.generation_config import GenerationConfig
 from inference.models import GenerationBatch, JobStatus, ModelVersion
+from inference.services import generation_batch_create, generation_config_default
 from inference.storage import image_load
 
 SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism_only_fooling_rate": "fooling_realism",
@@ -51,7 +53,6 @@ def panel_ensure(study: Study, kind: str = PanelKind.EVALUATION) -> EvaluationPa
     size = study.panel_size if kind == PanelKind.EVALUATION else study.promotion_panel_size
     if panel is not None or size < 1:
         return panel
-    from inference.services import generation_config_default
 
     gen = replace(generation_config_default(study_version(study)), images_per_prompt=1,
                   prompt_policy=study.prompt_policy)
@@ -84,8 +85,7 @@ def _owner(panel: EvaluationPanel) -> str:
 
 def panel_sample(panel: EvaluationPanel, version: ModelVersion) -> PanelScore:
     """The version's samples of the panel, generated here (call it in a GPU-queue task) unless stored already."""
-    from inference.ml.generation import GenerationConfig
-    from inference.services import generation_batch_create, generation_batch_run
+    from inference.jobs import generation_batch_run
 
     row, _ = PanelScore.objects.get_or_create(panel=panel, model_version=version)
     batch = row.batch

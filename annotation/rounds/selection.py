@@ -13,14 +13,13 @@ from django.conf import settings
 
 from annotation.models import Round, RoundStatus
 from inference.models import GeneratedImage
+from training.models import RunKind
 
 THUMB = 16
 
 
 def latest_reward_run(rnd: Round):
     """The reward model of the study's latest earlier round that trained one, or None."""
-    from training.models import RunKind
-
     earlier = (Round.objects.filter(study=rnd.study, number__lt=rnd.number, reward_run__status="done",
                                     reward_run__kind=RunKind.REWARD)
                .exclude(status=RoundStatus.CANCELLED).select_related("reward_run").order_by("-number").first())

@@ -23,8 +23,11 @@ from annotation.rounds.transitions import ACTIVE, ROUND_TRANSITIONS, IllegalTran
 from annotation.rounds.versions import comparison_versions, study_version
 from annotation.studies.audit import audit
 from annotation.tasks import round_report_build_task, round_snapshot_freeze_task
+from inference.ml.generation_config import GenerationConfig
 from inference.models import GenerationBatch, JobStatus
+from inference.services import generation_batch_create, generation_batch_requeue, generation_config_default
 from training.models import TrainingRun
+from training.services import training_run_requeue
 
 log = logging.getLogger("cxr.rounds")
 
@@ -59,7 +62,6 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
                  round: Round | None = None) -> Round:
     """Create (or take a draft) round, fix its configuration and the version it samples from, and start
     generating. Refused while another round of the study is still running."""
-    from inference.services import generation_batch_create, generation_config_default
 
     study = Study.objects.get(pk=study.pk)  # its current version may have changed since the caller read it
     cfg = RoundConfig.from_dict({**(study.round_defaults or {}), **(config or {})})
@@ -80,8 +82,6 @@ def round_launch(*, study: Study, actor: AbstractUser | None = None, config: dic
     if cfg.compare:
         gen["images_per_prompt"] = 1  # one image per prompt and seed, the same request for every version
     try:
-        from inference.ml.generation import GenerationConfig
-
         gen_cfg = GenerationConfig.from_dict({**gen, **cfg.generation})
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"generation: {exc}") from None
@@ -151,9 +151,6 @@ def round_close_labeling(*, round: Round, actor: AbstractUser | None = None) -> 
 
 def round_retry(*, round: Round, actor: AbstractUser | None = None) -> Round:
     """Restart a failed round at the stage that failed; the stage's job resumes where it stopped."""
-    from inference.services import generation_batch_requeue
-    from training.services import training_run_requeue
-
     with transaction.atomic():
         rnd = Round.objects.select_for_update().get(pk=round.pk)
         if rnd.status != RoundStatus.FAILED or not rnd.failed_stage:

@@ -11,13 +11,13 @@ from annotation.models import Study
 from annotation.rounds.messages import owner_of
 from annotation.studies.audit import audit
 from inference.models import ModelVersion
+from inference.services import model_version_default
 from training.models import TrainingRun
 
 
 def study_version(study: Study) -> ModelVersion:
     """The version the study's next round samples from (the configured default until something is chosen)."""
     if study.current_version_id is None:
-        from inference.services import model_version_default
 
         study.current_version = model_version_default()
         study.save(update_fields=["current_version"])

@@ -13,6 +13,7 @@ from annotation.models import Round, Study
 from annotation.reading.simulated import reader_of, simulated_members, simulated_readers_ensure
 from annotation.rounds.panel import paired_gain, panel_ensure, panel_share
 from annotation.simulation.loop import real_pool_ensure
+from annotation.stats.paired import bootstrap_mean
 from annotation.studies.services import study_create
 
 COPIED = ("images_per_round", "real_fraction", "readers_per_image", "task_kinds", "rubric", "display_size",
@@ -55,7 +56,6 @@ def _current(study: Study, rounds: list[Round]):
 def _gains(panel, before, after, out: dict, *, after_panel=None) -> None:
     """`after` against `before` on the panel, every gain an object {mean, ci_low, ci_high, n} (paired over the
     panel's items: the panel's precision, not the procedure's)."""
-    from annotation.stats.paired import bootstrap_mean
 
     for name, key in GAINS:
         result = paired_gain(panel, before, after, key, last_panel=after_panel)
@@ -74,7 +74,6 @@ def arm_summary(study: Study, rounds: list[Round]) -> dict:
     promoted one, or the first when nothing was promoted) on the evaluation panel. Gains are 0 when nothing was
     promoted, with the reason under `skipped`; `last_produced` names the last version a round made, promoted or
     not."""
-    from annotation.stats.paired import bootstrap_mean
 
     out = {"unit": "panel items", "first_version": None, "last_version": None, "last_produced": None,
            "p_value": None, "fooling_rate_p_value": None, "n": None, "skipped": {},
@@ -100,7 +99,6 @@ def arm_summary(study: Study, rounds: list[Round]) -> dict:
 def arms_compare(feedback: Study, control: Study, feedback_rounds: list[Round], control_rounds: list[Round]) -> dict:
     """The feedback arm's current version against the control arm's current version on the shared panel (the
     same items: a paired comparison)."""
-    from annotation.stats.paired import bootstrap_mean
 
     fb, ctl = _current(feedback, feedback_rounds), _current(control, control_rounds)
     out = {"unit": "panel items", "feedback_version": fb.name if fb else None,

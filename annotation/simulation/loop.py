@@ -20,6 +20,9 @@ from annotation.rounds.driver import rounds_reconcile
 from annotation.rounds.panel import study_prompts
 from annotation.rounds.versions import study_version
 from annotation.studies.services import study_create
+from inference.ml.generation_config import GenerationConfig
+from inference.models import GenerationBatch
+from inference.services import generation_batch_create
 from inference.storage import image_load
 from training.ml.readers import (
     PROPERTIES,
@@ -135,7 +138,7 @@ def tastes_table(count: int = 32) -> list[dict]:
     once per machine and cached), in-process."""
     import torch
 
-    from inference.ml.generation import GenerationConfig, generate, plan_requests
+    from inference.ml.generation import generate, plan_requests
     from inference.ml.loading import PipelineSpec, load_pipeline
     from inference.ml.phantoms import generate_phantoms
 
@@ -168,8 +171,6 @@ def _job_wait(row, what: str, done=("done",), failed=("failed",), timeout_s: flo
 def base_sample(study: Study, *, count: int) -> list:
     """`count` images of the study's current version (a generation batch on the worker, found again by its
     owner), e.g. to fit the realism function on."""
-    from inference.models import GenerationBatch
-    from inference.services import generation_batch_create
 
     owner = f"annotation.study:{study.pk}:base-sample"
     batch = (GenerationBatch.objects.filter(owner=owner, model_version=study.current_version).exclude(

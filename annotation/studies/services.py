@@ -10,7 +10,17 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import Role, Study, StudyMembership, TaskKind
+from annotation.models import (
+    ACTIVE_STATUSES,
+    EvaluationPanel,
+    Image,
+    Label,
+    PanelKind,
+    Role,
+    Study,
+    StudyMembership,
+    TaskKind,
+)
 from annotation.studies.audit import audit
 from annotation.studies.rubric import validate_rubric_definition
 
@@ -71,7 +81,6 @@ def study_update(*, study: Study, actor: AbstractUser | None, **changes) -> Stud
     a running round reads while one runs; the display size once images are stored (they were resized to it); the
     rubric once rubric scores exist (they were given on its scales); a panel's size once the panel is defined
     (every version is compared on the same items)."""
-    from annotation.models import ACTIVE_STATUSES, EvaluationPanel, Image, Label, PanelKind
 
     unknown = set(changes) - set(EDITABLE)
     if unknown:

@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from inference.ml.config import Settings
-from inference.ml.prompts import POLICIES, encode_prompts
+from inference.ml.generation_config import POLICIES, GenerationConfig
+from inference.ml.prompts import encode_prompts
 from inference.ml.tiny import TEMPLATE_REPORTS
-
-
-@dataclass(frozen=True)
-class GenerationConfig(Settings):
-    """How a batch is sampled. Defaults are the seed paper's: classifier-free guidance 4, 75 steps, 512 px."""
-
-    what = "generation settings"
-
-    guidance_scale: float = field(default=4.0, metadata={"help": "classifier-free guidance scale"})
-    steps: int = field(default=75, metadata={"help": "denoising steps"})
-    height: int = field(default=512, metadata={"help": "image height, px (multiple of 8)"})
-    width: int = field(default=512, metadata={"help": "image width, px (multiple of 8)"})
-    negative_prompt: str = field(default="", metadata={"help": "what to steer away from, e.g. 'text, letters'"})
-    images_per_prompt: int = field(default=1, metadata={"help": "images per prompt (>= 2 for preference pairs)"})
-    batch_size: int = field(default=4, metadata={"help": "images per forward pass"})
-    scheduler: str | None = field(default=None, metadata={"help": "diffusers scheduler class; None = the base's"})
-    prompt_policy: str = field(default="truncate", metadata={
-        "help": "prompts over the text encoder's 77 tokens: 'truncate' (recorded) or 'chunks' (77-token windows, "
-                "concatenated)"})
-
-    @classmethod
-    def tiny(cls, size: int = 64) -> GenerationConfig:
-        """Seconds on a CPU with a tiny SD whose native side is `size` px."""
-        return cls(steps=8, height=size, width=size, batch_size=8)
-
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-POLICIES = ("truncate", "chunks")
+from inference.ml.generation_config import POLICIES
+
 MAX_CHUNKS = 3  # 3 × 75 tokens: a long report's findings and impression, within the UNet's cross-attention budget
 
 # A section header at a line's start (any case), or written in capitals inside a line ("... FINDINGS: ...").

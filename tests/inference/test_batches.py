@@ -7,10 +7,11 @@ import pytest
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from inference.ml.generation import GenerationConfig
+from inference.jobs import generation_batch_run
+from inference.ml.generation_config import GenerationConfig
 from inference.ml.loading import PIPELINES
 from inference.models import GeneratedImage, GenerationBatch, ModelVersion
-from inference.services import generation_batch_create, generation_batch_run
+from inference.services import generation_batch_create
 from inference.signals import batch_finished
 from inference.tasks import generation_batch_run_task
 

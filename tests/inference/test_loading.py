@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from inference.ml.errors import WeightsError
-from inference.ml.generation import GenerationConfig, Request, generate
+from inference.ml.generation import Request, generate
+from inference.ml.generation_config import GenerationConfig
 from inference.ml.loading import PipelineCache, PipelineSpec, load_pipeline
 
 CFG = GenerationConfig(steps=4, height=64, width=64, batch_size=4)

@@ -15,7 +15,8 @@ from django.core.management import CommandError, call_command
 
 from inference.ml.phantoms import generate_phantoms
 from training.ml.finetune import run_finetune
-from training.ml.finetune_data import FinetuneConfig, FinetuneData
+from training.ml.finetune_config import FinetuneConfig
+from training.ml.finetune_data import FinetuneData
 
 pytestmark = pytest.mark.django_db
 CPU = torch.device("cpu")
@@ -34,9 +35,9 @@ def test_an_exported_version_loads_in_plain_diffusers_and_reproduces_the_raw_sam
         tiny_sd_path, adapter, make_study, tmp_path, client, django_user_model):
     from diffusers import StableDiffusionPipeline
 
-    from inference.ml.generation import GenerationConfig
+    from inference.jobs import version_pipeline
+    from inference.ml.generation_config import GenerationConfig
     from inference.models import ModelVersion
-    from inference.services import version_pipeline
 
     lora_path, cfg = adapter
     base = ModelVersion.objects.create(name="tiny-base", base_path=str(tiny_sd_path))

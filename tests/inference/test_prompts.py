@@ -49,9 +49,10 @@ def test_truncate_keeps_75_tokens_and_records_it_chunks_keeps_all(pipe):
 @pytest.mark.django_db
 @pytest.mark.parametrize("policy", ["truncate", "chunks"])
 def test_a_long_report_goes_through_generation_with_the_policy_recorded(tiny_sd_path, policy):
-    from inference.ml.generation import GenerationConfig
+    from inference.jobs import generation_batch_run
+    from inference.ml.generation_config import GenerationConfig
     from inference.models import ModelVersion
-    from inference.services import generation_batch_create, generation_batch_run
+    from inference.services import generation_batch_create
 
     version = ModelVersion.objects.create(name=f"tiny-{policy}", base_path=str(tiny_sd_path))
     cfg = replace(GenerationConfig(steps=2, height=64, width=64, batch_size=2), prompt_policy=policy)

@@ -14,7 +14,8 @@ from inference.ml.phantoms import generate_phantoms
 from training.ml import diffusion as D
 from training.ml.finetune import compute_loss, run_finetune, setup_training, train_step
 from training.ml.finetune_checkpoints import ADAPTER_FILE, list_checkpoints, load_adapter_state
-from training.ml.finetune_data import Batch, BatchSampler, FinetuneConfig, FinetuneData
+from training.ml.finetune_config import FinetuneConfig
+from training.ml.finetune_data import Batch, BatchSampler, FinetuneData
 
 CPU = torch.device("cpu")
 
@@ -205,7 +206,8 @@ def test_only_lora_weights_change(base, trained):
 
 
 def test_saved_adapter_loads_with_the_worker_loader_and_reproduces_outputs(base, trained):
-    from inference.ml.generation import GenerationConfig, generate, plan_requests
+    from inference.ml.generation import generate, plan_requests
+    from inference.ml.generation_config import GenerationConfig
     from inference.ml.loading import PipelineSpec, load_pipeline
 
     result, out = trained

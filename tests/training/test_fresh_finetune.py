@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from inference.ml.generation import GenerationConfig, generate
+from inference.ml.generation import generate
+from inference.ml.generation_config import GenerationConfig
 from inference.ml.loading import PipelineSpec, load_pipeline
 from inference.ml.phantoms import generate_phantoms
 from training.ml import diffusion as D
 from training.ml.finetune import run_finetune, setup_training
-from training.ml.finetune_data import LORA_TARGETS, FinetuneConfig, FinetuneData
+from training.ml.finetune_config import LORA_TARGETS, FinetuneConfig
+from training.ml.finetune_data import FinetuneData
 from training.ml.fresh_samples import fresh_requests, fresh_scored
 
 CPU = torch.device("cpu")

@@ -23,9 +23,9 @@ from training.ml.reward import (
     text_token_ids,
 )
 from training.ml.reward_check import fold_of
+from training.ml.reward_config import RewardConfig
 from training.ml.reward_data import (
     FeedbackItem,
-    RewardConfig,
     mismatch_negatives,
     resize_images,
     split_by_image,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from training.ml.reward_check import cross_fit, fold_of, label_target, spearman_check
-from training.ml.reward_data import FeedbackItem, RewardConfig
+from training.ml.reward_config import RewardConfig
+from training.ml.reward_data import FeedbackItem
 
 
 def _item(i: int, realism: float, is_real: bool = False) -> FeedbackItem:

@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.ml.prompts import encode_prompts as prompts_encode
-
-REWARD_NORMALISATIONS = ("none", "minmax", "standardise", "exponential", "group")
-
+from training.ml.finetune_config import REWARD_NORMALISATIONS
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 

@@ -44,11 +44,10 @@ from training.ml.finetune_checkpoints import (
     save_checkpoint,
     set_adapter,
 )
+from training.ml.finetune_config import LORA_TARGETS, FinetuneConfig
 from training.ml.finetune_data import (
-    LORA_TARGETS,
     Batch,
     BatchSampler,
-    FinetuneConfig,
     FinetuneData,
     Models,
     Session,

@@ -47,7 +47,8 @@ def _requests(n: int, seed: int, stream: int) -> list:
 
 
 def _generate(pipe, requests: Sequence, cfg: InSilicoConfig, device: torch.device) -> list[np.ndarray]:
-    from inference.ml.generation import GenerationConfig, generate
+    from inference.ml.generation import generate
+    from inference.ml.generation_config import GenerationConfig
 
     gen = replace(GenerationConfig.tiny(), steps=cfg.generation_steps, guidance_scale=cfg.guidance_scale)
     return [image for _, image in generate(pipe, requests, gen, device=device)]
@@ -81,7 +82,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 def _finetune_arm(base: Path, cfg: InSilicoConfig, seed: int, data, out_dir: Path, device: torch.device):
     """One reward-weighted LoRA finetune; everything but the synthetic rewards is shared by the two arms."""
     from training.ml.finetune import run_finetune
-    from training.ml.finetune_data import FinetuneConfig
+    from training.ml.finetune_config import FinetuneConfig
 
     ft = FinetuneConfig(
         objective="reward_weighted",
@@ -138,7 +139,7 @@ def run_insilico(
     from inference.ml.phantoms import generate_phantoms
     from training.ml.finetune_data import FinetuneData
     from training.ml.reward import reward
-    from training.ml.reward_data import RewardConfig
+    from training.ml.reward_config import RewardConfig
     from training.ml.reward_training import train_reward_model
 
     cfg = replace(cfg or InSilicoConfig(), **overrides)

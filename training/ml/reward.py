@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.ml.jsonable import json_safe
-from training.ml.reward_data import REALISM, RewardConfig, resize_images
+from training.ml.reward_config import REALISM, RewardConfig
+from training.ml.reward_data import resize_images
 
 WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
 

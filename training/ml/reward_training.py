@@ -20,10 +20,9 @@ from torch import nn
 from training.ml.jsonable import json_safe
 from training.ml.reporting import too_few
 from training.ml.reward import RewardModel, predict
+from training.ml.reward_config import REALISM, RewardConfig
 from training.ml.reward_data import (
-    REALISM,
     FeedbackItem,
-    RewardConfig,
     mismatch_negatives,
     resize_images,
     split_by_image,

@@ -3,13 +3,22 @@ snapshot, checkpoints mirrored to storage so any worker can resume, and a new Mo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from inference.services import model_version_register
+from inference.jobs import version_pipeline
+from inference.ml.devices import pick_device
+from inference.ml.generation import generate
+from inference.services import generation_config_default, model_version_register
 from inference.storage import image_load, local_copy
+from training.ml.finetune import run_finetune
+from training.ml.finetune_checkpoints import list_checkpoints
+from training.ml.finetune_config import FinetuneConfig
+from training.ml.fresh_samples import fresh_requests, fresh_scored
+from training.ml.reward import reward
 from training.models import RunKind, TrainingRun
 from training.runs.reward import reward_model_load
 from training.runs.storage import Heartbeat, Progress, download_dir, snapshot_load, upload_dir, work_dir
@@ -23,8 +32,6 @@ def _checkpoint_prefix(run: TrainingRun) -> str:
 
 def restore_latest_checkpoint(run: TrainingRun, out_dir: Path) -> str | None:
     """Copy the newest checkpoint in storage into a fresh local folder (a new worker resuming a run)."""
-    from training.ml.finetune_checkpoints import list_checkpoints
-
     if list_checkpoints(out_dir):
         return None
     prefix = _checkpoint_prefix(run)
@@ -45,14 +52,10 @@ class CheckpointMirror:
     """After each step: upload checkpoints the loop wrote since the last call, and prune old ones from storage."""
 
     def __init__(self, run: TrainingRun, out_dir: Path, keep_last: int) -> None:
-        from training.ml.finetune_checkpoints import list_checkpoints
-
         self.run, self.out_dir, self.keep_last = run, out_dir, keep_last
         self.uploaded = {p.name for p in list_checkpoints(out_dir)}
 
     def __call__(self) -> None:
-        from training.ml.finetune_checkpoints import list_checkpoints
-
         local = list_checkpoints(self.out_dir)
         for path in local:
             if path.name not in self.uploaded:
@@ -69,12 +72,6 @@ class CheckpointMirror:
 
 def fresh_samples_scored(run: TrainingRun, cfg, prompts: list[str], model, device) -> list:
     """The parent's fresh samples on the labelled images' prompts, scored by the round's reward model."""
-    from dataclasses import replace
-
-    from inference.ml.generation import generate
-    from inference.services import generation_config_default, version_pipeline
-    from training.ml.fresh_samples import fresh_requests, fresh_scored
-    from training.ml.reward import reward
 
     parent = run.base_version
     gen = replace(generation_config_default(parent), images_per_prompt=1, prompt_policy=cfg.prompt_policy)
@@ -99,7 +96,6 @@ def finetune_data(run: TrainingRun, device, cfg) -> dict:
     real = [(image_load(i.key), i.prompt) for i in items if i.source == "real"]
     data: dict = {"real": real}
     if run.kind == RunKind.FINETUNE:
-        from training.ml.reward import reward
 
         if run.reward_run is None:
             raise ValueError("A reward-weighted finetune needs its reward run.")
@@ -117,17 +113,12 @@ def finetune_data(run: TrainingRun, device, cfg) -> dict:
 
 
 def finetune_run_execute(run: TrainingRun) -> None:
-    from inference.ml.devices import pick_device
-    from training.ml.finetune import run_finetune
-    from training.ml.finetune_data import FinetuneConfig
-
     if run.base_version is None:
         raise ValueError("A finetune run needs the model version it starts from.")
     cfg = FinetuneConfig.from_dict({**run.config, "objective": OBJECTIVE[run.kind]})
     device = pick_device(settings.CXR_DEVICE)
     out_dir = work_dir(run) / "finetune"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from training.ml.finetune_checkpoints import list_checkpoints
 
     restore_latest_checkpoint(run, out_dir)
     local = list_checkpoints(out_dir)

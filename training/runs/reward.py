@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from inference.ml.devices import pick_device
 from inference.storage import image_load
+from training.ml.reward import load_reward_model, reward, save_reward_model
+from training.ml.reward_check import cross_fit
+from training.ml.reward_config import RewardConfig
+from training.ml.reward_data import FeedbackItem
+from training.ml.reward_training import train_reward_model
 from training.models import RunKind, RunStatus, TrainingRun
 from training.runs.storage import (
     Heartbeat,
@@ -21,11 +27,6 @@ REWARD_FILES = ["model.safetensors", "config.json", "metrics.json"]
 
 
 def reward_run_execute(run: TrainingRun) -> None:
-    from inference.ml.devices import pick_device
-    from training.ml.reward import save_reward_model
-    from training.ml.reward_data import FeedbackItem, RewardConfig
-    from training.ml.reward_training import train_reward_model
-
     cfg = RewardConfig.from_dict(run.config)
     items = [FeedbackItem.from_snapshot(item, image_load(item.key)) for item in snapshot_load(run).items
              if item.labelled]
@@ -45,9 +46,6 @@ def reward_run_execute(run: TrainingRun) -> None:
 def _cross_fit(run: TrainingRun, cfg, items: list, device) -> dict:
     """The check before use (`training.ml.reward_check`): fold models trained, stored beside the main model (the
     promotion judge), and the out-of-fold ranking test."""
-    from training.ml.reward import reward, save_reward_model
-    from training.ml.reward_check import cross_fit
-    from training.ml.reward_training import train_reward_model
 
     beat = Heartbeat(run)
     models, configs, check = cross_fit(
@@ -63,8 +61,6 @@ def _cross_fit(run: TrainingRun, cfg, items: list, device) -> dict:
 
 def reward_model_load(run: TrainingRun, device):
     """The reward model a finished reward run produced, loaded on `device` (worker-local copy cached)."""
-    from training.ml.reward import load_reward_model
-
     if run.kind != RunKind.REWARD or run.status != RunStatus.DONE:
         raise ValueError(f"Run {run.pk} is not a finished reward run.")
     local = download_dir(run.artifact_key, REWARD_FILES, work_dir(run) / "reward-copy")
@@ -73,8 +69,6 @@ def reward_model_load(run: TrainingRun, device):
 
 def reward_fold_models_load(run: TrainingRun, device) -> list:
     """The cross-fitted fold models of a finished reward run (the promotion judge); [] when it ran no check."""
-    from training.ml.reward import load_reward_model
-
     keys = ((run.metrics or {}).get("check") or {}).get("fold_keys") or []
     return [load_reward_model(download_dir(key, REWARD_FILES[:2], work_dir(run) / f"reward-fold{k}-copy"), device)
             for k, key in enumerate(keys)]

@@ -29,6 +29,7 @@ from annotation.simulation.loop import (
     tastes_table,
     worker_answers,
 )
+from training.ml.jsonable import json_safe
 from training.ml.readers import parse_taste
 
 
@@ -230,6 +231,5 @@ def _json_loads(text: str) -> dict:
 def _json_dumps(value) -> str:
     import json as _json
 
-    from training.ml.jsonable import json_safe
 
     return _json.dumps(json_safe(value), allow_nan=False, default=str)

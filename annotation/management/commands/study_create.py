@@ -9,6 +9,7 @@ import json
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.api.serializers import StudySerializer
 from annotation.models import TaskKind
 from annotation.studies.services import study_create
 
@@ -42,7 +43,6 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
         if o["json"]:
-            from annotation.api.serializers import StudySerializer
 
             self.stdout.write(json.dumps(StudySerializer(study).data, default=str))
         else:
