@@ -39,6 +39,18 @@ from annotation.reading.signals import case_filled
 
 #: Candidates fetched per query while walking a reader's permutation.
 WINDOW = 32
+# The hot statements read only the columns they use (`only`): building and converting the whole round and study
+# (their JSON fields among them) cost more CPU than the statement itself. A field left out still loads if read (one
+# more statement), so add it here when the code below starts using it.
+#: What a claim reads of the locked queue, its round and study (and the portal's payload: the rubric).
+CLAIM_FIELDS = ("id", "reader_id", "round_id", "token", "seed", "cursor", "kind_index", "position", "done_count",
+                "round__status", "round__pools", "round__study_id", "round__study__task_kinds",
+                "round__study__real_fraction", "round__study__catch_rate", "round__study__repeat_rate",
+                "round__study__repeat_washout", "round__study__rubric")
+#: What an answer reads of its task, round, study and case.
+SUBMIT_FIELDS = ("id", "round_id", "queue_id", "reader_id", "case_id", "kind", "swap", "status", "token",
+                 "revisions", "current_label_id", "answered_at", "round__status", "round__study_id",
+                 "round__study__rubric", "case__is_catch", "case__done", "case__capacity")
 # Boolean filters below are written `is_catch__in=[...]`: Django renders `is_catch=False` as `NOT "is_catch"`,
 # which stops SQLite from using the rest of the (round, kind, is_catch, slot, idx) index.
 
@@ -86,15 +98,20 @@ def tasks_next_for_reader(*, queue: ReaderQueue, after: ReadingTask | None = Non
     `after` lets the portal prefetch the case that follows the one on screen.
     """
     with transaction.atomic():
-        q = ReaderQueue.objects.select_for_update(of=("self",)).select_related("round__study").get(pk=queue.pk)
+        q = (ReaderQueue.objects.select_for_update(of=("self",)).select_related("round__study").only(*CLAIM_FIELDS)
+             .get(pk=queue.pk))
         if q.round.status != RoundStatus.LABELING:
             return None
-        held = ReadingTask.objects.filter(queue=q, status=TaskStatus.CLAIMED)
-        if after is not None:
-            held = held.filter(position__gt=after.position)
-        task = held.order_by("position").first()
-        if task is not None:
-            return task
+        # Every task is counted in `position` when handed out (under this lock) and in `done_count` at its first
+        # answer (under the task's), so a reader whose counts are equal holds no claimed task: no statement to look.
+        if q.position > q.done_count:
+            held = ReadingTask.objects.filter(queue=q, status=TaskStatus.CLAIMED)
+            if after is not None:
+                held = held.filter(position__gt=after.position)
+            task = held.order_by("position").first()
+            if task is not None:
+                task.queue = q  # with its round and study, read above: the caller needs no further statement
+                return task
         return _claim(q)
 
 
@@ -236,12 +253,12 @@ def _submit(reader, task_token: str, answer: dict, submission_id: uuid.UUID, tim
             if previous.reader_id != reader.pk:
                 raise PermissionDenied("This submission id belongs to another reader.")
             return Submitted(previous, True)
-        task = (
+        task = next(iter(  # the token is unique: [:1], no ORDER BY
             ReadingTask.objects.select_for_update(of=("self",))
             .select_related("round__study", "case")
-            .filter(token=task_token, reader_id=reader.pk)
-            .first()
-        )
+            .only(*SUBMIT_FIELDS)
+            .filter(token=task_token, reader_id=reader.pk)[:1]
+        ), None)
         if task is None:
             raise ReadingTask.DoesNotExist("No such task.")
         if not reader_active(study_id=task.round.study_id, user=reader):

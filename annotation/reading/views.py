@@ -151,8 +151,9 @@ def _json_error(message: str, status: int) -> JsonResponse:
 @login_required
 @require_GET
 def api_next(request: HttpRequest) -> JsonResponse:
-    queue = (ReaderQueue.objects.filter(token=request.GET.get("queue", ""), reader=request.user)
-             .select_related("round").first())  # the round's study decides the deactivation check: one statement
+    # the round's study decides the deactivation check: one statement, three columns (the token is unique: [:1])
+    queue = next(iter(ReaderQueue.objects.filter(token=request.GET.get("queue", ""), reader=request.user)
+                      .select_related("round").only("id", "token", "round__study_id")[:1]), None)
     if queue is None:
         return _json_error("Unknown reading queue.", 404)
     if not selectors.reader_active(study_id=queue.round.study_id, user=request.user):
@@ -165,8 +166,7 @@ def api_next(request: HttpRequest) -> JsonResponse:
     task = assignment.tasks_next_for_reader(queue=queue, after=after)
     if task is None:
         return JsonResponse({"done": True, "done_url": reverse("portal:done", args=[queue.token])})
-    task.queue = queue
-    return JsonResponse({"done": False, **task_payload(task)})
+    return JsonResponse({"done": False, **task_payload(task)})  # task.queue: the locked one, with round and study
 
 
 @login_required
