@@ -18,6 +18,12 @@ def administered_study_ids(user) -> set[int] | None:
     return set(StudyMembership.objects.filter(user=user, role=Role.ADMIN).values_list("study_id", flat=True))
 
 
+def can_administer(user, study) -> bool:
+    """Whether `user` administers `study` (a Study or its id): the one check every admin page and action makes."""
+    ids = administered_study_ids(user)
+    return ids is None or getattr(study, "pk", study) in ids
+
+
 def administered(qs: QuerySet, user, path: str = "study") -> QuerySet:
     """`qs` limited to rows of the studies `user` administers; `path` is how a row reaches its study ("pk" for
     studies themselves, "round__study" for tasks, ...)."""

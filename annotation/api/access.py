@@ -9,7 +9,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.pagination import CursorPagination
 
 from annotation.models import TokenScope
-from annotation.permissions import administered, administered_study_ids
+from annotation.permissions import administered, administered_study_ids, can_administer
 
 # --- who may do what ------------------------------------------------------------------------------------------------
 
@@ -25,11 +25,15 @@ def admin_study_ids(request) -> set[int] | None:
     return set() if token_scope(request) == TokenScope.READ else administered_study_ids(request.user)
 
 
+def administers(request, study_id: int) -> bool:
+    """Whether the caller may act as the study's admin through the API (never with a `read` token)."""
+    return token_scope(request) != TokenScope.READ and can_administer(request.user, study_id)
+
+
 def require_admin_action(request, study_id: int) -> None:
     if token_scope(request) not in ("session", TokenScope.ADMIN):
         raise PermissionDenied("This needs a token with the admin scope.")
-    allowed = admin_study_ids(request)
-    if allowed is not None and study_id not in allowed:
+    if not administers(request, study_id):
         raise NotFound("No such study.")
 
 

@@ -14,6 +14,7 @@ import secrets
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.db.models import Q
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -28,6 +29,7 @@ from annotation.api.access import (
     ID,
     ByIdCursor,
     admin_study_ids,
+    administers,
     choice_param,
     filter_common,
     int_param,
@@ -212,14 +214,10 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     @extend_schema(request=s.ExportRequestSerializer, responses={202: s.ExportJobSerializer})
     def create(self, request, *args, **kwargs):
         """Start an export job (any format); poll it, then download. Export or admin scope."""
-        from django.db import transaction
-
-
         body = s.ExportRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         study = Study.objects.filter(pk=body.validated_data["study"]).first()
-        allowed = admin_study_ids(request)
-        if study is None or (allowed is not None and study.pk not in allowed):
+        if study is None or not administers(request, study.pk):
             raise NotFound("No such study.")
         params = {k: v for k, v in body.validated_data.items() if k not in ("study", "format")}
         try:

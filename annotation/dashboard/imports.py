@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from annotation.dashboard.views import _study_for_admin, study_page
 from annotation.images.jobs import import_job_create, import_job_rows
 from annotation.models import ImportJob
-from annotation.permissions import administered_study_ids
+from annotation.permissions import can_administer
 
 
 @login_required
@@ -33,8 +33,7 @@ def study_import(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def import_job_page(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(ImportJob.objects.select_related("study"), pk=pk)
-    allowed = administered_study_ids(request.user)
-    if allowed is not None and job.study_id not in allowed:
+    if not can_administer(request.user, job.study_id):
         raise Http404("No such import.")
     progress = job.progress or {}
     return render(request, "dashboard/import_job.html", {

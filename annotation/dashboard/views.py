@@ -28,7 +28,7 @@ from annotation.dashboard.selectors import (
     study_prompts_summary,
 )
 from annotation.models import Image, Round, Study
-from annotation.permissions import administered_study_ids, can_create_studies, uses_dashboard
+from annotation.permissions import administered, can_administer, can_create_studies, uses_dashboard
 from annotation.rounds.config import RoundConfig
 from annotation.rounds.driver import round_advance
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
@@ -42,8 +42,7 @@ from inference.models import GeneratedImage, ModelVersion
 
 def _study_for_admin(request: HttpRequest, pk: int) -> Study:
     study = get_object_or_404(Study.objects.select_related("current_version"), pk=pk)
-    allowed = administered_study_ids(request.user)
-    if allowed is not None and study.pk not in allowed:
+    if not can_administer(request.user, study.pk):
         raise Http404("No such study.")
     return study
 
@@ -51,8 +50,7 @@ def _study_for_admin(request: HttpRequest, pk: int) -> Study:
 def _round_for_admin(request: HttpRequest, pk: int) -> Round:
     rnd = get_object_or_404(Round.objects.select_related("study", "model_version", "produced_version",
                                                          "generation_batch", "reward_run", "finetune_run"), pk=pk)
-    allowed = administered_study_ids(request.user)
-    if allowed is not None and rnd.study_id not in allowed:
+    if not can_administer(request.user, rnd.study_id):
         raise Http404("No such round.")
     return rnd
 
@@ -69,11 +67,9 @@ def round_progress_json(request: HttpRequest, pk: int) -> JsonResponse:
 def home(request: HttpRequest) -> HttpResponse:
     if not uses_dashboard(request.user):  # a reader: the dashboard is for study admins, their lists are here
         return redirect(f"{reverse('portal:home')}?from=dashboard")
-    allowed = administered_study_ids(request.user)
     can_create = can_create_studies(request.user)
-    studies = Study.objects.select_related("current_version").annotate(n_rounds=Count("rounds")).order_by("name")
-    if allowed is not None:
-        studies = studies.filter(pk__in=allowed)
+    studies = administered(Study.objects.select_related("current_version").annotate(n_rounds=Count("rounds")),
+                           request.user, "pk").order_by("name")
     rows = [(s, Round.objects.filter(study=s).order_by("-number").first()) for s in studies]
     return render(request, "dashboard/home.html", {"rows": rows, "can_create": can_create})
 
@@ -244,8 +240,7 @@ def round_gallery(request: HttpRequest, pk: int) -> HttpResponse:
 def image_file(request: HttpRequest, pk: int, which: str) -> FileResponse:
     """An image's stored files for admins: the cleaned full image, the raw one before cleaning, the mask."""
     image = get_object_or_404(Image.objects.select_related("cleaned_from"), pk=pk)
-    allowed = administered_study_ids(request.user)
-    if allowed is not None and image.study_id not in allowed:
+    if not can_administer(request.user, image.study_id):
         raise Http404("No such image.")
     key = {"full": image.storage_key, "display": image.display_key, "mask": image.mask_key,
            "raw": image.cleaned_from.storage_key if image.cleaned_from_id else image.storage_key}.get(which)
@@ -258,8 +253,7 @@ def image_file(request: HttpRequest, pk: int, which: str) -> FileResponse:
 def generated_file(request: HttpRequest, pk: int) -> FileResponse:
     item = get_object_or_404(GeneratedImage, pk=pk)
     rnd = Round.objects.filter(generation_batch_id=item.batch_id).first()
-    allowed = administered_study_ids(request.user)
-    if rnd is None or (allowed is not None and rnd.study_id not in allowed):
+    if rnd is None or not can_administer(request.user, rnd.study_id):
         raise Http404("No such image.")
     return FileResponse(default_storage.open(item.raw_key, "rb"), content_type="image/png")
 
