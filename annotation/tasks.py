@@ -29,37 +29,37 @@ def round_report_build_task(*, round_pk: int) -> str:
 @shared_task(name="annotation.tasks.round_advance")
 def round_advance_task(*, round_pk: int) -> str:
     from annotation.models import Round
-    from annotation.rounds.driver import round_advance as advance
+    from annotation.rounds.driver import round_advance
 
-    return advance(round=Round.objects.get(pk=round_pk)).status
+    return round_advance(round=Round.objects.get(pk=round_pk)).status
 
 
 @shared_task(name="annotation.tasks.round_clean")
 def round_clean_task(*, round_pk: int) -> str:
-    from annotation.rounds.stages import round_clean as stage
+    from annotation.rounds.stages import round_clean
 
-    return stage(round_pk)
+    return round_clean(round_pk)
 
 
 @shared_task(name="annotation.tasks.round_evaluate")
 def round_evaluate_task(*, round_pk: int) -> str:
-    from annotation.rounds.stages import round_evaluate as stage
+    from annotation.rounds.stages import round_evaluate
 
-    return stage(round_pk)
+    return round_evaluate(round_pk)
 
 
 @shared_task(name="annotation.tasks.round_simulate")
 def round_simulate_task(*, round_pk: int) -> str:
-    from annotation.rounds.stages import round_simulate as stage
+    from annotation.rounds.stages import round_simulate
 
-    return stage(round_pk)
+    return round_simulate(round_pk)
 
 
 @shared_task(name="annotation.tasks.rounds_reconcile")
 def rounds_reconcile_task() -> int:
-    from annotation.rounds.driver import rounds_reconcile as reconcile
+    from annotation.rounds.driver import rounds_reconcile
 
-    return len(reconcile())
+    return len(rounds_reconcile())
 
 
 @shared_task(name="annotation.tasks.ping")
@@ -73,16 +73,16 @@ def ping() -> str:
 
 @shared_task(name="annotation.tasks.import_job_run")
 def import_job_run_task(*, job_pk: int) -> str:
-    from annotation.images.jobs import import_job_run as run
+    from annotation.images.jobs import import_job_run
 
-    return run(job_pk)
+    return import_job_run(job_pk)
 
 
 @shared_task(name="annotation.tasks.export_job_run")
 def export_job_run_task(*, job_pk: int) -> str:
-    from annotation.exports.jobs import export_job_run as run
+    from annotation.exports.jobs import export_job_run
 
-    return run(job_pk)
+    return export_job_run(job_pk)
 
 
 @shared_task(name="annotation.tasks.webhook_deliver", bind=True, max_retries=None)
@@ -106,6 +106,6 @@ def webhook_deliver_task(self, *, delivery_pk: int) -> str:
 @shared_task(name="annotation.tasks.round_snapshot_freeze")
 def round_snapshot_freeze_task(*, round_pk: int) -> int:
     from annotation.models import Round
-    from annotation.rounds.feedback import round_snapshot_freeze as freeze
+    from annotation.rounds.feedback import round_snapshot_freeze
 
-    return freeze(Round.objects.get(pk=round_pk))["items"]
+    return round_snapshot_freeze(Round.objects.get(pk=round_pk))["items"]
