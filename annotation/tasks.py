@@ -90,16 +90,16 @@ def webhook_deliver_task(self, *, delivery_pk: int) -> str:
     """One attempt; a failure is retried with exponential backoff until CXR_WEBHOOK_MAX_ATTEMPTS."""
     from django.conf import settings
 
-    from annotation.models import WebhookDelivery
+    from annotation.models import DeliveryStatus, WebhookDelivery
     from annotation.webhooks import backoff_s, deliver
 
     delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_pk)
-    if delivery.status != "pending":
+    if delivery.status != DeliveryStatus.PENDING:
         return delivery.status
     if deliver(delivery):
-        return "delivered"
+        return DeliveryStatus.DELIVERED
     if delivery.attempts >= settings.CXR_WEBHOOK_MAX_ATTEMPTS:
-        return "failed"
+        return DeliveryStatus.FAILED
     raise self.retry(countdown=backoff_s(delivery.attempts))
 
 

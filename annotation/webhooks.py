@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import Study, Webhook, WebhookDelivery
+from annotation.models import DeliveryStatus, Study, Webhook, WebhookDelivery
 from annotation.tasks import webhook_deliver_task
 
 log = logging.getLogger("cxr.webhooks")
@@ -77,9 +77,9 @@ def deliver(delivery: WebhookDelivery) -> bool:
     delivery.last_error = "" if ok else error
     delivery.log = [*delivery.log, {"at": timezone.now().isoformat(), "code": code, "error": error or None}]
     if ok:
-        delivery.status, delivery.delivered_at = "delivered", timezone.now()
+        delivery.status, delivery.delivered_at = DeliveryStatus.DELIVERED, timezone.now()
     elif delivery.attempts >= settings.CXR_WEBHOOK_MAX_ATTEMPTS:
-        delivery.status = "failed"
+        delivery.status = DeliveryStatus.FAILED
     delivery.save()
     return ok
 

@@ -10,7 +10,6 @@ import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.utils import timezone
 from segment_anything import SamPredictor
 
 from inference.ml.cleaning import CleaningConfig
@@ -49,19 +48,12 @@ def version_pipeline(version: ModelVersion, *, scheduler: str | None, device):
 # --- generation batches --------------------------------------------------------------------------------------------
 
 
-def _heartbeat(batch: GenerationBatch, **progress) -> None:
-    GenerationBatch.objects.filter(pk=batch.pk).update(heartbeat_at=timezone.now(),
-                                                       progress={**batch.progress, **progress})
-    batch.progress = {**batch.progress, **progress}
-
-
 def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
     """Sample every image of the batch not yet stored (so a rerun after a crash resumes and never duplicates),
     clean it, and mark the batch done. Weight errors are recorded on the batch and the model version."""
     if batch.status == JobStatus.DONE:
         return batch
-    GenerationBatch.objects.filter(pk=batch.pk).update(status=JobStatus.RUNNING, error_message="",
-                                                       heartbeat_at=timezone.now())
+    batch.job_start()
     version = batch.model_version
     config = GenerationConfig.from_dict(batch.config)
     done_indexes = set(batch.images.values_list("index", flat=True))
@@ -72,11 +64,11 @@ def generation_batch_run(*, batch: GenerationBatch) -> GenerationBatch:
         device = pick_device(settings.CXR_DEVICE)
         pipe = version_pipeline(version, scheduler=config.scheduler, device=device)
         cleaner = Cleaner.for_settings(device) if batch.clean else None
-        _heartbeat(batch, generated=len(done_indexes), total=batch.count)
+        batch.job_beat(generated=len(done_indexes), total=batch.count)
         for request, image in generate(pipe, requests, config, device=device):
             encoded = encoded_prompt(pipe.tokenizer, request.prompt, config.prompt_policy)
             _store_generated(batch, request, image, cleaner, encoded)
-            _heartbeat(batch, generated=batch.progress.get("generated", 0) + 1)
+            batch.job_beat(generated=batch.progress.get("generated", 0) + 1)
     except WeightsError as exc:
         ModelVersion.objects.filter(pk=version.pk).update(load_error=str(exc))
         return _finish(batch, JobStatus.FAILED, str(exc))
@@ -109,9 +101,7 @@ def _store_generated(batch: GenerationBatch, request, image: np.ndarray, cleaner
 
 
 def _finish(batch: GenerationBatch, status: str, error: str = "") -> GenerationBatch:
-    GenerationBatch.objects.filter(pk=batch.pk).update(status=status, error_message=error,
-                                                       finished_at=timezone.now(), heartbeat_at=timezone.now())
-    batch.refresh_from_db()
+    batch.job_finish(status, error)
     batch_finished.send(sender=GenerationBatch, batch=batch)
     return batch
 

@@ -4,6 +4,7 @@ create these rows and learn about progress through the row and the `batch_finish
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class ModelVersion(models.Model):
@@ -29,7 +30,48 @@ class JobStatus(models.TextChoices):
     FAILED = "failed"
 
 
-class GenerationBatch(models.Model):
+class Job(models.Model):
+    """A job a worker runs from a row (generation batches, training runs, imports, exports): its status, progress,
+    error, heartbeat and times, and the one life cycle every kind goes through. Each move is one UPDATE of the row
+    (never a save of a stale copy), so the web side and the reconciler always read the latest state."""
+
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.PENDING)
+    progress = models.JSONField(default=dict, blank=True)
+    error_message = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def _update(self, **fields) -> None:
+        type(self).objects.filter(pk=self.pk).update(**fields)
+
+    def job_start(self) -> None:
+        """Running now (a rerun clears the last error); the heartbeat is stamped."""
+        self._update(status=JobStatus.RUNNING, error_message="", heartbeat_at=timezone.now())
+
+    def job_beat(self, **progress) -> None:
+        """Still alive; `progress` (if any) is merged into the row's."""
+        if progress:
+            self.progress = {**self.progress, **progress}
+            self._update(heartbeat_at=timezone.now(), progress=self.progress)
+        else:
+            self._update(heartbeat_at=timezone.now())
+
+    def job_requeued(self) -> None:
+        """Its message was sent again: the heartbeat is stamped so a reconciler waits a timeout before resending."""
+        type(self).objects.filter(pk=self.pk).exclude(status=JobStatus.DONE).update(heartbeat_at=timezone.now())
+
+    def job_finish(self, status: str, error: str = "", **fields) -> None:
+        """Done or failed (with the reason), with any result fields; the row is read back."""
+        now = timezone.now()
+        self._update(status=status, error_message=error, finished_at=now, heartbeat_at=now, **fields)
+        self.refresh_from_db()
+
+
+class GenerationBatch(Job):
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="batches")
     #: Who asked for it, as "<app>.<model>:<pk>" (e.g. "annotation.round:3"); opaque to this app.
     owner = models.CharField(max_length=120, blank=True, db_index=True)
@@ -38,12 +80,6 @@ class GenerationBatch(models.Model):
     seed = models.BigIntegerField(default=0)
     config = models.JSONField(default=dict, help_text="GenerationConfig as JSON.")
     clean = models.BooleanField(default=True, help_text="Run text/marker removal on every image.")
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.PENDING)
-    progress = models.JSONField(default=dict, blank=True)
-    error_message = models.TextField(blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "generation batches"

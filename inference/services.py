@@ -14,10 +14,9 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.utils import timezone
 
 from inference.ml.generation_config import GenerationConfig
-from inference.models import GenerationBatch, JobStatus, ModelVersion
+from inference.models import GenerationBatch, ModelVersion
 
 # --- local caches ---------------------------------------------------------------------------------------------------
 
@@ -129,5 +128,5 @@ def generation_batch_requeue(*, batch: GenerationBatch) -> None:
     end. The heartbeat is stamped so a reconciler does not send it again before the stage timeout."""
     from inference.tasks import generation_batch_run_task
 
-    GenerationBatch.objects.filter(pk=batch.pk).exclude(status=JobStatus.DONE).update(heartbeat_at=timezone.now())
+    batch.job_requeued()
     transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))

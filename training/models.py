@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django.db import models
 
-from inference.models import JobStatus as RunStatus  # the same job life cycle as generation batches
+from inference.models import Job
+from inference.models import JobStatus as RunStatus  # noqa: F401  (the same job life cycle as generation batches)
 
 
 class RunKind(models.TextChoices):
@@ -15,7 +16,7 @@ class RunKind(models.TextChoices):
     DPO = "dpo", "Diffusion-DPO LoRA finetune"
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Job):
     kind = models.CharField(max_length=10, choices=RunKind.choices)
     #: Who asked for it, as "<app>.<model>:<pk>" (e.g. "annotation.round:3"); opaque to this app.
     owner = models.CharField(max_length=120, blank=True, db_index=True)
@@ -26,17 +27,12 @@ class TrainingRun(models.Model):
                                      related_name="+", help_text="The version being finetuned.")
     reward_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
                                    help_text="The reward model a finetune is weighted by.")
-    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.PENDING)
     progress = models.JSONField(default=dict, blank=True, help_text="step, total")
     loss_curve = models.JSONField(default=list, blank=True, help_text="[[step, loss], ...]")
     metrics = models.JSONField(default=dict, blank=True)
     artifact_key = models.CharField(max_length=300, blank=True, help_text="Reward model or LoRA adapter (storage).")
     produced_version = models.ForeignKey("inference.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
                                          related_name="+")
-    error_message = models.TextField(blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.kind} run {self.pk} ({self.status})"

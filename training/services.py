@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
-from django.utils import timezone
 
 from training.models import RunKind, RunStatus, TrainingRun
 from training.signals import run_finished
@@ -35,7 +34,7 @@ def training_run_requeue(*, run: TrainingRun) -> None:
     checkpoint in storage. The heartbeat is stamped so a reconciler does not send it again before its timeout."""
     from training.tasks import training_run_execute_task
 
-    TrainingRun.objects.filter(pk=run.pk).exclude(status=RunStatus.DONE).update(heartbeat_at=timezone.now())
+    run.job_requeued()
     transaction.on_commit(lambda: training_run_execute_task.delay(run_pk=run.pk))
 
 
@@ -43,8 +42,7 @@ def training_run_execute(*, run: TrainingRun) -> TrainingRun:
     """Run a training job to the end (resuming from its last checkpoint); record failures on the row."""
     if run.status == RunStatus.DONE:
         return run
-    TrainingRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, error_message="",
-                                                 heartbeat_at=timezone.now())
+    run.job_start()
     try:
         from training.runs import finetune, reward  # the worker's side: loads torch
 
@@ -56,8 +54,6 @@ def training_run_execute(*, run: TrainingRun) -> TrainingRun:
 
 
 def _finish(run: TrainingRun, status: str, error: str = "") -> TrainingRun:
-    TrainingRun.objects.filter(pk=run.pk).update(status=status, error_message=error, finished_at=timezone.now(),
-                                                 heartbeat_at=timezone.now())
-    run.refresh_from_db()
+    run.job_finish(status, error)
     run_finished.send(sender=TrainingRun, run=run)
     return run

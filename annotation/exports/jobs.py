@@ -7,12 +7,12 @@ import tempfile
 from pathlib import Path
 
 from django.core.files.storage import default_storage
-from django.utils import timezone
 
 from annotation.exports.formats import write_export
 from annotation.exports.selection import selection_load
 from annotation.models import ExportJob
 from annotation.webhooks import emit
+from inference.models import JobStatus
 
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl", "mrmc": "csv",
               "pairs-hf": "zip"}
@@ -28,16 +28,16 @@ def _store(local: Path, key: str) -> str:
 def export_job_run(job_pk: int) -> str:
     """Write the job's export to a temporary file, then to storage with its manifest; webhook 'export.done'."""
     job = ExportJob.objects.select_related("study").get(pk=job_pk)
-    if job.status == "done":
+    if job.status == JobStatus.DONE:
         return job.status
-    ExportJob.objects.filter(pk=job.pk).update(status="running", error_message="")
+    job.job_start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             name = f"{job.study.name}-export-{job.pk}.{EXTENSIONS[job.format]}"
             local = Path(tmp) / name
 
             def progress(n: int) -> None:
-                ExportJob.objects.filter(pk=job.pk).update(progress={"rows": n})
+                job.job_beat(rows=n)
 
             if job.format == "pairs-hf":  # a folder of Parquet shards, downloaded as one ZIP of that folder
                 folder = Path(tmp) / f"{job.study.name}-pairs-hf-{job.pk}"
@@ -49,13 +49,11 @@ def export_job_run(job_pk: int) -> str:
             key = _store(local, f"exports/{job.study.name}/{job.pk}/{name}")
             _store(local.with_name(name + ".manifest.json"), f"exports/{job.study.name}/{job.pk}/{name}.manifest.json")
     except Exception as exc:
-        ExportJob.objects.filter(pk=job.pk).update(status="failed", error_message=f"{type(exc).__name__}: {exc}",
-                                                   finished_at=timezone.now())
+        job.job_finish(JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
-    ExportJob.objects.filter(pk=job.pk).update(status="done", file_key=key, manifest=manifest,
-                                               progress=manifest["counts"], finished_at=timezone.now())
+    job.job_finish(JobStatus.DONE, file_key=key, manifest=manifest, progress=manifest["counts"])
     emit(study=job.study_id, event="export.done", payload={"export": job.pk, "format": job.format,
                                                           "counts": manifest["counts"]})
-    return "done"
+    return job.status
 
 

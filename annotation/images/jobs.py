@@ -71,11 +71,11 @@ def import_job_run(job_pk: int) -> str:
     job = ImportJob.objects.select_related("study").get(pk=job_pk)
     if job.status == ImportJob.Status.DONE:
         return job.status
-    ImportJob.objects.filter(pk=job.pk).update(status=ImportJob.Status.RUNNING, error_message="")
+    job.job_start()
 
     def progress(done: int, total: int) -> None:
         if done % PROGRESS_EVERY == 0 or done == total:
-            ImportJob.objects.filter(pk=job.pk).update(progress={"done": done, "total": total})
+            job.job_beat(done=done, total=total)
 
     try:
         if job.source == "dicomweb":
@@ -101,10 +101,7 @@ def import_job_run(job_pk: int) -> str:
 
 
 def _finish(job: ImportJob, status: str, result: ImportResult, error: str = "") -> str:
-    fields = {"status": status, "error_message": error, "finished_at": timezone.now()}
-    if status == ImportJob.Status.DONE:
-        fields["result"] = result.as_dict()
-    ImportJob.objects.filter(pk=job.pk).update(**fields)
+    job.job_finish(status, error, **({"result": result.as_dict()} if status == ImportJob.Status.DONE else {}))
     return status
 
 

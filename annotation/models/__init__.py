@@ -4,6 +4,7 @@ Import them from here."""
 
 from annotation.models.clients import (
     ApiToken,
+    DeliveryStatus,
     ExportJob,
     TokenScope,
     Webhook,
@@ -71,6 +72,7 @@ __all__ = [
     "ExportJob",
     "Webhook",
     "WebhookDelivery",
+    "DeliveryStatus",
     "EvaluationPanel",
     "PanelKind",
     "PanelScore",

@@ -8,6 +8,13 @@ from django.conf import settings
 from django.db import models
 
 from annotation.models.studies import Study
+from inference.models import Job
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
 
 
 class TokenScope(models.TextChoices):
@@ -36,20 +43,15 @@ def new_submission_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-class ExportJob(models.Model):
+class ExportJob(Job):
     """A large export written by a worker; the file lands in storage with its manifest."""
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="export_jobs")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
     format = models.CharField(max_length=12)
     selection = models.JSONField(default=dict, help_text="exports.Selection as JSON.")
-    status = models.CharField(max_length=10, default="pending")  # pending | running | done | failed
-    progress = models.JSONField(default=dict, blank=True)
     file_key = models.CharField(max_length=300, blank=True)
     manifest = models.JSONField(default=dict, blank=True)
-    error_message = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.format} export {self.pk} of {self.study} ({self.status})"
@@ -76,7 +78,7 @@ class WebhookDelivery(models.Model):
     webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
     event = models.CharField(max_length=40)
     payload = models.JSONField()
-    status = models.CharField(max_length=10, default="pending")  # pending | delivered | failed
+    status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     response_code = models.PositiveIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)

@@ -7,14 +7,11 @@ from django.conf import settings
 from django.db import models
 
 from annotation.models.studies import Study
+from inference.models import Job, JobStatus
 
 
-class ImportJob(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
+class ImportJob(Job):
+    Status = JobStatus  # the job life cycle every worker job shares
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="import_jobs")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
@@ -25,12 +22,8 @@ class ImportJob(models.Model):
     url = models.CharField(max_length=500, blank=True, help_text="DICOMweb root (QIDO-RS / WADO-RS).")
     filters = models.JSONField(default=dict, blank=True, help_text="QIDO-RS search filters.")
     reports = models.JSONField(default=dict, blank=True, help_text="File name / accession:… / study:… → report.")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     progress = models.JSONField(default=dict, blank=True, help_text="{done, total} files or instances.")
     result = models.JSONField(default=dict, blank=True, help_text="images.importing.ImportResult.as_dict().")
-    error_message = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -123,6 +123,7 @@ def test_a_submit_whose_database_connection_drops_errors_and_its_retry_is_stored
     from annotation.models import Label as LabelModel
     from annotation.reading import assignment
 
+    require_postgres()  # a database server going away; SQLite's in-memory test database would go with the connection
     study = make_study(readers_per_image=1, task_kinds=["realism"])
     rnd = stored_round(study, real=2, synthetic=2)
     reader = add_reader(study, "dropped")
