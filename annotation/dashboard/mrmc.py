@@ -1,6 +1,6 @@
 """What the dashboard shows of the MRMC analysis: a round's readers-in-general table (`round_mrmc_view`), the MRMC
 AUC across rounds (`study_mrmc_series`) and the planner on the study page (`study_planner`: power and cases needed
-from the latest round whose analysis has the variance components, Hillis 2011 via `mrmc_power`)."""
+from the latest round whose analysis has the variance components, Hillis 2011 via `annotation.stats.mrmc.power`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from annotation.models import Round, RoundStatus, Study
-from annotation.stats.mrmc_power import DEFAULT_TARGET, cases_needed, power
+from annotation.stats.mrmc.power import DEFAULT_TARGET, cases_needed, power
 
 ANALYSIS_LABELS = (("rrrc", "readers and cases random (generalises to both)"),
                    ("frrc", "readers fixed, cases random (these readers)"),

@@ -1,6 +1,6 @@
 """The MRMC export: one round's realism reads as the ``treatment,reader,case,truth,rating`` CSV that
 ``reader_stats FILE --mrmc`` (and iMRMC, RJafroc, MRMCaov after renaming columns) reads. Built by the rule the
-round report uses (`stats.mrmc_reads`), so the CLI run on the export gives the report's MRMC analysis when the
+round report uses (`stats.mrmc.round_reads`), so the CLI run on the export gives the report's MRMC analysis when the
 selection holds the same readers (simulated readers only with ``include_simulated``)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from django.core.exceptions import ValidationError
 from annotation.exports.rows import label_rows
 from annotation.exports.selection import Selection, selection_scope
 from annotation.models import Round, Study
-from annotation.stats.mrmc_io import ratings_to_csv
-from annotation.stats.mrmc_reads import mrmc_case, mrmc_ratings
+from annotation.stats.mrmc.ratings_csv import ratings_to_csv
+from annotation.stats.mrmc.round_reads import mrmc_case, mrmc_ratings
 from annotation.stats.reads import Read
 from annotation.stats.reports import round_treatments
 

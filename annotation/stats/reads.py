@@ -32,7 +32,7 @@ def realism_rating(call: str, confidence: int | None) -> int:
 @dataclass(frozen=True)
 class Read:
     """One realism read. ``repeat_of`` marks a deliberate re-read of the same case by the same reader; ``item`` is
-    the MRMC case it belongs to (`mrmc_reads.mrmc_case`; default: ``case_id``)."""
+    the MRMC case it belongs to (`mrmc.round_reads.mrmc_case`; default: ``case_id``)."""
 
     case_id: str
     reader: str

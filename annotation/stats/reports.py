@@ -12,7 +12,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from annotation.models import Image, ReadingTask, Round, Source, TaskStatus
-from annotation.stats.mrmc_reads import mrmc_case, round_mrmc
+from annotation.stats.mrmc.round_reads import mrmc_case, round_mrmc
 from annotation.stats.readers import reader_report
 from annotation.stats.reads import CatchRule, Read, RubricRead
 from inference.ml.phantoms import FINDING_TERMS

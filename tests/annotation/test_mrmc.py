@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotation.stats.mrmc import MRMCData, MRMCError, Rating, mrmc_analysis
-from annotation.stats.mrmc_power import cases_needed, power
+from annotation.stats.mrmc.analysis import MRMCData, MRMCError, Rating, mrmc_analysis
+from annotation.stats.mrmc.power import cases_needed, power
 
 VANDYKE = Path(__file__).resolve().parents[1] / "data" / "vandyke_mrmc.csv"
 REL = 1e-5

@@ -109,8 +109,8 @@ def test_a_fully_crossed_round_reports_its_mrmc_auc_as_the_cli_computes_it(label
 
     from django.core.management import call_command
 
-    from annotation.stats.mrmc_io import ratings_to_csv
-    from annotation.stats.mrmc_reads import mrmc_ratings
+    from annotation.stats.mrmc.ratings_csv import ratings_to_csv
+    from annotation.stats.mrmc.round_reads import mrmc_ratings
     from annotation.stats.reports import reads_for_round
 
     study, rnd, readers, admin = labelled

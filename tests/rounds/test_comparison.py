@@ -12,7 +12,7 @@ from django.core.management import call_command
 
 from annotation.models import Image, Round
 from annotation.rounds.services import round_launch
-from annotation.stats.mrmc_power import power
+from annotation.stats.mrmc.power import power
 from tests.rounds.conftest import wait_for
 from tests.rounds.preset import TINY_ROUND, tiny_study
 

@@ -6,7 +6,7 @@ Reader statistics for reads gathered outside the platform. The plain CSV has the
 ``case_id,truth,call,reader`` (any order) and optionally ``confidence`` (1-5); truth and call are real/synthetic.
 With ``--mrmc`` the CSV is ``treatment,reader,case,truth,rating`` (truth 0/1 or real/synthetic, rating numeric, higher
 = more confident of 1; fully crossed) and the output is the Obuchowski-Rockette MRMC analysis
-(``annotation.stats.mrmc``), with power and cases needed when ``--effect`` is given.
+(``annotation.stats.mrmc.analysis``), with power and cases needed when ``--effect`` is given.
 Every malformed row is reported with its line number (line 1 = header) and nothing else is printed."""
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.stats.mrmc import COVARIANCES, MRMCError
-from annotation.stats.mrmc_io import format_mrmc, mrmc_report, ratings_from_csv
+from annotation.stats.mrmc.analysis import COVARIANCES, MRMCError
+from annotation.stats.mrmc.ratings_csv import ratings_from_csv
+from annotation.stats.mrmc.report import format_mrmc, mrmc_report
 from annotation.stats.readers import reader_report
 from annotation.stats.reads import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read
 

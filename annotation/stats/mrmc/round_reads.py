@@ -18,8 +18,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from annotation.stats.mrmc import MRMCError, Rating
-from annotation.stats.mrmc_io import mrmc_report
+from annotation.stats.mrmc.analysis import MRMCError, Rating
+from annotation.stats.mrmc.report import mrmc_report
 from annotation.stats.reads import DEFAULT_MARGIN, REAL, SYNTHETIC, UNSPECIFIED_VERSION, Read, realism_rating
 
 
@@ -83,7 +83,7 @@ def crossing_gap(ratings: Sequence[Rating]) -> str | None:
 
 def round_mrmc(reads: Iterable[Read], *, treatments: Sequence[str] | None = None,
                margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
-    """The round's OR analysis (`mrmc_io.mrmc_report`) when its design is fully crossed: {"value": report or None,
+    """The round's OR analysis (`mrmc.report.mrmc_report`) when its design is fully crossed: {"value": report or None,
     "reason": why not, or None, "versions": {treatment: model version}}."""
     reads = list(reads)
     ratings = mrmc_ratings(reads, treatments=treatments)

@@ -3,7 +3,7 @@ Obuchowski & Berbaum 2011, "Power estimation for multireader ROC methods: an upd
 method of RJafroc's ``SsPowerGivenJK`` / ``SsSampleSizeKGivenJ``). numpy/scipy only.
 
 The pilot's error variance and covariances scale with 1/cases, so for J readers and K cases, K* the pilot's cases and
-d = the AUC difference to detect (Var, Cov1-3 and VarTR from ``annotation.stats.mrmc``; VarTR below 0 counts as 0):
+d = the AUC difference to detect (Var, Cov1-3 and VarTR from ``annotation.stats.mrmc.analysis``; VarTR below 0 counts as 0):
 
 - RRRC: den = VarTR + K*/K [Var - Cov1 + (J-1) max(Cov2 - Cov3, 0)], ncp = J d^2 / (2 den),
   ddf = den^2 (J-1) / (VarTR + K*/K [Var - Cov1 - max(Cov2 - Cov3, 0)])^2, power from the noncentral F(1, ddf);

@@ -14,7 +14,7 @@ and, with the treatment x reader ANOVA of the AUCs, VarR and VarTR. Three analys
 each with the pairwise differences (SE, 95% CI) and per treatment the AUC with its CI (Hillis's single-treatment
 df for RRRC). The RRRC per-treatment test against 0.5 is the readers-in-general answer to "could they tell synthetic
 from real?", with an equivalence test (TOST) against 0.5 beside it. What cannot be computed is ``None`` and its
-reason is under ``skipped``. Power and sample size from these components live in ``annotation.stats.mrmc_power``.
+reason is under ``skipped``. Power and sample size from these components live in ``annotation.stats.mrmc.power``.
 """
 
 from __future__ import annotations
