@@ -16,7 +16,7 @@ def claims_expire_stale_task() -> int:
 def round_report_build_task(*, round_pk: int) -> str:
     from annotation.models import Round
     from annotation.rounds.config import round_config
-    from annotation.stats.reports import round_report_compute
+    from annotation.rounds.report import round_report_compute
 
     rnd = Round.objects.select_related("study").get(pk=round_pk)
     round_report_compute(round=rnd, with_images=round_config(rnd).image_metrics)

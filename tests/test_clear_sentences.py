@@ -46,7 +46,7 @@ def test_an_export_of_simulated_labels_only_says_why_it_is_empty(make_study, sto
     from annotation.api.auth import token_issue
     from annotation.reading.simulated import round_simulate_readers, simulated_readers_ensure
     from annotation.studies.services import membership_add
-    from training.ml.readers import SimulatedReader
+    from training.ml.simulated_reader import SimulatedReader
 
     study = make_study("simonly", readers_per_image=1, task_kinds=["realism"])
     rnd = stored_round(study, real=2, synthetic=2)

@@ -10,10 +10,10 @@ from django.core.exceptions import ValidationError
 from annotation.exports.rows import label_rows
 from annotation.exports.selection import Selection, selection_scope
 from annotation.models import Round, Study
+from annotation.rounds.report import round_treatments
 from annotation.stats.mrmc.ratings_csv import ratings_to_csv
 from annotation.stats.mrmc.round_reads import mrmc_case, mrmc_ratings
 from annotation.stats.reads import Read
-from annotation.stats.reports import round_treatments
 
 
 def mrmc_round(sel: Selection) -> Round:

@@ -116,7 +116,7 @@ class StudyMembership(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices)
     pseudonym = models.CharField(max_length=32, help_text="How exports name this reader to non-admins.")
     is_simulated = models.BooleanField(default=False, help_text="A virtual reader driven by code.")
-    simulation = models.JSONField(default=dict, blank=True, help_text="A simulated reader's settings (training.ml.readers.SimulatedReader.as_dict).")
+    simulation = models.JSONField(default=dict, blank=True, help_text="A simulated reader's settings (training.ml.simulated_reader.SimulatedReader.as_dict).")
     created_at = models.DateTimeField(auto_now_add=True)
     deactivated_at = models.DateTimeField(
         null=True, blank=True, help_text="When a study admin ended this membership: the reader's labels stay, their "

@@ -1,4 +1,4 @@
-"""Simulated readers: study members whose answers come from a `training.ml.readers.SimulatedReader` instead of a
+"""Simulated readers: study members whose answers come from a `training.ml.simulated_reader.SimulatedReader` instead of a
 person, stored through the same claim and submit services as people's.
 
 Simulated members have `is_simulated=True`, an unusable password and their reader's settings in
@@ -20,7 +20,7 @@ from annotation.reading import assignment
 from annotation.reading.ordering import derive_seed
 from annotation.studies.services import membership_add
 from inference.storage import image_load
-from training.ml.readers import SimulatedReader
+from training.ml.simulated_reader import SimulatedReader
 
 
 def reader_of(member: StudyMembership) -> SimulatedReader:

@@ -21,8 +21,8 @@ from annotation.reading.simulated import reader_of, simulated_members
 from annotation.rounds.config import round_config
 from annotation.rounds.messages import heartbeat, progress_merge
 from annotation.rounds.panel import panel_compare, panel_ensure, panel_sample, panel_score
+from annotation.rounds.report import round_report_compute
 from annotation.stats.paired import paired_promotion_test
-from annotation.stats.reports import round_report_compute
 from inference.models import GeneratedImage
 from inference.storage import image_load
 from training.models import RunStatus

@@ -19,9 +19,9 @@ from django.utils import timezone
 from annotation.models import Image, ReadingTask, Round, RoundStatus, Source, TaskStatus
 from annotation.reading.aggregation import Aggregation
 from annotation.rounds.config import round_config, round_seed
+from annotation.rounds.report import reads_for_round
 from annotation.stats.readers import catch_summary
 from annotation.stats.reads import CatchRule
-from annotation.stats.reports import reads_for_round
 from training.ml.snapshot import Snapshot, SnapshotItem, SnapshotPair
 
 

@@ -24,7 +24,8 @@ from inference.ml.generation_config import GenerationConfig
 from inference.models import GenerationBatch
 from inference.services import generation_batch_create
 from inference.storage import image_load
-from training.ml.readers import (
+from training.ml.realism import RealismModel
+from training.ml.simulated_reader import (
     PROPERTIES,
     TOWARD_REAL,
     SimulatedReader,
@@ -32,7 +33,6 @@ from training.ml.readers import (
     parse_taste,
     taste_name,
 )
-from training.ml.realism import RealismModel
 
 log = logging.getLogger("cxr.loop")
 TERMINAL = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.CANCELLED)
@@ -92,7 +92,7 @@ def loop_study_ensure(*, name: str, readers: int, images: int = 8, base: str = "
     simulated readers (readers_per_image = readers, so every task gets answered) whose real/synthetic calls follow
     one realism function fitted on the real images against the base's, and whose taste is `taste`
     ('toward-real', the default: they prefer centre contrast moved from the base's images toward the real ones'; or
-    'NAME[:+1|:-1]', any property of `training.ml.readers`), calibrated on the base's images as the in-silico
+    'NAME[:+1|:-1]', any property of `training.ml.simulated_reader`), calibrated on the base's images as the in-silico
     harness's reader is (its scores span 0–1 on what it will be shown). The taste is fixed when the readers are
     created: asking an existing study for another is refused (ValueError)."""
     prop, sign = parse_taste(taste or TOWARD_REAL)

@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from annotation.models import Image, Label, PracticeAnswer, PracticeCase
 from annotation.reading import assignment
-from annotation.stats.reports import round_report_compute
+from annotation.rounds.report import round_report_compute
 
 pytestmark = pytest.mark.django_db
 

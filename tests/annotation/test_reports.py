@@ -8,7 +8,7 @@ from django.test import Client
 
 from annotation.models import Role
 from annotation.reading import assignment
-from annotation.stats.reports import findings_from_report, round_report_compute
+from annotation.rounds.report import findings_from_report, round_report_compute
 from annotation.studies.services import membership_add
 
 pytestmark = pytest.mark.django_db
@@ -109,9 +109,9 @@ def test_a_fully_crossed_round_reports_its_mrmc_auc_as_the_cli_computes_it(label
 
     from django.core.management import call_command
 
+    from annotation.rounds.report import reads_for_round
     from annotation.stats.mrmc.ratings_csv import ratings_to_csv
     from annotation.stats.mrmc.round_reads import mrmc_ratings
-    from annotation.stats.reports import reads_for_round
 
     study, rnd, readers, admin = labelled
     mrmc = round_report_compute(round=rnd, with_images=False)["mrmc"]

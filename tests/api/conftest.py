@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from annotation.studies.services import membership_add
-from training.ml.readers import SimulatedReader
+from training.ml.simulated_reader import SimulatedReader
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 from annotation.api.auth import token_issue
 from annotation.models import EvaluationPanel, PanelScore, Round, Study
 from annotation.rounds.panel import panel_compare, panel_versions
+from annotation.rounds.report import round_report_compute
 from annotation.stats.paired import bootstrap_mean, paired_promotion_test
-from annotation.stats.reports import round_report_compute
 from annotation.studies.services import membership_add, study_create
 from inference.models import ModelVersion
 

@@ -6,7 +6,7 @@ import pytest
 from annotation.models import Label, StudyMembership
 from annotation.reading.simulated import reader_of, round_simulate_readers, simulated_readers_ensure
 from inference.storage import image_load
-from training.ml.readers import SimulatedReader
+from training.ml.simulated_reader import SimulatedReader
 
 pytestmark = pytest.mark.django_db
 

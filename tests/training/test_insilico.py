@@ -11,7 +11,7 @@ import pytest
 
 from training.ml.insilico import paired_comparison, run_insilico
 from training.ml.insilico_base import InSilicoConfig
-from training.ml.readers import PROPERTIES, SimulatedReader, centre_contrast
+from training.ml.simulated_reader import PROPERTIES, SimulatedReader, centre_contrast
 
 SEEDS = (0, 1, 2)
 

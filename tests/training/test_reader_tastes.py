@@ -4,7 +4,7 @@ direction relative to a set of real images."""
 import numpy as np
 import pytest
 
-from training.ml.readers import PROPERTIES, SimulatedReader, directions_toward, parse_taste
+from training.ml.simulated_reader import PROPERTIES, SimulatedReader, directions_toward, parse_taste
 
 
 def _ramp(rows: int = 32) -> np.ndarray:

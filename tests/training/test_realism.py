@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from inference.ml.phantoms import generate_phantom
-from training.ml.readers import SimulatedReader
 from training.ml.realism import RealismModel, image_features
+from training.ml.simulated_reader import SimulatedReader
 
 
 def _real(n, start=0):

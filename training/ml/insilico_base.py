@@ -32,7 +32,7 @@ import torch
 
 from inference.ml.config import Settings, option
 from inference.ml.tiny import TinySDConfig
-from training.ml.readers import SimulatedReader
+from training.ml.simulated_reader import SimulatedReader
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 

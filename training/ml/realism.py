@@ -5,7 +5,7 @@ Features are image statistics on a fixed 64 px grid (grey-level mean, spread and
 edge energy, dark/bright shares); a ridge-regularised logistic regression separates real images from the base
 model's on standardised features; `score(image)` is a logistic of its linear predictor placed on the two anchors:
 0.1 at the base model's mean, 0.9 at the real images' mean (smooth, so it still ranks images beyond either). Simulated readers call a synthetic image real more
-often the higher it scores (`training.ml.readers`); nothing trained or selected by the product ever reads it.
+often the higher it scores (`training.ml.simulated_reader`); nothing trained or selected by the product ever reads it.
 """
 
 from __future__ import annotations

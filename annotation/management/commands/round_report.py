@@ -7,7 +7,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import Round
-from annotation.stats.reports import round_report_compute
+from annotation.rounds.report import round_report_compute
 
 
 def _fmt(stat: dict | None) -> str:

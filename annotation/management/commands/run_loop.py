@@ -30,7 +30,7 @@ from annotation.simulation.loop import (
     worker_answers,
 )
 from training.ml.jsonable import json_safe
-from training.ml.readers import parse_taste
+from training.ml.simulated_reader import parse_taste
 
 
 def _fmt(value, digits: int = 3) -> str:
