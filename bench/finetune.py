@@ -102,10 +102,10 @@ def main() -> None:
     from inference.ml.devices import pick_device, synchronize
     from inference.ml.phantoms import generate_phantoms
     from inference.ml.tiny import TinySDConfig, build_tiny_sd
-    from training.ml.diffusion import normalise_rewards
-    from training.ml.finetune import setup_training, train_step
-    from training.ml.finetune_config import FinetuneConfig
-    from training.ml.finetune_data import BatchSampler, FinetuneData
+    from training.ml.finetune.config import FinetuneConfig
+    from training.ml.finetune.data import BatchSampler, FinetuneData
+    from training.ml.finetune.loop import setup_training, train_step
+    from training.ml.finetune.losses import normalise_rewards
 
     device = pick_device(os.environ.get("CXR_DEVICE", "auto"))
     threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)

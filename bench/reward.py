@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inference.ml.phantoms import generate_phantom  # noqa: E402
-from training.ml.reward import predict  # noqa: E402
-from training.ml.reward_data import FeedbackItem, RewardConfig  # noqa: E402
-from training.ml.reward_training import train_reward_model  # noqa: E402
+from training.ml.reward.data import FeedbackItem, RewardConfig  # noqa: E402
+from training.ml.reward.model import predict  # noqa: E402
+from training.ml.reward.train import train_reward_model  # noqa: E402
 
 ARMS = {  # production defaults for the 224-px arms
     "tiny-64": RewardConfig.tiny(),

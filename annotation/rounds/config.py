@@ -10,7 +10,7 @@ from annotation.models import Round, Study
 from annotation.reading.answers import number_in
 from inference.ml.config import Settings, option
 from inference.services import tiny_size
-from training.ml.finetune_config import LORA_TARGETS, FinetuneConfig
+from training.ml.finetune.config import LORA_TARGETS, FinetuneConfig
 from training.models import RunKind
 
 SELECTIONS = ("random", "active")

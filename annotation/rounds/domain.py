@@ -21,7 +21,7 @@ from annotation.rounds.versions import study_version_choose
 from annotation.studies.audit import audit
 from inference.models import ModelVersion
 from inference.services import tiny_size
-from training.ml.finetune_config import FinetuneConfig
+from training.ml.finetune.config import FinetuneConfig
 from training.models import RunKind, RunStatus, TrainingRun
 from training.services import training_run_create
 

@@ -26,7 +26,7 @@ from annotation.rounds.services import labeling_complete, round_close_labeling, 
 from annotation.rounds.transitions import ACTIVE, round_transition
 from inference.models import GenerationBatch, JobStatus
 from inference.services import generation_batch_requeue, is_tiny_version
-from training.ml.reward_config import RewardConfig
+from training.ml.reward.config import RewardConfig
 from training.models import RunKind
 from training.services import training_run_create, training_run_requeue
 

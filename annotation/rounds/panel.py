@@ -131,7 +131,7 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             scores["fooling_realism"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in plain]))
                                          for i in images]
         if reward_run is not None and str(reward_run.pk) not in scores.get("reward", {}):
-            from training.ml.reward import reward
+            from training.ml.reward.model import reward
             from training.runs.reward import reward_model_load
 
             model = model or reward_model_load(reward_run, device)
@@ -140,7 +140,7 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             values = reward(model, images, prompts).float().cpu().numpy()
             scores["reward"] = {**scores.get("reward", {}), str(reward_run.pk): [float(v) for v in values]}
         if judges and reward_run is not None and str(reward_run.pk) not in scores.get("holdout", {}):
-            from training.ml.reward import reward
+            from training.ml.reward.model import reward
             from training.runs.reward import reward_fold_models_load
 
             if fold_models is None:

@@ -71,7 +71,7 @@ def _active(rnd: Round, items, groups, keys, wanted: int, weight: float, seed: i
 
     from inference.ml.devices import pick_device
     from inference.storage import image_load
-    from training.ml.reward import predict
+    from training.ml.reward.model import predict
     from training.runs.reward import reward_model_load
 
     pixels = {item.index: image_load(item.raw_key) for item in items}

@@ -97,7 +97,7 @@ def test_the_report_shows_the_reward_model_with_its_check_and_one_n(boss, make_s
 def test_a_skipped_auroc_counts_what_its_record_counts():
     import numpy as np
 
-    from training.ml.reward_training import _auroc
+    from training.ml.reward.train import _auroc
 
     assert _auroc(np.r_[np.ones(3), np.zeros(3)], np.zeros(6), n=3) == (None, "too few (n=3)")
     assert _auroc(np.ones(4), np.zeros(4))[1] == "too few (n=4)"

@@ -14,9 +14,9 @@ from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
 from inference.ml.phantoms import generate_phantoms
-from training.ml.finetune import run_finetune
-from training.ml.finetune_config import FinetuneConfig
-from training.ml.finetune_data import FinetuneData
+from training.ml.finetune.config import FinetuneConfig
+from training.ml.finetune.data import FinetuneData
+from training.ml.finetune.loop import run_finetune
 
 pytestmark = pytest.mark.django_db
 CPU = torch.device("cpu")

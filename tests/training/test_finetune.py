@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from inference.ml.phantoms import generate_phantoms
-from training.ml import diffusion as D
-from training.ml.finetune import compute_loss, run_finetune, setup_training, train_step
-from training.ml.finetune_checkpoints import ADAPTER_FILE, list_checkpoints, load_adapter_state
-from training.ml.finetune_config import FinetuneConfig
-from training.ml.finetune_data import Batch, BatchSampler, FinetuneData
+from training.ml.finetune import losses as D
+from training.ml.finetune.checkpoints import ADAPTER_FILE, list_checkpoints, load_adapter_state
+from training.ml.finetune.config import FinetuneConfig
+from training.ml.finetune.data import Batch, BatchSampler, FinetuneData
+from training.ml.finetune.loop import compute_loss, run_finetune, setup_training, train_step
 
 CPU = torch.device("cpu")
 

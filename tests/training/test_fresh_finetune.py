@@ -11,11 +11,11 @@ from inference.ml.generation import generate
 from inference.ml.generation_config import GenerationConfig
 from inference.ml.loading import PipelineSpec, load_pipeline
 from inference.ml.phantoms import generate_phantoms
-from training.ml import diffusion as D
-from training.ml.finetune import run_finetune, setup_training
-from training.ml.finetune_config import LORA_TARGETS, FinetuneConfig
-from training.ml.finetune_data import FinetuneData
-from training.ml.fresh_samples import fresh_requests, fresh_scored
+from training.ml.finetune import losses as D
+from training.ml.finetune.config import LORA_TARGETS, FinetuneConfig
+from training.ml.finetune.data import FinetuneData
+from training.ml.finetune.fresh_samples import fresh_requests, fresh_scored
+from training.ml.finetune.loop import run_finetune, setup_training
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,16 @@ import torch
 from safetensors.torch import save_file
 
 from inference.ml.phantoms import generate_phantom
-from training.ml.reward import (
+from training.ml.reward.check import fold_of
+from training.ml.reward.config import RewardConfig
+from training.ml.reward.data import (
+    FeedbackItem,
+    mismatch_negatives,
+    resize_images,
+    split_by_image,
+    targets_for,
+)
+from training.ml.reward.model import (
     RewardModel,
     combine_reward,
     load_reward_model,
@@ -22,16 +31,7 @@ from training.ml.reward import (
     save_reward_model,
     text_token_ids,
 )
-from training.ml.reward_check import fold_of
-from training.ml.reward_config import RewardConfig
-from training.ml.reward_data import (
-    FeedbackItem,
-    mismatch_negatives,
-    resize_images,
-    split_by_image,
-    targets_for,
-)
-from training.ml.reward_training import (
+from training.ml.reward.train import (
     evaluate_reward_model,
     expected_calibration_error,
     reward_loss,

@@ -4,9 +4,9 @@ images, and the readers' per-image target it is tested against."""
 import numpy as np
 import pytest
 
-from training.ml.reward_check import cross_fit, fold_of, label_target, spearman_check
-from training.ml.reward_config import RewardConfig
-from training.ml.reward_data import FeedbackItem
+from training.ml.reward.check import cross_fit, fold_of, label_target, spearman_check
+from training.ml.reward.config import RewardConfig
+from training.ml.reward.data import FeedbackItem
 
 
 def _item(i: int, realism: float, is_real: bool = False) -> FeedbackItem:

@@ -8,8 +8,8 @@ import torch
 
 from annotation.reading import assignment
 from annotation.rounds.feedback import feedback_snapshot_freeze
-from training.ml.reward import predict
-from training.ml.reward_config import RewardConfig
+from training.ml.reward.config import RewardConfig
+from training.ml.reward.model import predict
 from training.models import TrainingRun
 from training.runs.reward import reward_model_load
 from training.runs.storage import Progress
@@ -70,7 +70,7 @@ def tiny_version(tmp_path_factory):
 
 
 def _finetune_config(steps=4):
-    from training.ml.finetune_config import FinetuneConfig
+    from training.ml.finetune.config import FinetuneConfig
 
     return FinetuneConfig.tiny().__class__.from_dict({**FinetuneConfig.tiny().as_dict(), "steps": steps,
                                                       "checkpoint_every": 2, "val_every": 0,

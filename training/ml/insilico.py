@@ -81,8 +81,8 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 def _finetune_arm(base: Path, cfg: InSilicoConfig, seed: int, data, out_dir: Path, device: torch.device):
     """One reward-weighted LoRA finetune; everything but the synthetic rewards is shared by the two arms."""
-    from training.ml.finetune import run_finetune
-    from training.ml.finetune_config import FinetuneConfig
+    from training.ml.finetune.config import FinetuneConfig
+    from training.ml.finetune.loop import run_finetune
 
     ft = FinetuneConfig(
         objective="reward_weighted",
@@ -110,7 +110,7 @@ def _weights_summary(rewards: np.ndarray, prop: np.ndarray, mode: str) -> dict[s
     and, for non-negative weights, the weighted mean of the property (what a converged model would reproduce)."""
     from scipy.stats import spearmanr
 
-    from training.ml.diffusion import normalise_rewards
+    from training.ml.finetune.losses import normalise_rewards
 
     w = normalise_rewards(rewards, mode)
     out = {"spearman_with_property": float(spearmanr(w, prop).statistic)}
@@ -137,10 +137,10 @@ def run_insilico(
 
     from inference.ml.loading import PipelineSpec, load_pipeline
     from inference.ml.phantoms import generate_phantoms
-    from training.ml.finetune_data import FinetuneData
-    from training.ml.reward import reward
-    from training.ml.reward_config import RewardConfig
-    from training.ml.reward_training import train_reward_model
+    from training.ml.finetune.data import FinetuneData
+    from training.ml.reward.config import RewardConfig
+    from training.ml.reward.model import reward
+    from training.ml.reward.train import train_reward_model
 
     cfg = replace(cfg or InSilicoConfig(), **overrides)
     device, base_dir = torch.device(device), Path(base_dir)

@@ -188,7 +188,7 @@ def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0, progress: Progres
     from diffusers import DDPMScheduler
 
     from inference.ml.phantoms import generate_phantoms
-    from training.ml import diffusion as D
+    from training.ml.finetune import losses as D
 
     phantoms = list(generate_phantoms(cfg.unet_images, seed=20_000 + seed, size=cfg.image_size))
     cpu = torch.device("cpu")

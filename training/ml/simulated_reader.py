@@ -244,8 +244,8 @@ class SimulatedReader(Settings):
         }
 
     def feedback(self, images: Sequence[np.ndarray], prompts: Sequence[str], rng: np.random.Generator) -> list:
-        """One `training.ml.reward_data.FeedbackItem` per image, labelled by this reader."""
-        from training.ml.reward_data import FeedbackItem
+        """One `training.ml.reward.data.FeedbackItem` per image, labelled by this reader."""
+        from training.ml.reward.data import FeedbackItem
 
         return [FeedbackItem(image=image, prompt=prompt, realism=lab["realism"], criteria=lab["criteria"],
                              image_id=f"simulated-{i}")

@@ -14,11 +14,11 @@ from inference.ml.devices import pick_device
 from inference.ml.generation import generate
 from inference.services import generation_config_default, model_version_register
 from inference.storage import image_load, local_copy
-from training.ml.finetune import run_finetune
-from training.ml.finetune_checkpoints import list_checkpoints
-from training.ml.finetune_config import FinetuneConfig
-from training.ml.fresh_samples import fresh_requests, fresh_scored
-from training.ml.reward import reward
+from training.ml.finetune.checkpoints import list_checkpoints
+from training.ml.finetune.config import FinetuneConfig
+from training.ml.finetune.fresh_samples import fresh_requests, fresh_scored
+from training.ml.finetune.loop import run_finetune
+from training.ml.reward.model import reward
 from training.models import RunKind, TrainingRun
 from training.runs.reward import reward_model_load
 from training.runs.storage import Heartbeat, Progress, download_dir, snapshot_load, upload_dir, work_dir

@@ -7,11 +7,11 @@ from django.conf import settings
 
 from inference.ml.devices import pick_device
 from inference.storage import image_load
-from training.ml.reward import load_reward_model, reward, save_reward_model
-from training.ml.reward_check import cross_fit
-from training.ml.reward_config import RewardConfig
-from training.ml.reward_data import FeedbackItem
-from training.ml.reward_training import train_reward_model
+from training.ml.reward.check import cross_fit
+from training.ml.reward.config import RewardConfig
+from training.ml.reward.data import FeedbackItem
+from training.ml.reward.model import load_reward_model, reward, save_reward_model
+from training.ml.reward.train import train_reward_model
 from training.models import RunKind, RunStatus, TrainingRun
 from training.runs.storage import (
     Heartbeat,
@@ -44,7 +44,7 @@ def reward_run_execute(run: TrainingRun) -> None:
 
 
 def _cross_fit(run: TrainingRun, cfg, items: list, device) -> dict:
-    """The check before use (`training.ml.reward_check`): fold models trained, stored beside the main model (the
+    """The check before use (`training.ml.reward.check`): fold models trained, stored beside the main model (the
     promotion judge), and the out-of-fold ranking test."""
 
     beat = Heartbeat(run)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from training.ml.reward_config import RewardConfig
-from training.ml.reward_data import FeedbackItem
+from training.ml.reward.config import RewardConfig
+from training.ml.reward.data import FeedbackItem
 
 #: fewer synthetic images than this cannot show a ranking (Spearman's test needs a handful)
 MIN_CHECK_IMAGES = 6

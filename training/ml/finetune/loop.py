@@ -18,8 +18,8 @@ scheduler), evaluates a held-out real-image loss, writes checkpoints and reports
   the adapter of the best evaluation.
 
 The final adapter (`out_dir/pytorch_lora_weights.safetensors`) loads with `PipelineSpec(base, lora=out_dir)`.
-Settings, data and the batch order are in `training.ml.finetune_data`, adapter files and checkpoints in
-`training.ml.finetune_checkpoints`.
+Settings, data and the batch order are in `training.ml.finetune.data`, adapter files and checkpoints in
+`training.ml.finetune.checkpoints`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.ml import diffusion as D
-from training.ml.finetune_checkpoints import (
+from training.ml.finetune import losses as D
+from training.ml.finetune.checkpoints import (
     ADAPTER_FILE,
     list_checkpoints,
     load_adapter_state,
@@ -44,8 +44,8 @@ from training.ml.finetune_checkpoints import (
     save_checkpoint,
     set_adapter,
 )
-from training.ml.finetune_config import LORA_TARGETS, FinetuneConfig
-from training.ml.finetune_data import (
+from training.ml.finetune.config import LORA_TARGETS, FinetuneConfig
+from training.ml.finetune.data import (
     Batch,
     BatchSampler,
     FinetuneData,

@@ -14,7 +14,7 @@ Uncertainty is MC-dropout: at inference only the head's dropout stays active (th
 mode), so `mc_samples` costs little. `reward()` folds the outputs into one scalar per image.
 
 This module holds the model, inference and checkpoints; the settings and training data are in
-`training.ml.reward_data`, the loss, training loop and held-out metrics in `training.ml.reward_training`.
+`training.ml.reward.data`, the loss, training loop and held-out metrics in `training.ml.reward.train`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.ml.jsonable import json_safe
-from training.ml.reward_config import REALISM, RewardConfig
-from training.ml.reward_data import resize_images
+from training.ml.reward.config import REALISM, RewardConfig
+from training.ml.reward.data import resize_images
 
 WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
 

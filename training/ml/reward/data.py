@@ -1,5 +1,5 @@
 """Reward-model training data: `FeedbackItem` records and their tensors (the settings, `RewardConfig`, are in
-`training.ml.reward_config`).
+`training.ml.reward.config`).
 
 No Django here. Training data are `FeedbackItem`s, one per (image, prompt) record. With prompt conditioning, each
 real image is, with probability `mismatched_negative_rate` per step, shown with another image's (different) report
@@ -7,7 +7,7 @@ and a realism target of 0, as the seed paper does, so the model learns that a pl
 report (`mismatch_negatives`). Its rubric scores are masked for that draw (they were given for the true pairing).
 Without prompt conditioning the model cannot see the report, so no negatives are drawn.
 
-The model is in `training.ml.reward`, its training loop in `training.ml.reward_training`.
+The model is in `training.ml.reward.model`, its training loop in `training.ml.reward.train`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.ml.prompts import encode_prompts as prompts_encode
-from training.ml.finetune_config import REWARD_NORMALISATIONS
+from training.ml.finetune.config import REWARD_NORMALISATIONS
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 

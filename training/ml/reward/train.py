@@ -1,7 +1,7 @@
 """Reward-model training: the masked loss, the training loop on a by-image split, and held-out metrics.
 
 No Django here. `train_reward_model` trains a `training.ml.reward.RewardModel` on `FeedbackItem`s
-(`training.ml.reward_data`), drawing mismatched-report negatives per step, and reports `evaluate_reward_model`'s
+(`training.ml.reward.data`), drawing mismatched-report negatives per step, and reports `evaluate_reward_model`'s
 metrics on the held-out images: realism AUROC, Brier and ECE, per-criterion Spearman and MAE, and the AUROC of
 true against mismatched reports.
 """
@@ -19,15 +19,15 @@ from torch import nn
 
 from training.ml.jsonable import json_safe
 from training.ml.reporting import too_few
-from training.ml.reward import RewardModel, predict
-from training.ml.reward_config import REALISM, RewardConfig
-from training.ml.reward_data import (
+from training.ml.reward.config import REALISM, RewardConfig
+from training.ml.reward.data import (
     FeedbackItem,
     mismatch_negatives,
     resize_images,
     split_by_image,
     targets_for,
 )
+from training.ml.reward.model import RewardModel, predict
 
 # --- loss and training -----------------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The plain records the finetuning loop passes around, and the seeded order batches are drawn in.
 
-No Django here. `FinetuneConfig` (one job's settings) is in `training.ml.finetune_config`; `FinetuneData` is its
+No Django here. `FinetuneConfig` (one job's settings) is in `training.ml.finetune.config`; `FinetuneData` is its
 training data as plain Python; `Models`,
-`Batch` and `Session` are what `training.ml.finetune` builds and steps. `BatchSampler` makes the data order a
+`Batch` and `Session` are what `training.ml.finetune.loop` builds and steps. `BatchSampler` makes the data order a
 function of (seed, stream position, process): a seeded permutation per epoch indexed by a cursor, so a resumed run
 draws the same micro-batches. `split_validation` holds out the real images the early stopping watches.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.ml import diffusion as D
-from training.ml.finetune_config import FinetuneConfig
+from training.ml.finetune import losses as D
+from training.ml.finetune.config import FinetuneConfig
 
 
 @dataclass

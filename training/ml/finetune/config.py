@@ -1,6 +1,6 @@
 """Finetuning settings: `FinetuneConfig` and the choices it validates against. Imports no torch, so the web side
 (a round's launch form and its checks) reads them without loading the ML stack; the trainer is
-`training.ml.finetune`, its data records `training.ml.finetune_data`. No Django here."""
+`training.ml.finetune.loop`, its data records `training.ml.finetune.data`. No Django here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from inference.ml.config import Settings, option
 
-#: How rewards become the synthetic images' loss weights (`training.ml.diffusion.normalise_rewards`).
+#: How rewards become the synthetic images' loss weights (`training.ml.finetune.losses.normalise_rewards`).
 REWARD_NORMALISATIONS = ("none", "minmax", "standardise", "exponential", "group")
 OBJECTIVES = ("reward_weighted", "dpo", "domain")
 #: LoRA target modules by name: attention only (diffusers' text-to-image LoRA example), or also the ResNet

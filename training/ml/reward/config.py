@@ -1,6 +1,6 @@
 """Reward-model settings: `RewardConfig`. Imports no torch, so the web side reads and checks them without loading
-the ML stack; the model is `training.ml.reward`, its data `training.ml.reward_data`, its training loop
-`training.ml.reward_training`. No Django here."""
+the ML stack; the model is `training.ml.reward.model`, its data `training.ml.reward.data`, its training loop
+`training.ml.reward.train`. No Django here."""
 
 from __future__ import annotations
 

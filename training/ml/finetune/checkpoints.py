@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.ml.finetune_data import Session
+from training.ml.finetune.data import Session
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 BEST_ADAPTER_FILE = "best_lora_weights.safetensors"
