@@ -47,7 +47,7 @@ def tiny_domain_base(progress=None) -> ModelVersion:
 def demo_base(progress=None) -> ModelVersion:
     """The demo's base: the tiny SD pretrained offline at 128 px (`demo_base_config`), copied from the repository
     (CXR_WEIGHTS_DIR/tiny-demo) under CXR_MODELS_DIR/tiny-demo, so it gets the tiny presets at its own size; built
-    here only when the shipped copy is missing or from another recipe (about 40 CPU minutes)."""
+    here only when the shipped copy is missing or from another recipe (about an hour on one CPU thread)."""
     from training.ml.insilico_base import build_insilico_base, demo_base_config
 
     path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-demo", demo_base_config(),

@@ -1,5 +1,6 @@
 """The demo study the quick start opens: phantom chest radiographs with their reports, a demo admin and a demo
-reader, the tiny base adapted to the phantoms (the seed's domain-adaptation step, cached), and a first round
+reader, the demo's tiny base (pretrained offline at 128 px, shipped in `weights/tiny-demo`) adapted to the phantoms
+(the seed's domain-adaptation step), and a first round
 generated from that adapted model, cleaned and waiting for the demo reader.
 
 Run by `demo_setup` before the worker starts, so its jobs run in-process (tasks eager). Idempotent.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 
 from annotation.models import Role, Round, RoundStatus, Study
-from annotation.rounds.domain import domain_adapt
+from annotation.rounds.domain import demo_base, domain_adapt
 from annotation.rounds.services import round_launch
 from annotation.simulation.loop import real_pool_ensure
 from annotation.studies.services import membership_add, study_create
@@ -46,7 +47,7 @@ def demo_study_ensure(*, images: int = 12, size: int = 256, rounds_of_real: int 
     app.conf.task_always_eager = True  # before the worker starts: run the jobs here
     try:
         if study.current_version_id is None:
-            domain_adapt(study=study, actor=admin)
+            domain_adapt(study=study, base=demo_base(), actor=admin)
             study.refresh_from_db()
         if not Round.objects.filter(study=study).exclude(status=RoundStatus.CANCELLED).exists():
             round_launch(study=study, actor=admin)

@@ -1,5 +1,5 @@
-"""The quick start's demo: the tiny base adapted to the demo's phantoms (cached), and a first round generated from
-that adapted version, cleaned and waiting for the demo reader."""
+"""The quick start's demo: the shipped 128-px tiny base adapted to the demo's phantoms, and a first round generated
+from that adapted version at the base's own size, cleaned and waiting for the demo reader."""
 
 import io
 
@@ -18,15 +18,17 @@ def test_the_demo_round_samples_from_the_domain_adapted_model_and_waits_for_the_
     domain = TrainingRun.objects.get(kind="domain", owner=f"annotation.study:{study.pk}")
     assert domain.status == "done" and domain.progress["step"] == domain.progress["total"] == 40
     adapted = domain.produced_version
-    assert adapted.parent.name == "tiny-domain" and adapted.lora_key
+    assert adapted.parent.name == "tiny-demo" and adapted.lora_key
+    assert domain.config["resolution"] == 128  # trained at the shipped base's own size
     rnd = Round.objects.get(study=study)
     assert rnd.status == "labeling" and rnd.model_version == adapted
-    assert Image.objects.filter(round=rnd, source="synthetic", model_version=adapted).count() == 4
+    synthetic = Image.objects.filter(round=rnd, source="synthetic", model_version=adapted)
+    assert synthetic.count() == 4 and {(i.width, i.height) for i in synthetic} == {(128, 128)}
     assert Image.objects.filter(round=rnd, source="real").count() == 4
     assert demo_study_ensure(images=4) == study and Round.objects.count() == 1  # idempotent
     out = io.StringIO()
     call_command("demo_setup", "--images", "4", stdout=out)  # what scripts/demo.sh runs: says what it does
-    assert "Building the tiny demo model" in out.getvalue() and f"Demo study '{study.name}' ready" in out.getvalue()
+    assert "Setting up the demo" in out.getvalue() and f"Demo study '{study.name}' ready" in out.getvalue()
     assert Round.objects.count() == 1
     assert TrainingRun.objects.filter(kind="domain").count() == 1
     assert client.login(username="reader", password="reader-demo-pw")

@@ -116,7 +116,7 @@ class InSilicoConfig(Settings):
 def demo_base_config() -> InSilicoConfig:
     """The demo's base, built offline and shipped in the repository (`weights/tiny-demo`, by `manage.py
     build_tiny_bases`): the same recipe at 128 px
-    with a three-level UNet and a wider VAE, trained ten times longer (about 40 minutes on one CPU thread), so its
+    with a three-level UNet and a wider VAE, trained ten times longer (about an hour on one CPU thread; 68 minutes here, sharing the machine), so its
     samples show the phantoms' lungs, heart and ribs at reading size instead of blurred blobs."""
     return InSilicoConfig(image_size=128, unet_channels=(32, 64, 64), vae_channels=(32, 32, 64, 64), vae_steps=1500,
                           vae_images=512, unet_steps=4000, unet_images=1024, unet_cosine=True)
@@ -243,7 +243,7 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
     """`base_dir/sd`: the tiny SD with its VAE fitted and its UNet pretrained, reused when already built with the
     same recipe, copied from `shipped/sd` (a copy kept in the repository) when that one was built with it, else
     built here: on the CPU with one thread (the thread count is restored), `progress(stage, done, total)` called as
-    it goes (a few CPU minutes for the default recipe, about 40 for `demo_base_config()`)."""
+    it goes (a few CPU minutes for the default recipe, about an hour for `demo_base_config()`)."""
     from diffusers import StableDiffusionPipeline
 
     from inference.ml.tiny import build_tiny_sd

@@ -10,7 +10,7 @@ BASES = {"tiny-domain": InSilicoConfig, "tiny-demo": demo_base_config}
 
 class Command(BaseCommand):
     help = ("Build the pretrained tiny bases shipped in the repository (CXR_WEIGHTS_DIR): tiny-domain, the loop's and "
-            "the proofs' 64-px base (a few CPU minutes), and tiny-demo, the demo's 128-px base (about 40 CPU minutes); "
+            "the proofs' 64-px base (a few CPU minutes), and tiny-demo, the demo's 128-px base (about an hour); "
             "each only when its recipe in the code changed. Commit the result.")
 
     def add_arguments(self, parser):
