@@ -283,7 +283,10 @@ def _submit(reader, task_token: str, answer: dict, submission_id: uuid.UUID, tim
             ReaderQueue.objects.filter(pk=task.queue_id).update(done_count=F("done_count") + 1)
             if not task.case.is_catch and task.case.done + 1 >= task.case.capacity:  # read with the task: no query
                 round_id = task.round_id
-                transaction.on_commit(lambda: case_filled.send(sender=ReadingCase, round_id=round_id))
+                # robust: the label is committed; if the message cannot be sent (the broker is down or locked) the
+                # reader still gets their answer acknowledged, the failure is logged, and the reconciler closes
+                # the round's labeling when it finds every case full
+                transaction.on_commit(lambda: case_filled.send(sender=ReadingCase, round_id=round_id), robust=True)
     return Submitted(label, False)
 
 

@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from annotation.models import Label, ReadingCase, ReadingTask, TaskStatus
+from annotation.models import Label, ReadingCase, ReadingTask, Round, TaskStatus
 from annotation.reading import assignment
 from annotation.rounds.services import round_open_labeling
 from annotation.rounds.transitions import IllegalTransition, round_transition
@@ -250,3 +250,39 @@ def test_a_round_of_stored_images_ends_when_labeling_closes(make_study, add_read
     assert rnd.model_version_id is None
     closed = round_close_labeling(round=rnd)
     assert closed.status == "done" and closed.metrics["labeling"]["planned"] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_filled_case_whose_round_message_cannot_be_sent_is_still_acknowledged_and_the_reconciler_closes(
+        make_study, add_reader, stored_round, monkeypatch):
+    """The broker failing after the label is committed (a locked SQLite broker under load, Redis restarting) must
+    not turn a stored answer into a 500: the reader's answer is acknowledged, and the round is closed later."""
+    import uuid
+
+    from django.test import Client
+
+    from annotation.models import Label
+    from annotation.rounds import messages
+    from annotation.rounds.driver import rounds_reconcile
+
+    study = make_study(readers_per_image=1, task_kinds=["realism"], catch_rate=0.0, repeat_rate=0.0)
+    rnd = stored_round(study, real=1, synthetic=1)
+    reader = add_reader(study, "solo")
+    queue = assignment.queue_for_reader(round=rnd, reader=reader)
+
+    def broker_down(**kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(messages.round_advance_task, "delay", broker_down)
+    client = Client(raise_request_exception=False)
+    client.force_login(reader)
+    for _ in range(2):
+        task = assignment.tasks_next_for_reader(queue=queue)
+        body = {"task": task.token, "answer": {"call": "real", "confidence": 3}, "submission_id": str(uuid.uuid4())}
+        answered = client.post("/portal/api/submit", body, content_type="application/json")
+        assert answered.status_code == 200, answered.content
+    assert Label.objects.filter(task__round=rnd).count() == 2
+    rnd.refresh_from_db()
+    assert rnd.status == "labeling"  # nobody was told
+    monkeypatch.undo()
+    assert any(a["action"] == "close" for a in rounds_reconcile()) and Round.objects.get(pk=rnd.pk).status != "labeling"
