@@ -91,6 +91,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # queue behind each other (busy timeout) instead of failing with "database is locked" mid-transaction.
     # Connections stay open (DB_CONN_MAX_AGE): closing the last connection to a WAL database checkpoints and
     # fsyncs on every request (bench/portal.py measured 12-16 ms per request for that alone).
+    DATABASES["default"]["ENGINE"] = "config.sqlite"  # Django's backend with a fair write lock (config/sqlite/base.py)
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
