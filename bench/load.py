@@ -41,32 +41,9 @@ CSRF = "loadtest" * 4  # a 32-character CSRF secret, sent as cookie and header
 
 SETUP = r"""
 import json, sys
-from django.contrib.auth import get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-from annotation.reading import assignment
-from annotation.rounds.services import round_create, round_open_labeling
-from annotation.studies import services
-from annotation.models import Image
-readers, images, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-study = services.study_create(name="load", title="load", readers_per_image=k, task_kinds=["realism"],
-                              display_size=64, real_fraction=0.5)
-rnd = round_create(study=study)
-Image.objects.bulk_create([Image(study=study, round=rnd, source="real" if i % 2 else "synthetic",
-                                 storage_key=f"k{i}", display_key=f"d{i}", sha256=f"s{i}", width=64, height=64)
-                           for i in range(images)])
-rnd = round_open_labeling(round=rnd)
-out = []
-for i in range(readers):
-    user = get_user_model().objects.create_user(f"load-{i}")
-    services.membership_add(study=study, user=user, role="reader")
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    queue = assignment.queue_for_reader(round=rnd, reader=user)
-    out.append({"user": user.pk, "session": session.session_key, "queue": queue.token})
-print("SETUP " + json.dumps(out))
+sys.path.insert(0, "bench")
+from _reading_study import reading_study
+print("SETUP " + json.dumps(reading_study("load", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
 """
 
 CHECK = r"""
