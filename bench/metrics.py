@@ -73,7 +73,7 @@ def build(kind: str, device: str, work: Path):
     import torch
     import torchvision
 
-    from training.ml.features import inception_fid, random_features
+    from training.ml.metrics.features import inception_fid, random_features
 
     if kind == "random":
         return random_features(device=device)
@@ -90,7 +90,7 @@ def arm_stream(kind: str, n: int, size: int, batch: int, device: str) -> dict:
     import numpy as np
     import torch
 
-    from training.ml.features import FeatureStats, batches, fid
+    from training.ml.metrics.features import FeatureStats, batches, fid
 
     rss_start = rss_mb()
     t0 = time.perf_counter()
@@ -141,8 +141,8 @@ def arm_report(n: int, size: int, batch: int, device: str) -> dict:
     import sklearn.linear_model  # noqa: F401  imported lazily by the report: not part of its time
     import torchmetrics.functional.image  # noqa: F401
 
-    from training.ml.features import random_features
-    from training.ml.metrics import MetricsConfig, image_metrics
+    from training.ml.metrics.features import random_features
+    from training.ml.metrics.images import MetricsConfig, image_metrics
 
     cfg = MetricsConfig(batch_size=batch)
     real, fake = Phantoms(n, size, start=0), Phantoms(n, size, start=1_000_000)

@@ -8,8 +8,9 @@ import torch
 from scipy import linalg
 
 from inference.ml.phantoms import FINDINGS, generate_phantom
-from training.ml import metrics, set_metrics
-from training.ml.features import (
+from training.ml.metrics import images as metrics
+from training.ml.metrics import sets as set_metrics
+from training.ml.metrics.features import (
     FeatureStats,
     MetricSkipped,
     batches,
@@ -20,8 +21,8 @@ from training.ml.features import (
     random_features,
     timm_features,
 )
-from training.ml.metrics import MetricsConfig, image_metrics, report_lines
-from training.ml.set_metrics import downstream_utility, memorisation, ms_ssim_diversity, multi_hot, prdc
+from training.ml.metrics.images import MetricsConfig, image_metrics, report_lines
+from training.ml.metrics.sets import downstream_utility, memorisation, ms_ssim_diversity, multi_hot, prdc
 
 
 def phantoms(n: int, start: int = 0, **kw) -> list[np.ndarray]:
@@ -326,7 +327,7 @@ def test_module_imports_no_django():
     import subprocess
     import sys
 
-    code = "import sys, training.ml.metrics, training.ml.set_metrics; print(any(m.startswith('django') for m in sys.modules))"
+    code = "import sys, training.ml.metrics.images, training.ml.metrics.sets; print(any(m.startswith('django') for m in sys.modules))"
     assert (
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

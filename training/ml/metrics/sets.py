@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from inference.ml.phantoms import FINDINGS
-from training.ml.features import MetricSkipped
+from training.ml.metrics.features import MetricSkipped
 
 _MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as in torchmetrics
 

@@ -18,7 +18,7 @@ Weights are loaded only from local files. A builder given no file, a missing one
 is JSON without NaN. `random_features` is a small random conv net for tests and the demo: random embeddings are
 a usable, if weaker, basis for PRDC (Naeem et al. 2020, sec. 5).
 
-The set-to-set metrics themselves are in `training.ml.set_metrics`; this module streams the images once and builds
+The set-to-set metrics themselves are in `training.ml.metrics.sets`; this module streams the images once and builds
 the report.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from inference.ml.config import option
 from inference.ml.phantoms import FINDINGS
-from training.ml.features import (
+from training.ml.metrics.features import (
     FeatureExtractor,
     FeatureStats,
     MetricSkipped,
@@ -42,7 +42,7 @@ from training.ml.features import (
     random_features,
 )
 from training.ml.jsonable import json_safe
-from training.ml.set_metrics import downstream_utility, memorisation, ms_ssim_diversity, multi_hot, prdc
+from training.ml.metrics.sets import downstream_utility, memorisation, ms_ssim_diversity, multi_hot, prdc
 
 
 @dataclass(frozen=True)
