@@ -33,6 +33,7 @@ import numpy as np
 
 from inference.ml.config import option
 from inference.ml.phantoms import FINDINGS
+from training.ml.jsonable import json_safe
 from training.ml.metrics.features import (
     FeatureExtractor,
     FeatureStats,
@@ -41,7 +42,6 @@ from training.ml.metrics.features import (
     fid,
     random_features,
 )
-from training.ml.jsonable import json_safe
 from training.ml.metrics.sets import downstream_utility, memorisation, ms_ssim_diversity, multi_hot, prdc
 
 
