@@ -6,7 +6,9 @@ the race again and again, and the slowest answers took over a second (bench/load
 Here every transaction first takes an exclusive `flock` on a file beside the database: the kernel queues the waiting
 threads and processes (web workers and the Celery worker alike) and wakes the next one the moment the lock is
 released, so a write waits for the writes ahead of it and no longer. Reads outside transactions take no lock (WAL
-readers never block). In-memory databases (the test database) have nothing to share and take no lock.
+readers never block). In-memory databases (the test database) have nothing to share and take no lock. The wait has
+no timeout of its own: a lock is held only for one transaction of a live process, and the kernel drops it when the
+process dies (gunicorn's worker timeout, Celery's time limit), so a stuck holder cannot outlive its process.
 """
 
 from __future__ import annotations
