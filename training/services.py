@@ -57,3 +57,11 @@ def _finish(run: TrainingRun, status: str, error: str = "") -> TrainingRun:
     run.job_finish(status, error)
     run_finished.send(sender=TrainingRun, run=run)
     return run
+
+
+def reward_scorer(run: TrainingRun, device, *, judge: bool = False):
+    """A finished reward run's scorer (`training.runs.reward.RewardScorer`: `scores`, `uncertainty`) on `device`;
+    `judge`: its cross-fitted fold models, the promotion judge. Worker side: loads torch when called."""
+    from training.runs.reward import reward_scorer as load  # the worker's side: loads torch
+
+    return load(run, device, judge=judge)

@@ -25,6 +25,7 @@ from inference.ml.generation_config import GenerationConfig
 from inference.models import GenerationBatch, JobStatus, ModelVersion
 from inference.services import generation_batch_create, generation_config_default
 from inference.storage import image_load
+from training.services import reward_scorer
 
 SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism_only_fooling_rate": "fooling_realism",
           "realism": "realism"}
@@ -131,24 +132,18 @@ def panel_score(panel: EvaluationPanel, *, readers: list, reward_run=None, devic
             scores["fooling_realism"] = [float(np.mean([r.p_real(is_real=False, image=i) for r in plain]))
                                          for i in images]
         if reward_run is not None and str(reward_run.pk) not in scores.get("reward", {}):
-            from training.ml.reward.model import reward
-            from training.runs.reward import reward_model_load
-
-            model = model or reward_model_load(reward_run, device)
+            model = model or reward_scorer(reward_run, device)
             images = images or _images(row)
             prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
-            values = reward(model, images, prompts).float().cpu().numpy()
+            values = model.scores(images, prompts)
             scores["reward"] = {**scores.get("reward", {}), str(reward_run.pk): [float(v) for v in values]}
         if judges and reward_run is not None and str(reward_run.pk) not in scores.get("holdout", {}):
-            from training.ml.reward.model import reward
-            from training.runs.reward import reward_fold_models_load
-
             if fold_models is None:
-                fold_models = reward_fold_models_load(reward_run, device)
+                fold_models = reward_scorer(reward_run, device, judge=True)
             if fold_models:  # the promotion judge: the mean of the cross-fitted fold models the finetune never saw
                 images = images or _images(row)
                 prompts = list(row.batch.images.order_by("index").values_list("prompt", flat=True))
-                values = np.mean([reward(m, images, prompts).float().cpu().numpy() for m in fold_models], axis=0)
+                values = fold_models.scores(images, prompts)
                 scores["holdout"] = {**scores.get("holdout", {}), str(reward_run.pk): [float(v) for v in values]}
         if scores != row.scores:
             with transaction.atomic():

@@ -13,7 +13,9 @@ from django.conf import settings
 
 from annotation.models import Round, RoundStatus
 from inference.models import GeneratedImage
+from inference.storage import image_load
 from training.models import RunKind
+from training.services import reward_scorer
 
 THUMB = 16
 
@@ -67,22 +69,15 @@ def comparison_selection(rnd: Round, versions: list[str]) -> dict:
 
 
 def _active(rnd: Round, items, groups, keys, wanted: int, weight: float, seed: int) -> tuple[list[int], dict]:
-    import torch
-
-    from inference.ml.devices import pick_device
-    from inference.storage import image_load
-    from training.ml.reward.model import predict
-    from training.runs.reward import reward_model_load
+    from inference.ml.devices import pick_device  # torch: selection runs on the worker
 
     pixels = {item.index: image_load(item.raw_key) for item in items}
     run = latest_reward_run(rnd)
     extra: dict = {"uncertainty_weight": weight, "reward_run": run.pk if run else None}
     if run is not None:
-        model = reward_model_load(run, pick_device(settings.CXR_DEVICE))
-        with torch.random.fork_rng(devices=[]):  # MC-dropout masks from the round's seed: reproducible
-            torch.manual_seed(seed)
-            _, std = predict(model, [pixels[i.index] for i in items], [i.prompt for i in items])
-        per_image = np.mean(np.stack(list(std.values())), axis=0)
+        scorer = reward_scorer(run, pick_device(settings.CXR_DEVICE))
+        per_image = scorer.uncertainty([pixels[i.index] for i in items], [i.prompt for i in items],
+                                       seed=seed)  # MC-dropout masks from the round's seed: reproducible
         uncertainty = {item.index: float(u) for item, u in zip(items, per_image, strict=True)}
     else:
         uncertainty = {item.index: 0.0 for item in items}

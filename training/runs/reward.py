@@ -3,6 +3,8 @@ config and held-out metrics; and loading a finished run's model (worker-local co
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from django.conf import settings
 
 from inference.ml.devices import pick_device
@@ -10,7 +12,7 @@ from inference.storage import image_load
 from training.ml.reward.check import cross_fit
 from training.ml.reward.config import RewardConfig
 from training.ml.reward.data import FeedbackItem
-from training.ml.reward.model import load_reward_model, reward, save_reward_model
+from training.ml.reward.model import load_reward_model, predict, reward, save_reward_model
 from training.ml.reward.train import train_reward_model
 from training.models import RunKind, RunStatus, TrainingRun
 from training.runs.storage import (
@@ -72,3 +74,31 @@ def reward_fold_models_load(run: TrainingRun, device) -> list:
     keys = ((run.metrics or {}).get("check") or {}).get("fold_keys") or []
     return [load_reward_model(download_dir(key, REWARD_FILES[:2], work_dir(run) / f"reward-fold{k}-copy"), device)
             for k, key in enumerate(keys)]
+
+
+class RewardScorer:
+    """A finished reward run's model (or its cross-fitted fold models, the promotion judge), loaded once on the
+    worker, scoring images for the layers above: they never touch the model itself."""
+
+    def __init__(self, models: list) -> None:
+        self.models = models
+
+    def __bool__(self) -> bool:
+        return bool(self.models)
+
+    def scores(self, images, prompts) -> np.ndarray:
+        """The scalar reward per image (the mean over the models)."""
+        return np.mean([reward(m, images, prompts).float().cpu().numpy() for m in self.models], axis=0)
+
+    def uncertainty(self, images, prompts, *, seed: int) -> np.ndarray:
+        """Per image, the MC-dropout std of the first model's heads, averaged over heads; the dropout masks come
+        from `seed`, so the same call gives the same answer."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, std = predict(self.models[0], images, prompts)
+        return np.mean(np.stack(list(std.values())), axis=0)
+
+
+def reward_scorer(run: TrainingRun, device, *, judge: bool = False) -> RewardScorer:
+    """The run's model as a scorer; `judge`: its cross-fitted fold models instead (empty when it ran no check)."""
+    return RewardScorer(reward_fold_models_load(run, device) if judge else [reward_model_load(run, device)])
