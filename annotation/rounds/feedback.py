@@ -22,6 +22,7 @@ from annotation.rounds.config import round_config, round_seed
 from annotation.rounds.report import reads_for_round
 from annotation.stats.readers import catch_summary
 from annotation.stats.reads import CatchRule
+from inference.ml.report_text import report_prompt
 from training.ml.snapshot import Snapshot, SnapshotItem, SnapshotPair
 
 
@@ -147,8 +148,6 @@ answers are permuted across images first). Safe to call any number
 def domain_snapshot_freeze(*, study) -> tuple[str, str, dict]:
     """The study's real image–report pairs (what domain adaptation learns from) as a frozen snapshot."""
     images = Image.objects.filter(study=study, source=Source.REAL, is_catch=False).exclude(prompt="").order_by("pk")
-    from inference.ml.prompts import report_prompt  # the findings/impression a report is sampled from, too
-
     snapshot = Snapshot(items=[SnapshotItem(image=i.pk, key=i.storage_key, sha256=i.sha256, source="real",
                                             prompt=report_prompt(i.prompt), findings=i.findings,
                                             patient=i.patient_pseudonym)

@@ -22,6 +22,7 @@ from annotation.models import EvaluationPanel, Image, PanelKind, PanelScore, Sou
 from annotation.rounds.versions import study_version
 from annotation.stats.paired import bootstrap_mean, paired_comparison
 from inference.ml.generation_config import GenerationConfig
+from inference.ml.report_text import TEMPLATE_REPORTS, report_prompt
 from inference.models import GenerationBatch, JobStatus, ModelVersion
 from inference.services import generation_batch_create, generation_config_default
 from inference.storage import image_load
@@ -34,12 +35,8 @@ SCORES = {"preference": "preference", "fooling_rate": "fooling", "realism_only_f
 def study_prompts(study: Study) -> list[str]:
     """The prompt pool a study's generation draws from: its real images' reports (prompt_source "reports"), else
     the built-in templates."""
-    from inference.ml.tiny import TEMPLATE_REPORTS
-
     prompts: list[str] = []
     if study.prompt_source == "reports":  # distinct, in import order (the same on every database)
-        from inference.ml.prompts import report_prompt
-
         reports = (Image.objects.filter(study=study, source=Source.REAL).exclude(prompt="").order_by("pk")
                    .values_list("prompt", flat=True)[:20_000])
         prompts = [p for p in dict.fromkeys(report_prompt(r) for r in reports) if p][:5000]

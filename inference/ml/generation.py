@@ -11,7 +11,7 @@ import torch
 
 from inference.ml.generation_config import POLICIES, GenerationConfig
 from inference.ml.prompts import encode_prompts
-from inference.ml.tiny import TEMPLATE_REPORTS
+from inference.ml.report_text import TEMPLATE_REPORTS
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ No Django here."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,33 +13,6 @@ import torch
 from inference.ml.generation_config import POLICIES
 
 MAX_CHUNKS = 3  # 3 × 75 tokens: a long report's findings and impression, within the UNet's cross-attention budget
-
-# A section header at a line's start (any case), or written in capitals inside a line ("... FINDINGS: ...").
-_SECTION = re.compile(r"(?im:^\s*(findings|impression|conclusion|opinion)\s*:\s*)|"
-                      r"(?<![A-Za-z])(FINDINGS|IMPRESSION|CONCLUSION|OPINION)\s*:\s*")
-_OTHER_HEADER = re.compile(r"(?im)^\s*(indication|history|clinical history|comparison|technique|exam(?:ination)?|"
-                           r"procedure|reason for (?:exam|study)|signed by|electronically signed.*)\s*:?")
-
-
-def report_prompt(report: str) -> str:
-    """The findings and impression sections of `report` when it has them (in that order), else the whole report;
-    whitespace collapsed to single spaces."""
-    text = (report or "").replace("\r\n", "\n")
-    marks = [(m.start(), m.end(), (m.group(1) or m.group(2)).lower()) for m in _SECTION.finditer(text)]
-    if marks:
-        kept = []
-        for _, end, name in marks:
-            rest = text[end:]
-            stop = len(rest)
-            for other in (*_SECTION.finditer(rest), *_OTHER_HEADER.finditer(rest)):
-                stop = min(stop, other.start())
-            body = rest[:stop].strip()
-            if body:
-                kept.append(f"{name.upper()}: {body}")
-        if kept:
-            text = " ".join(kept)
-    return " ".join(text.split())
-
 
 @dataclass(frozen=True)
 class EncodedPrompt:

@@ -14,15 +14,9 @@ from pathlib import Path
 import torch
 
 from inference.ml.phantoms import generate_phantoms
+from inference.ml.report_text import TEMPLATE_REPORTS
 
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-TEMPLATE_REPORTS = (
-    "PA chest radiograph. No acute cardiopulmonary abnormality.",
-    "AP portable chest radiograph. Cardiomegaly. Small left pleural effusion.",
-    "PA chest radiograph. Right lower lobe consolidation. Heart size normal.",
-    "Chest radiograph. Right apical pneumothorax. No mediastinal shift.",
-    "PA and lateral chest. A small nodule in the left upper zone. Costophrenic angles are sharp.",
-)
 
 
 @dataclass(frozen=True)

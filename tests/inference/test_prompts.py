@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from inference.ml.prompts import encode_prompts, encoded_prompt, report_prompt
+from inference.ml.prompts import encode_prompts, encoded_prompt
+from inference.ml.report_text import report_prompt
 
 LONG_REPORT = ("INDICATION: Shortness of breath.\n\nFINDINGS:   The heart is enlarged.  "
                + "There is a small left pleural effusion with adjacent atelectasis. " * 5

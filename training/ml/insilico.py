@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.ml.tiny import TEMPLATE_REPORTS
+from inference.ml.report_text import TEMPLATE_REPORTS
 from training.ml.insilico_base import BASE_MARKER, InSilicoConfig, build_insilico_base
 from training.ml.jsonable import json_safe
 
