@@ -28,32 +28,35 @@ from training.services import training_run_create
 TINY_DOMAIN_STEPS = 40
 
 
-def tiny_domain_path(progress=None) -> Path:
-    """The pretrained tiny base's folder: copied from the repository's shipped copy, or built here when its recipe
-    changed (`progress(stage, done, total)` while it is built)."""
-    from training.ml.insilico_base import build_insilico_base
+def shipped_base_path(name: str, progress=None) -> Path:
+    """A shipped tiny base's folder under CXR_MODELS_DIR/<name>: copied from the repository (CXR_WEIGHTS_DIR/<name>),
+    or built here when the shipped copy is missing or from another recipe (`progress(stage, done, total)` while it
+    is built: a few CPU minutes for tiny-domain, about an hour for tiny-demo)."""
+    from training.ml.insilico_base import SHIPPED_BASES, build_insilico_base
 
-    return build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-domain",
-                               shipped=Path(settings.CXR_WEIGHTS_DIR) / "tiny-domain", progress=progress)
+    return build_insilico_base(Path(settings.CXR_MODELS_DIR) / name, SHIPPED_BASES[name](),
+                               shipped=Path(settings.CXR_WEIGHTS_DIR) / name, progress=progress)
+
+
+def shipped_base(name: str, progress=None) -> ModelVersion:
+    """A shipped tiny base as a model version (registered once), so it gets the tiny presets at its own size."""
+    version, _ = ModelVersion.objects.get_or_create(
+        name=name, defaults={"base_path": str(shipped_base_path(name, progress))})
+    return version
+
+
+def tiny_domain_path(progress=None) -> Path:
+    """The loop's and the proofs' pretrained 64-px base (weights/tiny-domain)."""
+    return shipped_base_path("tiny-domain", progress)
 
 
 def tiny_domain_base(progress=None) -> ModelVersion:
-    """The pretrained tiny base as a model version (registered once)."""
-    path = tiny_domain_path(progress)
-    version, _ = ModelVersion.objects.get_or_create(name="tiny-domain", defaults={"base_path": str(path)})
-    return version
+    return shipped_base("tiny-domain", progress)
 
 
 def demo_base(progress=None) -> ModelVersion:
-    """The demo's base: the tiny SD pretrained offline at 128 px (`demo_base_config`), copied from the repository
-    (CXR_WEIGHTS_DIR/tiny-demo) under CXR_MODELS_DIR/tiny-demo, so it gets the tiny presets at its own size; built
-    here only when the shipped copy is missing or from another recipe (about an hour on one CPU thread)."""
-    from training.ml.insilico_base import build_insilico_base, demo_base_config
-
-    path = build_insilico_base(Path(settings.CXR_MODELS_DIR) / "tiny-demo", demo_base_config(),
-                               shipped=Path(settings.CXR_WEIGHTS_DIR) / "tiny-demo", progress=progress)
-    version, _ = ModelVersion.objects.get_or_create(name="tiny-demo", defaults={"base_path": str(path)})
-    return version
+    """The demo's base: the tiny SD pretrained offline at 128 px (`demo_base_config`, weights/tiny-demo)."""
+    return shipped_base("tiny-demo", progress)
 
 
 def domain_adapt(*, study: Study, base: ModelVersion | None = None, config: dict | None = None,

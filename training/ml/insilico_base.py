@@ -122,6 +122,10 @@ def demo_base_config() -> InSilicoConfig:
                           vae_images=512, unet_steps=4000, unet_images=1024, unet_cosine=True)
 
 
+#: The bases shipped in the repository (weights/<name>), by name: the recipe each is built from.
+SHIPPED_BASES = {"tiny-domain": InSilicoConfig, "tiny-demo": demo_base_config}
+
+
 # --- the base: tiny SD with a fitted VAE and a pretrained UNet -------------------------------------------------------
 
 

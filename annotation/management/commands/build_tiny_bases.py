@@ -3,9 +3,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from training.ml.insilico_base import InSilicoConfig, build_insilico_base, demo_base_config
-
-BASES = {"tiny-domain": InSilicoConfig, "tiny-demo": demo_base_config}
+from training.ml.insilico_base import SHIPPED_BASES as BASES
+from training.ml.insilico_base import build_insilico_base
 
 
 class Command(BaseCommand):
