@@ -12,14 +12,17 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import urllib.error
 import urllib.request
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractUser
 from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import DeliveryStatus, Study, Webhook, WebhookDelivery
+from annotation.studies.audit import audit
 from annotation.tasks import webhook_deliver_task
 
 log = logging.getLogger("cxr.webhooks")
@@ -33,6 +36,16 @@ def sign(secret: str, body: bytes) -> str:
 def verify(secret: str, body: bytes, signature: str) -> bool:
     """What a receiver does: recompute and compare in constant time."""
     return hmac.compare_digest(sign(secret, body), signature or "")
+
+
+def webhook_create(*, study: Study, actor: AbstractUser, url: str, events: list[str] | None = None,
+                   active: bool = True, secret: str = "") -> Webhook:
+    """Register an admin's URL (a secret is generated when none is given) and audit it."""
+    with transaction.atomic():
+        hook = Webhook.objects.create(study=study, url=url, events=events or [], active=active, created_by=actor,
+                                      secret=secret or secrets.token_urlsafe(24))
+        audit(actor=actor, action="webhook.create", study=study, obj=hook, url=url)
+    return hook
 
 
 def emit(*, study: Study | int, event: str, payload: dict) -> list[WebhookDelivery]:

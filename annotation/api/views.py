@@ -10,11 +10,8 @@ being added.
 
 from __future__ import annotations
 
-import secrets
-
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
-from django.db import transaction
 from django.db.models import Q
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -37,9 +34,8 @@ from annotation.api.access import (
     scoped,
     token_scope,
 )
-from annotation.exports.formats import export_check
+from annotation.exports.jobs import export_job_start
 from annotation.exports.model_export import model_archive, version_study
-from annotation.exports.selection import selection_from
 from annotation.models import (
     ExportJob,
     Image,
@@ -53,8 +49,7 @@ from annotation.models import (
     WebhookDelivery,
 )
 from annotation.rounds.versions import study_versions
-from annotation.studies.audit import audit
-from annotation.tasks import export_job_run_task
+from annotation.webhooks import webhook_create
 from inference.models import ModelVersion
 
 # --- images, labels, tasks, versions ---------------------------------------------------------------------------------
@@ -221,14 +216,9 @@ class ExportViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise NotFound("No such study.")
         params = {k: v for k, v in body.validated_data.items() if k not in ("study", "format")}
         try:
-            sel = selection_from(params, study=study, is_admin=True)
-            export_check(sel, body.validated_data["format"])
+            job = export_job_start(study=study, actor=request.user, fmt=body.validated_data["format"], params=params)
         except DjangoValidationError as exc:
             raise ValidationError({"selection": exc.messages}) from None
-        job = ExportJob.objects.create(study=study, requested_by=request.user, format=body.validated_data["format"],
-                                       selection=sel.as_dict())
-        audit(actor=request.user, action="export.job", study=study, obj=job, format=job.format)
-        transaction.on_commit(lambda: export_job_run_task.delay(job_pk=job.pk))
         return Response(s.ExportJobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes, 409: s.DetailSerializer})
@@ -259,11 +249,8 @@ class WebhookViewSet(viewsets.ModelViewSet):
         return scoped(Webhook.objects.all(), "study_id", self.request)
 
     def perform_create(self, serializer):
-        study = serializer.validated_data["study"]
-        require_admin_action(self.request, study.pk)
-        hook = serializer.save(created_by=self.request.user,
-                               secret=serializer.validated_data.get("secret") or secrets.token_urlsafe(24))
-        audit(actor=self.request.user, action="webhook.create", study=study, obj=hook, url=hook.url)
+        require_admin_action(self.request, serializer.validated_data["study"].pk)
+        serializer.instance = webhook_create(actor=self.request.user, **serializer.validated_data)
 
     def perform_update(self, serializer):
         require_admin_action(self.request, serializer.instance.study_id)

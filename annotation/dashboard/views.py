@@ -9,7 +9,6 @@ import json
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.db import transaction
 from django.db.models import Count
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -31,12 +30,12 @@ from annotation.models import Image, Round, Study
 from annotation.permissions import administered, can_administer, can_create_studies, uses_dashboard
 from annotation.rounds.config import RoundConfig
 from annotation.rounds.driver import round_advance
+from annotation.rounds.report import round_report_rebuild
 from annotation.rounds.services import round_cancel, round_close_labeling, round_launch, round_retry
 from annotation.rounds.transitions import ACTIVE, IllegalTransition
 from annotation.rounds.versions import study_version_choose, study_version_rollback, study_versions
 from annotation.stats import plots
 from annotation.studies.audit import audit
-from annotation.tasks import round_report_build_task
 from inference.models import GeneratedImage, ModelVersion
 
 
@@ -280,6 +279,5 @@ def round_report(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def round_report_refresh(request: HttpRequest, pk: int) -> HttpResponse:
     rnd = _round_for_admin(request, pk)
-    transaction.on_commit(lambda: round_report_build_task.delay(round_pk=rnd.pk))
-    audit(actor=request.user, action="report.refresh", study=rnd.study, obj=rnd)
+    round_report_rebuild(round=rnd, actor=request.user)
     return redirect(reverse("dashboard:round-report", kwargs={"pk": rnd.pk}))

@@ -1,4 +1,5 @@
-"""Export jobs: large exports written by a worker to storage, with their manifest and the `export.done` webhook."""
+"""Export jobs: started by an admin (checked, audited, queued after commit), written by a worker to storage with
+their manifest, and announced by the `export.done` webhook."""
 
 from __future__ import annotations
 
@@ -6,16 +7,32 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from django.contrib.auth.models import AbstractUser
 from django.core.files.storage import default_storage
+from django.db import transaction
 
-from annotation.exports.formats import write_export
-from annotation.exports.selection import selection_load
-from annotation.models import ExportJob
+from annotation.exports.formats import export_check, write_export
+from annotation.exports.selection import selection_from, selection_load
+from annotation.models import ExportJob, Study
+from annotation.studies.audit import audit
+from annotation.tasks import export_job_run_task
 from annotation.webhooks import emit
 from inference.models import JobStatus
 
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "imagefolder": "zip", "pairs": "jsonl", "mrmc": "csv",
               "pairs-hf": "zip"}
+
+
+def export_job_start(*, study: Study, actor: AbstractUser, fmt: str, params: dict) -> ExportJob:
+    """Start an export of `fmt` of the labels `params` select (API/CLI parameters): refuse, with the reason, one
+    that cannot be written (ValidationError), else create the job, audit it and queue its run after the commit."""
+    sel = selection_from(params, study=study, is_admin=True)
+    export_check(sel, fmt)
+    with transaction.atomic():
+        job = ExportJob.objects.create(study=study, requested_by=actor, format=fmt, selection=sel.as_dict())
+        audit(actor=actor, action="export.job", study=study, obj=job, format=job.format)
+        transaction.on_commit(lambda: export_job_run_task.delay(job_pk=job.pk))
+    return job
 
 
 def _store(local: Path, key: str) -> str:

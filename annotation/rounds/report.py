@@ -1,5 +1,5 @@
 """The round report: reader statistics, image metrics and the round's evaluation-panel record, stored on the round
-and shown on its page."""
+and shown on its page; computed by a worker when the round ends and again when an admin asks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -15,6 +17,8 @@ from annotation.models import Image, ReadingTask, Round, Source, TaskStatus
 from annotation.stats.mrmc.round_reads import mrmc_case, round_mrmc
 from annotation.stats.readers import reader_report
 from annotation.stats.reads import CatchRule, Read, RubricRead
+from annotation.studies.audit import audit
+from annotation.tasks import round_report_build_task
 from inference.ml.phantoms import FINDING_TERMS
 from inference.storage import image_load
 
@@ -62,6 +66,13 @@ def image_metrics_for_round(*, round: Round, tiny: bool = False) -> dict:
         fake_findings=[findings_from_report(i.prompt) for i in fake],
         config=MetricsConfig.tiny() if tiny else MetricsConfig(), skipped=skipped,
     )
+
+
+def round_report_rebuild(*, round: Round, actor: AbstractUser | None = None) -> None:
+    """An admin's request for a fresh report: audited, and computed by a worker after the commit."""
+    with transaction.atomic():
+        audit(actor=actor, action="report.refresh", study=round.study, obj=round)
+        transaction.on_commit(lambda: round_report_build_task.delay(round_pk=round.pk))
 
 
 def round_report_compute(*, round: Round, with_images: bool = True) -> dict:
