@@ -60,7 +60,7 @@ def test_the_web_side_loads_no_torch():
     import sys
 
     code = ("import sys, django; django.setup(); import config.urls, annotation.rounds.services, "
-            "annotation.rounds.driver, annotation.dashboard.views, annotation.api.views, annotation.reading.views; "
+            "annotation.rounds.driver, annotation.dashboard.views, annotation.api.urls, annotation.reading.views; "
             "from django.urls import get_resolver; get_resolver().url_patterns; "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
