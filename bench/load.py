@@ -1,6 +1,6 @@
 """Load test: 64 concurrent simulated readers against gunicorn + PostgreSQL over HTTP, then the invariants.
 
-Each reader is a thread with its own HTTP client and session, doing what the portal's JavaScript does: GET the next
+Each reader is a thread with its own keep-alive connection and session, doing what the portal's JavaScript does: GET the next
 case, POST the answer (with a client-generated submission id), until its queue is empty or the time budget ends.
 Reports throughput and p50 / p99 latency of next-task and submit, then checks the database: no acknowledged label
 lost, none stored twice, no case read by more than K readers, every reader's queue balanced (each block of 10
@@ -20,6 +20,7 @@ labels/s per server core busy.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -83,6 +85,62 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+class _Reply:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code, self.content = status, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+    def raise_for_status(self) -> None:
+        if self.status_code >= 400:
+            raise RuntimeError(f"HTTP {self.status_code}: {self.text[:200]}")
+
+
+class LightClient:
+    """A reader's browser reduced to what the load needs: one keep-alive connection (`http.client`), the session
+    and CSRF cookies and header, JSON in and out. It costs the load generator a fraction of httpx's CPU per request,
+    so on a small machine the server, not the clients sharing its cores, is what is measured. A connection the
+    server closed while the reader was idle is reopened and the request sent again (GETs are safe to repeat; a
+    submit carries its submission id, so a repeat is acknowledged as a replay, never stored twice)."""
+
+    def __init__(self, port: int, session: str) -> None:
+        self.port = port
+        self.headers = {"Cookie": f"sessionid={session}; csrftoken={CSRF}", "X-CSRFToken": CSRF,
+                        "Referer": f"http://127.0.0.1:{port}/portal/"}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def _request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> _Reply:
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, url, body=body, headers={**self.headers, **(headers or {})})
+                response = self.conn.getresponse()
+                return _Reply(response.status, response.read())
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, params: dict) -> _Reply:
+        return self._request("GET", path + "?" + urllib.parse.urlencode(params))
+
+    def post(self, path: str, json: dict) -> _Reply:  # noqa: A002 - httpx's keyword
+        return self._request("POST", path, body=_json_bytes(json), headers={"Content-Type": "application/json"})
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _json_bytes(value) -> bytes:
+    return json.dumps(value).encode()
+
+
 def _server_cpu(pid: int) -> float:
     """User + system CPU seconds of the gunicorn master and its workers so far."""
     import psutil
@@ -112,6 +170,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--think", default="0", help="LO,HI seconds a reader spends on each case (default 0: never).")
+    parser.add_argument("--client", choices=["light", "httpx"], default="light",
+                        help="the readers' HTTP client: one keep-alive http.client connection each (default: cheap, "
+                             "so the server is what is measured) or httpx (the earlier runs' client)")
     parser.add_argument("--label", default="", help="Row label in the results (default: from the settings).")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
     args = parser.parse_args()
@@ -154,9 +215,9 @@ def main() -> None:
         stop_at = [0.0]
 
         def reader_loop(r: dict) -> None:
-            client = httpx.Client(base_url=base, timeout=30,
-                                  cookies={"sessionid": r["session"], "csrftoken": CSRF},
-                                  headers={"X-CSRFToken": CSRF, "Referer": base + "/portal/"})
+            client = (LightClient(port, r["session"]) if args.client == "light" else
+                      httpx.Client(base_url=base, timeout=30, cookies={"sessionid": r["session"], "csrftoken": CSRF},
+                                   headers={"X-CSRFToken": CSRF, "Referer": base + "/portal/"}))
             mine_next, mine_submit, mine_acked = [], [], []
             barrier.wait()
             try:
@@ -198,7 +259,7 @@ def main() -> None:
                     acked.extend(mine_acked)
 
         threads = [threading.Thread(target=reader_loop, args=(r,)) for r in readers]
-        cpu0 = _server_cpu(server.pid)
+        cpu0, client0 = _server_cpu(server.pid), time.process_time()
         started = time.perf_counter()
         stop_at[0] = time.monotonic() + args.max_seconds
         for t in threads:
@@ -206,7 +267,7 @@ def main() -> None:
         for t in threads:
             t.join()
         wall = time.perf_counter() - started
-        server_cpu = _server_cpu(server.pid) - cpu0
+        server_cpu, client_cpu = _server_cpu(server.pid) - cpu0, time.process_time() - client0
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -229,6 +290,8 @@ def main() -> None:
                   "cpu_ms_per_label": round(1000 * server_cpu / len(acked), 1) if acked else None,
                   "server_cores_busy": round(server_cpu / wall, 2),
                   "labels_per_s_per_core": round(len(acked) / server_cpu, 1) if server_cpu else None,
+                  "client": args.client,
+                  "client_cpu_ms_per_label": round(1000 * client_cpu / len(acked), 1) if acked else None,
                   "errors": len(errors), **check}],
         "errors_sample": errors[:10],
         "mean_next_ms": round(statistics.mean(lat_next) * ms, 1) if lat_next else None,
