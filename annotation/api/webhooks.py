@@ -4,7 +4,7 @@ Signing and delivery: `annotation.webhooks`."""
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -26,9 +26,16 @@ class WebhookViewSet(viewsets.ModelViewSet):
             return Webhook.objects.none()
         return scoped(Webhook.objects.all(), "study_id", self.request)
 
-    def perform_create(self, serializer):
-        require_admin_action(self.request, serializer.validated_data["study"].pk)
-        serializer.instance = webhook_create(actor=self.request.user, **serializer.validated_data)
+    @extend_schema(responses={201: s.WebhookCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        """Register a webhook. A secret generated here (none given) is in this response, once: the receiver needs it
+        to check the signatures; a secret the caller chose is not sent back."""
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        require_admin_action(request, serializer.validated_data["study"].pk)
+        hook = webhook_create(actor=request.user, **serializer.validated_data)
+        shown = s.WebhookSerializer if serializer.validated_data.get("secret") else s.WebhookCreatedSerializer
+        return Response(shown(hook, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer):
         require_admin_action(self.request, serializer.instance.study_id)

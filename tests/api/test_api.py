@@ -184,6 +184,12 @@ def test_webhooks_are_signed_retried_after_a_failure_and_logged(labelled, caller
                                                "url": f"http://127.0.0.1:{server.server_port}/hook",
                                                "secret": "s3cret"}, format="json")
         assert created.status_code == 201 and "secret" not in created.json()
+        generated = c.post("/api/v1/webhooks/", {"study": labelled["study"].pk, "url": "http://127.0.0.1:9/other"},
+                           format="json")
+        assert generated.status_code == 201  # a generated secret is shown once, in the answer that made it
+        assert generated.json()["secret"] == Webhook.objects.get(pk=generated.json()["id"]).secret
+        assert "secret" not in c.get(f"/api/v1/webhooks/{generated.json()['id']}/").json()
+        Webhook.objects.filter(pk=generated.json()["id"]).delete()
         assert c.post("/api/v1/webhooks/", {"study": labelled["study"].pk, "events": ["nope"],
                                             "url": "http://127.0.0.1/x"}, format="json").status_code == 400
         assert callers("export_token").post("/api/v1/webhooks/", {"study": labelled["study"].pk,
