@@ -160,6 +160,10 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "cxr"}}
+#: Sessions: read from the shared cache when there is one (Redis: a logout reaches every web process at once) and
+#: written through to the database, so a request costs no session SELECT; without a shared cache, the database only
+#: (a per-process cache would keep a logged-out session alive in the other processes).
+SESSION_ENGINE = "django.contrib.sessions.backends." + ("cached_db" if REDIS_URL else "db")
 
 # --- celery ----------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL or f"sqla+sqlite:///{VAR_DIR / 'broker.sqlite3'}")
