@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--client", choices=["light", "httpx"], default="light",
                         help="the readers' HTTP client: one keep-alive http.client connection each (default: cheap, "
                              "so the server is what is measured) or httpx (the earlier runs' client)")
+    parser.add_argument("--redis", default="", metavar="URL",
+                        help="Redis for the server (broker, cache, sessions through the cache), as in production; "
+                             "default none: the embedded broker, sessions in the database")
     parser.add_argument("--label", default="", help="Row label in the results (default: from the settings).")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
     args = parser.parse_args()
@@ -183,6 +186,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")}
     env.update(DJANGO_SETTINGS_MODULE="config.settings", CXR_VAR_DIR=str(work), CXR_CLAIM_TIMEOUT_S="3600")
+    if args.redis:  # the production stack's: broker, cache and sessions (cached_db) on Redis
+        env["REDIS_URL"] = args.redis
     if args.db == "postgres":
         import psycopg
 
@@ -290,7 +295,7 @@ def main() -> None:
                   "cpu_ms_per_label": round(1000 * server_cpu / len(acked), 1) if acked else None,
                   "server_cores_busy": round(server_cpu / wall, 2),
                   "labels_per_s_per_core": round(len(acked) / server_cpu, 1) if server_cpu else None,
-                  "client": args.client,
+                  "client": args.client, "gunicorn": f"{args.workers}x{args.threads}", "redis": bool(args.redis),
                   "client_cpu_ms_per_label": round(1000 * client_cpu / len(acked), 1) if acked else None,
                   "errors": len(errors), **check}],
         "errors_sample": errors[:10],
