@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _django import django_script
+from common.processes import django_script
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"

@@ -132,7 +132,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
         "settings": {"preset": args.preset, "steps": cfg.steps, "size": cfg.height, "batch": cfg.batch_size,
                      "images": args.images, "repeats": args.repeats, "guidance_scale": cfg.guidance_scale,
-                     "worker_path": "django service (db + storage)" if use_django else "inference.generation.generate"},
+                     "worker_path": "django service (db + storage)" if use_django else "inference.ml.generation.generate"},
         "build_s": round(build_s, 2), "first_load_s": round(load_s, 2),
         "arms": rows, "worker_overhead": round(overhead, 4), "weight_loads_on_warm_batches": loads_during,
     }

@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _django import django_script, free_port
+from common.processes import django_script, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -42,7 +42,7 @@ CSRF = "loadtest" * 4  # a 32-character CSRF secret, sent as cookie and header
 SETUP = r"""
 import json, sys
 sys.path.insert(0, "bench")
-from _reading_study import reading_study
+from common.reading_study import reading_study
 print("SETUP " + json.dumps(reading_study("load", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
 """
 

@@ -31,8 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop_report import acceptance, markdown, over_seeds_report, seed_row, svg  # noqa: E402
+from reports.loop import acceptance, markdown, over_seeds_report, seed_row, svg
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (101, 202, 303, 404, 505, 606, 707, 808)  # fixed before the first run (not 11/23/37, not the pilot's 5)

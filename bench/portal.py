@@ -41,12 +41,15 @@ import time
 import uuid
 from pathlib import Path
 
-import _labelstudio as labelstudio
-from _portal_child import child_main
-from _portal_clients import ANSWER, Reader, conc_phase, http_floor, http_pairs
-from _portal_measure import CpuMeter, log, machine_info, rss_mb, summary_ms
-from _portal_report import render, side_by_side_write
-from _portal_server import (
+from common.processes import rss_mb
+
+# `portal` is the package bench/portal/ (its harness): this script runs as __main__, never as `portal`
+from portal import labelstudio
+from portal.child import child_main
+from portal.clients import ANSWER, Reader, conc_phase, http_floor, http_pairs
+from portal.measure import CpuMeter, log, machine_info, summary_ms
+from portal.report import render, side_by_side_write
+from portal.server import (
     PG_ADMIN_URL,
     PG_DB,
     PY,

@@ -52,7 +52,7 @@ CATEGORIES = [
 
 
 def _setup(readers: int, images: int, k: int) -> list[dict]:
-    from _reading_study import reading_study  # bench/ is the script's folder, first on sys.path
+    from common.reading_study import reading_study  # bench/ is the script's folder, first on sys.path
 
     return reading_study("profile", readers, images, k)
 

@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sample_efficiency_report import (  # noqa: E402 - beside this script
+from reports.sample_efficiency import (
     ROOT,
     contrast_lines,
     markdown,
