@@ -27,9 +27,10 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
-#: Everything the platform writes locally (SQLite files, broker, media, model cache) lives under here.
+#: Everything the platform writes locally (SQLite files, broker, media, model cache) lives under here. Nothing is
+#: written when the settings load: each writer makes its folder when it first writes (the SQLite engine in
+#: config/sqlite, Celery's SQLite broker in config/celery.py, the storage, the model and log folders).
 VAR_DIR = Path(env("CXR_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DJANGO_DEBUG", False)
