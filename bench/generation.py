@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.processes import secret_key_for_run
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -33,6 +35,7 @@ def setup_django(var_dir: Path) -> None:
     os.environ.update(CXR_VAR_DIR=str(var_dir), DATABASE_URL=f"sqlite:///{var_dir / 'bench.sqlite3'}",
                       DJANGO_SETTINGS_MODULE="config.settings", CELERY_TASK_ALWAYS_EAGER="1")
     os.environ.pop("REDIS_URL", None)
+    secret_key_for_run()
     import django
 
     django.setup()

@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common.processes import django_script, free_port
+from common.processes import django_script, free_port, secret_key_for_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -121,7 +121,8 @@ def main() -> None:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"cxr-load-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="config.settings", CXR_VAR_DIR=str(work), CXR_CLAIM_TIMEOUT_S="3600")
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(), CXR_VAR_DIR=str(work),
+               CXR_CLAIM_TIMEOUT_S="3600")
     if args.db == "postgres":
         import psycopg
 

@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common.processes import secret_key_for_run
 from reports.loop import acceptance, markdown, over_seeds_report, seed_row, svg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,8 @@ def _env(var: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
                                                             "CELERY_RESULT_BACKEND")}
     env.update(CXR_VAR_DIR=str(var), CXR_MODELS_DIR=env.get("CXR_MODELS_DIR", str(ROOT / "var" / "models")),
-               DJANGO_SETTINGS_MODULE="config.settings", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
     return env
 
 

@@ -1,10 +1,14 @@
 """How processes start from the settings: web processes stay light (loading every URL's views must not import torch
-or diffusers; GPU workers do), and loading the settings writes nothing: the SQLite database and the embedded broker
-make their folder on first use."""
+or diffusers; GPU workers do), a process without a secret key and with DEBUG off refuses to start with a sentence,
+and loading the settings writes nothing: the SQLite database and the embedded broker make their folder on first
+use."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,9 +24,21 @@ def test_the_web_process_does_not_load_torch():
             "from django.urls import get_resolver; get_resolver().url_patterns; "
             "import annotation.api.views, annotation.dashboard.views, annotation.reading.views; "
             "print(sorted(m for m in ('torch', 'diffusers', 'timm') if m in sys.modules))")
-    done = python(code)
+    done = python(code, DJANGO_SECRET_KEY=os.environ["DJANGO_SECRET_KEY"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("key", [None, ""], ids=["unset", "exported-but-empty"])
+def test_without_a_secret_key_and_with_debug_off_a_process_refuses_to_start_with_a_sentence(key, tmp_path):
+    env = {"DJANGO_DEBUG": "0", "CXR_VAR_DIR": str(tmp_path)}
+    if key is not None:
+        env["DJANGO_SECRET_KEY"] = key
+    done = python("import django; django.setup()", **env)
+    assert done.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set and DEBUG is off: set DJANGO_SECRET_KEY to a long random value" in done.stderr
+    assert "secrets.token_urlsafe(50)" in done.stderr
+    assert python("import django; django.setup()", DJANGO_DEBUG="1", CXR_VAR_DIR=str(tmp_path)).returncode == 0
 
 
 def test_loading_the_settings_writes_nothing(tmp_path):

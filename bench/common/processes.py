@@ -1,9 +1,10 @@
-"""Processes the benchmarks start and measure: run code in a fresh process with Django set up, pick a free local
-port, and read a process tree (and its resident memory) from /proc."""
+"""Processes the benchmarks start and measure: the secret key they share, run code in a fresh process with Django
+set up, pick a free local port, and read a process tree (and its resident memory) from /proc."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -11,6 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def secret_key_for_run() -> str:
+    """DJANGO_SECRET_KEY of this run's Django processes: the caller's, else one made for the run (a bench's databases
+    live for one run). Kept in os.environ so that every child (manage.py, gunicorn, django_script) signs sessions
+    with the same key; the settings refuse to start without one when DEBUG is off."""
+    return os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
 
 
 def django_script(env: dict, code: str, *argv: str) -> str:
