@@ -2,12 +2,11 @@
 `addopts`: conftest files load after the settings, too late).
 
 The settings refuse to start without DJANGO_SECRET_KEY when DEBUG is off, as in production. A plain `pytest` gets a
-key made for the run, here in os.environ, so the processes the tests start (manage.py, gunicorn, Celery workers)
-share it; `scripts/test.sh` and CI may pass their own."""
+fixed test-only key (keyed hashes such as patient pseudonyms stay the same from run to run), here in os.environ, so
+the processes the tests start (manage.py, gunicorn, Celery workers) share it; CI or a caller may pass their own."""
 
 from __future__ import annotations
 
 import os
-import secrets
 
-os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-never-deployed-0123456789abcdefghijklmnop")
