@@ -11,6 +11,8 @@ COPY training training
 ARG TORCH_INDEX=""
 RUN if [ -n "$TORCH_INDEX" ]; then pip install --index-url "$TORCH_INDEX" torch torchvision; fi && pip install -e .
 COPY . .
+# The settings refuse to start without DJANGO_SECRET_KEY (DEBUG is off): collectstatic runs on a throwaway key;
+# at run time pass a real one (docker-compose.yml requires it: `export DJANGO_SECRET_KEY=...` before `up`).
 RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
 CMD ["gunicorn", "config.wsgi", "-b", "0.0.0.0:8000", "-w", "4", "--threads", "4", "-k", "gthread"]

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common.processes import secret_key_for_run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -92,7 +93,7 @@ def main() -> None:
     var = Path(tempfile.mkdtemp(prefix="cxr-demo-realism-"))
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
     env.update(CXR_VAR_DIR=str(var), CXR_MODELS_DIR=env.get("CXR_MODELS_DIR", str(ROOT / "var" / "models")),
-               DJANGO_SETTINGS_MODULE="config.settings")
+               DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run())
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, check=True,
                    cwd=ROOT)
     started = time.perf_counter()

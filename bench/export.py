@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _django import django_script
+from common.processes import django_script, secret_key_for_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -134,7 +134,8 @@ def _pg_reset() -> None:
 
 def run_db(db: str, sizes: list[int], work: Path) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="config.settings", CXR_VAR_DIR=str(work / db))
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(),
+               CXR_VAR_DIR=str(work / db))
     if db == "postgres":
         _pg_reset()
         env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{PG_DB}"

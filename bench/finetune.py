@@ -3,9 +3,9 @@
 Two arms on two copies of one base (each with its own fresh LoRA adapter and AdamW), run interleaved in blocks
 (A B, then B A, …) so machine noise hits both alike:
 
-- ours: one iteration of `training.ml.finetune.run_finetune`'s loop with the reward-weighted objective: a batch drawn
-  by its `BatchSampler` (half real, half synthetic with rewards), then `train_step` (accelerate's accumulate,
-  `compute_loss`, backward, clipping, AdamW, LR scheduler, loss reduction);
+- ours: one iteration of `training.ml.finetune.loop.run_finetune`'s loop with the reward-weighted objective: a batch
+  drawn by `training.ml.finetune.data.BatchSampler` (half real, half synthetic with rewards), then `train_step`
+  (accelerate's accumulate, `compute_loss`, backward, clipping, AdamW, LR scheduler, loss reduction);
 - bare: the textbook step of diffusers' `train_text_to_image_lora.py`: pixels → VAE sample → tokenise and encode
   → noise and timesteps → UNet → MSE → backward → clip → AdamW, with autocast on accelerators.
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.processes import secret_key_for_run
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -33,6 +35,7 @@ def setup_django(var_dir: Path) -> None:
     os.environ.update(CXR_VAR_DIR=str(var_dir), DATABASE_URL=f"sqlite:///{var_dir / 'bench.sqlite3'}",
                       DJANGO_SETTINGS_MODULE="config.settings", CELERY_TASK_ALWAYS_EAGER="1")
     os.environ.pop("REDIS_URL", None)
+    secret_key_for_run()
     import django
 
     django.setup()
@@ -132,7 +135,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
         "settings": {"preset": args.preset, "steps": cfg.steps, "size": cfg.height, "batch": cfg.batch_size,
                      "images": args.images, "repeats": args.repeats, "guidance_scale": cfg.guidance_scale,
-                     "worker_path": "django service (db + storage)" if use_django else "inference.generation.generate"},
+                     "worker_path": "django service (db + storage)" if use_django else "inference.ml.generation.generate"},
         "build_s": round(build_s, 2), "first_load_s": round(load_s, 2),
         "arms": rows, "worker_overhead": round(overhead, 4), "weight_loads_on_warm_batches": loads_during,
     }

@@ -26,9 +26,9 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from _realsize_device import device_info, free_memory, pick_device
-from _realsize_models import Models, Sizes
-from _realsize_stages import measure_finetune, measure_generation
+from realsize.device import device_info, free_memory, pick_device
+from realsize.models import Models, Sizes
+from realsize.stages import measure_finetune, measure_generation
 
 # ----------------------------------------------------------------------------- driver
 

@@ -34,7 +34,7 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-from _django import django_script, free_port
+from common.processes import django_script, free_port, secret_key_for_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -44,7 +44,7 @@ CSRF = "loadtest" * 4  # a 32-character CSRF secret, sent as cookie and header
 SETUP = r"""
 import json, sys
 sys.path.insert(0, "bench")
-from _reading_study import reading_study
+from common.reading_study import reading_study
 print("SETUP " + json.dumps(reading_study("load", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
 """
 
@@ -185,7 +185,8 @@ def main() -> None:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"cxr-load-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="config.settings", CXR_VAR_DIR=str(work), CXR_CLAIM_TIMEOUT_S="3600")
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(), CXR_VAR_DIR=str(work),
+               CXR_CLAIM_TIMEOUT_S="3600")
     if args.redis:  # the production stack's: broker, cache and sessions (cached_db) on Redis
         env["REDIS_URL"] = args.redis
     if args.db == "postgres":

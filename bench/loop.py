@@ -31,8 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop_report import acceptance, markdown, over_seeds_report, seed_row, svg  # noqa: E402
+from common.processes import secret_key_for_run
+from reports.loop import acceptance, markdown, over_seeds_report, seed_row, svg
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (101, 202, 303, 404, 505, 606, 707, 808)  # fixed before the first run (not 11/23/37, not the pilot's 5)
@@ -43,7 +43,8 @@ def _env(var: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
                                                             "CELERY_RESULT_BACKEND")}
     env.update(CXR_VAR_DIR=str(var), CXR_MODELS_DIR=env.get("CXR_MODELS_DIR", str(ROOT / "var" / "models")),
-               DJANGO_SETTINGS_MODULE="config.settings", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
     return env
 
 

@@ -29,16 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.processes import rss_mb
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -92,10 +86,10 @@ def arm_stream(kind: str, n: int, size: int, batch: int, device: str) -> dict:
 
     from training.ml.metrics.features import FeatureStats, batches, fid
 
-    rss_start = rss_mb()
+    rss_start = rss_mb(os.getpid())
     t0 = time.perf_counter()
     net = build(kind, device, Path(tempfile.mkdtemp(prefix="bench-metrics-")))
-    build_s, rss_built = time.perf_counter() - t0, rss_mb()
+    build_s, rss_built = time.perf_counter() - t0, rss_mb(os.getpid())
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     net(np.zeros((batch, size, size), np.uint8))  # warm-up: thread pools, allocator, kernels
     sync()
@@ -112,7 +106,7 @@ def arm_stream(kind: str, n: int, size: int, batch: int, device: str) -> dict:
         stats_s += time.perf_counter() - t0
         seen += len(b)
         while marks and seen >= marks[0]:
-            rss_at[marks.pop(0)] = round(rss_mb(), 1)
+            rss_at[marks.pop(0)] = round(rss_mb(os.getpid()), 1)
     t0 = time.perf_counter()
     value = fid(halves[0], halves[1])
     fid_s = time.perf_counter() - t0
@@ -146,7 +140,7 @@ def arm_report(n: int, size: int, batch: int, device: str) -> dict:
 
     cfg = MetricsConfig(batch_size=batch)
     real, fake = Phantoms(n, size, start=0), Phantoms(n, size, start=1_000_000)
-    rss_start = rss_mb()
+    rss_start = rss_mb(os.getpid())
     t0 = time.perf_counter()
     # Labels are read lazily, in step with the images, so the stream stays one pass.
     report = image_metrics(

@@ -41,12 +41,15 @@ import time
 import uuid
 from pathlib import Path
 
-import _labelstudio as labelstudio
-from _portal_child import child_main
-from _portal_clients import ANSWER, Reader, conc_phase, http_floor, http_pairs
-from _portal_measure import CpuMeter, log, machine_info, rss_mb, summary_ms
-from _portal_report import render, side_by_side_write
-from _portal_server import (
+from common.processes import rss_mb, secret_key_for_run
+
+# `portal` is the package bench/portal/ (its harness): this script runs as __main__, never as `portal`
+from portal import labelstudio
+from portal.child import child_main
+from portal.clients import ANSWER, Reader, conc_phase, http_floor, http_pairs
+from portal.measure import CpuMeter, log, machine_info, summary_ms
+from portal.report import render, side_by_side_write
+from portal.server import (
     PG_ADMIN_URL,
     PG_DB,
     PY,
@@ -74,7 +77,7 @@ def run_one(args, db, size, tmp_root, passwords):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_URL", "REDIS_URL", "CELERY_", "DJANGO_", "CXR_", "DB_CONN"))}
     env.update(DATABASE_URL=url, CXR_VAR_DIR=str(var), DJANGO_DEBUG="0", DJANGO_SETTINGS_MODULE="config.settings",
-               LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+               DJANGO_SECRET_KEY=secret_key_for_run(), LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     r["database_url"] = url

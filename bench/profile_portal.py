@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.processes import secret_key_for_run
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_DB = "cxr_bench_profile"
@@ -52,7 +54,7 @@ CATEGORIES = [
 
 
 def _setup(readers: int, images: int, k: int) -> list[dict]:
-    from _reading_study import reading_study  # bench/ is the script's folder, first on sys.path
+    from common.reading_study import reading_study  # bench/ is the script's folder, first on sys.path
 
     return reading_study("profile", readers, images, k)
 
@@ -273,7 +275,8 @@ def run_child(db: str, args) -> dict:
     work = tempfile.mkdtemp(prefix="cxr-profile-")
     env = {k: v for k, v in os.environ.items()
            if k not in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="config.settings", CXR_VAR_DIR=work, CXR_CLAIM_TIMEOUT_S="3600")
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(), CXR_VAR_DIR=work,
+               CXR_CLAIM_TIMEOUT_S="3600")
     if db == "postgres":
         import psycopg
 

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inference.ml.phantoms import generate_phantom  # noqa: E402
-from training.ml.reward.data import FeedbackItem, RewardConfig  # noqa: E402
+from training.ml.reward.config import RewardConfig  # noqa: E402
+from training.ml.reward.data import FeedbackItem  # noqa: E402
 from training.ml.reward.model import predict  # noqa: E402
 from training.ml.reward.train import train_reward_model  # noqa: E402
 

@@ -47,7 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sample_efficiency_report import (  # noqa: E402 - beside this script
+from common.processes import secret_key_for_run
+from reports.sample_efficiency import (
     ROOT,
     contrast_lines,
     markdown,
@@ -275,7 +276,7 @@ def run_seed(seed: int, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
                                                             "CELERY_RESULT_BACKEND")}
     env.update(CXR_VAR_DIR=str(var), CXR_MODELS_DIR=env.get("CXR_MODELS_DIR", str(ROOT / "var" / "models")),
-               DJANGO_SETTINGS_MODULE="config.settings", CELERY_TASK_ALWAYS_EAGER="1")
+               DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secret_key_for_run(), CELERY_TASK_ALWAYS_EAGER="1")
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, check=True,
                    cwd=ROOT)
     spec = {"seed": seed, "budgets": args.budgets, "readers": args.readers, "panel": args.panel,

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,12 +28,22 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
-#: Everything the platform writes locally (SQLite files, broker, media, model cache) lives under here.
+#: Everything the platform writes locally (SQLite files, broker, media, model cache) lives under here. Nothing is
+#: written when the settings load: each writer makes its folder when it first writes (the SQLite engine in
+#: config/sqlite, Celery's SQLite broker in config/celery.py, the storage, the model and log folders).
 VAR_DIR = Path(env("CXR_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-SECRET_KEY = env("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DJANGO_DEBUG", False)
+#: Django's signing key (sessions, CSRF tokens), and CXR_PSEUDONYM_KEY's unless that is set.
+#: Development (DJANGO_DEBUG=1) may run on the published placeholder; anything else refuses to start without a key.
+INSECURE_SECRET_KEY = "dev-only-insecure-key-change-me-in-production-0123456789"
+SECRET_KEY = env("DJANGO_SECRET_KEY", INSECURE_SECRET_KEY)
+if not DEBUG and SECRET_KEY == INSECURE_SECRET_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set and DEBUG is off: set DJANGO_SECRET_KEY to a long random value kept secret, "
+        "e.g. export DJANGO_SECRET_KEY=\"$(python -c 'import secrets; print(secrets.token_urlsafe(50))')\" "
+        "(scripts/demo.sh makes one for its var folder; DJANGO_DEBUG=1 runs on a development key)."
+    )
 ALLOWED_HOSTS = [h for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o]
 

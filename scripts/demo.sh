@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export DJANGO_SETTINGS_MODULE=config.settings
+# DEBUG is off, so the settings need a secret key: the var folder's own, made on the first run and kept.
+DJANGO_SECRET_KEY=${DJANGO_SECRET_KEY:-$(PYTHON=.venv/bin/python scripts/secret_key.sh)}
+export DJANGO_SECRET_KEY
 PORT=${PORT:-8000}
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py collectstatic --noinput -v 0

@@ -9,12 +9,16 @@ released, so a write waits for the writes ahead of it and no longer. Reads outsi
 readers never block). In-memory databases (the test database) have nothing to share and take no lock. The wait has
 no timeout of its own: a lock is held only for one transaction of a live process, and the kernel drops it when the
 process dies (gunicorn's worker timeout, Celery's time limit), so a stuck holder cannot outlive its process.
+
+SQLite creates a missing database file but not its folder; the settings write nothing when they load, so the
+first connection makes the folder (CXR_VAR_DIR on a first run).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 
 from django.db.backends.sqlite3 import base
 
@@ -28,6 +32,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if not name or name == ":memory:" or "mode=memory" in name:
             return None
         return f"{name}.writelock"
+
+    def get_new_connection(self, conn_params):
+        name = str(conn_params["database"])
+        if self._lock_path() is not None and not name.startswith("file:"):  # a file, named by its path
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+        return super().get_new_connection(conn_params)
 
     def _start_transaction_under_autocommit(self):
         path = self._lock_path()

@@ -10,9 +10,9 @@ import time
 import uuid
 from collections import Counter, defaultdict
 
-from _portal_clients import ANSWER
-from _portal_measure import summary_ms
-from _portal_server import CHILD_MARK, REPO
+from .clients import ANSWER
+from .measure import summary_ms
+from .server import CHILD_MARK, REPO
 
 PROBE_USER = "bench-probe"
 TX_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")

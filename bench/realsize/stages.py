@@ -10,14 +10,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _realsize_device import memory_gib, reset_peak, synchronize
-from _realsize_models import BETAS, SCALING_FACTOR, Models, scheduler_for_inference
 from diffusers import (
     DDPMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+
+from .device import memory_gib, reset_peak, synchronize
+from .models import BETAS, SCALING_FACTOR, Models, scheduler_for_inference
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _portal_measure import log
+from .measure import log
+from .server import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 VERSION = "1.23.2"
 HARNESS = Path(os.environ.get("CXR_PEERS_DIR") or REPO.parent / "shared" / "peers") / "labelstudio"
 ROOT = REPO / "var" / "labelstudio"

@@ -1,5 +1,5 @@
 """Processes bench/portal.py starts: the PostgreSQL database, the child processes with Django set up (data, probe,
-check; see _portal_child.py), and gunicorn."""
+check; see child.py), and gunicorn."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _django import ROOT as REPO
-from _django import free_port
+from common.processes import ROOT as REPO
+from common.processes import free_port
 
 VENV_BIN = REPO / ".venv" / "bin"
 PY = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
@@ -22,7 +22,7 @@ GUNICORN = str(VENV_BIN / "gunicorn")
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_DB = "bench_portal"
 CHILD_MARK = "@@BENCH-JSON@@"
-PORTAL = Path(__file__).with_name("portal.py")  # the children run `portal.py _child MODE SPEC`
+PORTAL = REPO / "bench" / "portal.py"  # the children run `portal.py _child MODE SPEC`
 
 
 def pg_info():

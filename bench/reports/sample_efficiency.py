@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MD_BEGIN, MD_END = "<!-- sample_efficiency:begin -->", "<!-- sample_efficiency:end -->"
 
 def _t95(df: int) -> float:

@@ -1,5 +1,5 @@
-"""Measurement helpers of bench/portal.py (no Django): nearest-rank percentiles, CPU and RSS of a process tree
-from /proc, the machine description, and the progress log."""
+"""Measurement helpers of bench/portal.py (no Django): nearest-rank percentiles, CPU of a process tree and of the
+machine from /proc, the machine description, and the progress log."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
-from _portal_server import PY, REPO
+from common.processes import proc_tree
+
+from .server import PY, REPO
 
 
 def pct(values, p):
@@ -41,24 +42,6 @@ def cpu_times():
         vals = [int(x) for x in f.readline().split()[1:]]
     idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
     return sum(vals), idle
-
-
-def proc_tree(pid):
-    children = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children[ppid].append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def tree_cpu_s(pid):
@@ -101,19 +84,6 @@ class CpuMeter:
 def _self_cpu():
     t = os.times()
     return t.user + t.system
-
-
-def rss_mb(pid):
-    total = 0
-    for p in proc_tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return round(total / 1024, 1)
 
 
 def machine_info():

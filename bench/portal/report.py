@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
-#: The peer harness's results, beside the checkout (`../shared/peers/labelstudio`), or where CXR_PEERS_DIR points.
-LS_DIR = Path(os.environ.get("CXR_PEERS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "peers") / "labelstudio"
+from .labelstudio import HARNESS
 
 
 def load_ls():
-    """Label Studio figures from the peer's results-*.json: {db: [(label, {size: result})]}."""
+    """Label Studio figures from the peer's results-*.json (in its harness, beside the checkout or where
+    CXR_PEERS_DIR points): {db: [(label, {size: result})]}."""
     runs = defaultdict(list)
-    for path in sorted(glob.glob(str(LS_DIR / "results-*.json"))):
+    for path in sorted(glob.glob(str(HARNESS / "results-*.json"))):
         name = Path(path).stem[len("results-"):]
         db = name.split("-")[0]
         server = "gunicorn-4" if "gunicorn" in name else "runserver"
@@ -157,7 +156,7 @@ def render(results, target_ms):
 
     w("\n### SQL statements and in-process time per call (probe account, same database, before HTTP)\n")
     w("Statements = data statements (BEGIN/COMMIT/SAVEPOINT/RELEASE counted separately in the JSON); "
-      "service = annotation.assignment function alone; view = whole Django request via django.test.Client "
+      "service = annotation.reading.assignment function alone; view = whole Django request via django.test.Client "
       "(session + auth middleware included); HTTP = client-side p50 of the sequential phase; HTTP floor = "
       "client-side p50 of GET of a static file served by WhiteNoise through the same gunicorn (no view, no DB).\n")
     w("| run | cases | next stmts: service / view | submit stmts: service / view | next p50 ms: "
