@@ -17,6 +17,7 @@ from django.db import transaction
 
 from inference.ml.generation_config import GenerationConfig
 from inference.models import GenerationBatch, ModelVersion
+from inference.tasks import generation_batch_run_task
 
 # --- local caches ---------------------------------------------------------------------------------------------------
 
@@ -111,8 +112,6 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
                             clean: bool = True, enqueue: bool = True) -> GenerationBatch:
     """Create the job row and enqueue it once the transaction commits (`enqueue=False`: the caller, already on the
     GPU queue, runs it with `generation_batch_run`)."""
-    from inference.tasks import generation_batch_run_task
-
     config = config or generation_config_default(model_version)
     if count < 1:
         raise ValueError("A batch needs at least one image.")
@@ -126,7 +125,5 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
 def generation_batch_requeue(*, batch: GenerationBatch) -> None:
     """Send the batch's message again (a lost message or a dead worker); the run resumes where the stored images
     end. The heartbeat is stamped so a reconciler does not send it again before the stage timeout."""
-    from inference.tasks import generation_batch_run_task
-
     batch.job_requeued()
     transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))
