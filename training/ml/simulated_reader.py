@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from inference.ml.config import Settings, option
+from training.ml.realism import RealismModel
 
 CRITERIA = ("anatomy", "style", "artifacts")
 
@@ -174,8 +175,6 @@ class SimulatedReader(Settings):
 
     @cached_property
     def realism_model(self):
-        from training.ml.realism import RealismModel
-
         return RealismModel.from_dict(self.realism) if self.realism else None
 
     def realism_score(self, image: np.ndarray) -> float | None:
