@@ -28,7 +28,7 @@ def tiny_models_dir() -> Path:
 
 def tiny_models_ensure() -> dict[str, Path]:
     """Build the tiny models once per machine (a file lock keeps web and worker from building them twice)."""
-    from inference.ml.tiny import build_tiny_models  # torch, loaded only for this one-off build
+    from inference.ml.tiny import build_tiny_models  # torch: the web imports this module; one-off build
 
     out = tiny_models_dir()
     paths = {"sd": out / "sd", "sd_inpaint": out / "sd-inpaint", "sam": out / "sam-tiny.pth"}

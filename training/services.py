@@ -41,7 +41,7 @@ def training_run_execute(*, run: TrainingRun) -> TrainingRun:
         return run
     run.job_start()
     try:
-        from training.runs import finetune, reward  # the worker's side: loads torch
+        from training.runs import finetune, reward  # torch: the web imports this module
 
         (reward.reward_run_execute if run.kind == RunKind.REWARD else finetune.finetune_run_execute)(run)
     except Exception as exc:
@@ -59,6 +59,6 @@ def _finish(run: TrainingRun, status: str, error: str = "") -> TrainingRun:
 def reward_scorer(run: TrainingRun, device, *, judge: bool = False):
     """A finished reward run's scorer (`training.runs.reward.RewardScorer`: `scores`, `uncertainty`) on `device`;
     `judge`: its cross-fitted fold models, the promotion judge. Worker side: loads torch when called."""
-    from training.runs.reward import reward_scorer as load  # the worker's side: loads torch
+    from training.runs.reward import reward_scorer as load  # torch: the web imports this module
 
     return load(run, device, judge=judge)

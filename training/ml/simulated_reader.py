@@ -244,7 +244,7 @@ class SimulatedReader(Settings):
 
     def feedback(self, images: Sequence[np.ndarray], prompts: Sequence[str], rng: np.random.Generator) -> list:
         """One `training.ml.reward.data.FeedbackItem` per image, labelled by this reader."""
-        from training.ml.reward.data import FeedbackItem
+        from training.ml.reward.data import FeedbackItem  # torch: the web imports this module
 
         return [FeedbackItem(image=image, prompt=prompt, realism=lab["realism"], criteria=lab["criteria"],
                              image_id=f"simulated-{i}")
