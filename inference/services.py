@@ -17,6 +17,7 @@ from django.db import transaction
 
 from inference.ml.generation_config import GenerationConfig
 from inference.models import GenerationBatch, ModelVersion
+from inference.tasks import generation_batch_run_task
 
 # --- local caches ---------------------------------------------------------------------------------------------------
 
@@ -27,7 +28,7 @@ def tiny_models_dir() -> Path:
 
 def tiny_models_ensure() -> dict[str, Path]:
     """Build the tiny models once per machine (a file lock keeps web and worker from building them twice)."""
-    from inference.ml.tiny import build_tiny_models  # torch, loaded only for this one-off build
+    from inference.ml.tiny import build_tiny_models  # torch: the web imports this module; one-off build
 
     out = tiny_models_dir()
     paths = {"sd": out / "sd", "sd_inpaint": out / "sd-inpaint", "sam": out / "sam-tiny.pth"}
@@ -111,8 +112,6 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
                             clean: bool = True, enqueue: bool = True) -> GenerationBatch:
     """Create the job row and enqueue it once the transaction commits (`enqueue=False`: the caller, already on the
     GPU queue, runs it with `generation_batch_run`)."""
-    from inference.tasks import generation_batch_run_task
-
     config = config or generation_config_default(model_version)
     if count < 1:
         raise ValueError("A batch needs at least one image.")
@@ -126,7 +125,5 @@ def generation_batch_create(*, model_version: ModelVersion, count: int, prompts:
 def generation_batch_requeue(*, batch: GenerationBatch) -> None:
     """Send the batch's message again (a lost message or a dead worker); the run resumes where the stored images
     end. The heartbeat is stamped so a reconciler does not send it again before the stage timeout."""
-    from inference.tasks import generation_batch_run_task
-
     batch.job_requeued()
     transaction.on_commit(lambda: generation_batch_run_task.delay(batch_pk=batch.pk))

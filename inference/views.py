@@ -70,9 +70,8 @@ def _to_gray8(image: PILImage.Image) -> np.ndarray:
 
 @staff_member_required
 def clean_preview(request: HttpRequest) -> HttpResponse:
-    # torch loads here, not at import: web workers that never clean an image stay small
-    from inference.jobs import Cleaner
-    from inference.ml.devices import pick_device
+    from inference.jobs import Cleaner  # torch: web workers that never clean stay small
+    from inference.ml.devices import pick_device  # torch: web workers that never clean stay small
 
     form = CleanForm(request.POST or None, request.FILES or None)
     context: dict = {"form": form}

@@ -10,6 +10,7 @@ from django.db import transaction
 
 from training.models import RunKind, RunStatus, TrainingRun
 from training.signals import run_finished
+from training.tasks import training_run_execute_task
 
 log = logging.getLogger("cxr.training")
 
@@ -17,8 +18,6 @@ log = logging.getLogger("cxr.training")
 def training_run_create(*, kind: str, owner: str = "", config: dict, snapshot_key: str = "",
                         snapshot_sha256: str = "", base_version=None, reward_run: TrainingRun | None = None,
                         enqueue: bool = True) -> TrainingRun:
-    from training.tasks import training_run_execute_task
-
     if kind not in RunKind.values:
         raise ValueError(f"Unknown run kind {kind!r}.")
     run = TrainingRun.objects.create(kind=kind, owner=owner, config=config, snapshot_key=snapshot_key,
@@ -32,8 +31,6 @@ def training_run_create(*, kind: str, owner: str = "", config: dict, snapshot_ke
 def training_run_requeue(*, run: TrainingRun) -> None:
     """Send the run's message again (a lost message, a dead worker, an admin's retry); it resumes from its last
     checkpoint in storage. The heartbeat is stamped so a reconciler does not send it again before its timeout."""
-    from training.tasks import training_run_execute_task
-
     run.job_requeued()
     transaction.on_commit(lambda: training_run_execute_task.delay(run_pk=run.pk))
 
@@ -44,7 +41,7 @@ def training_run_execute(*, run: TrainingRun) -> TrainingRun:
         return run
     run.job_start()
     try:
-        from training.runs import finetune, reward  # the worker's side: loads torch
+        from training.runs import finetune, reward  # torch: the web imports this module
 
         (reward.reward_run_execute if run.kind == RunKind.REWARD else finetune.finetune_run_execute)(run)
     except Exception as exc:
@@ -62,6 +59,6 @@ def _finish(run: TrainingRun, status: str, error: str = "") -> TrainingRun:
 def reward_scorer(run: TrainingRun, device, *, judge: bool = False):
     """A finished reward run's scorer (`training.runs.reward.RewardScorer`: `scores`, `uncertainty`) on `device`;
     `judge`: its cross-fitted fold models, the promotion judge. Worker side: loads torch when called."""
-    from training.runs.reward import reward_scorer as load  # the worker's side: loads torch
+    from training.runs.reward import reward_scorer as load  # torch: the web imports this module
 
     return load(run, device, judge=judge)

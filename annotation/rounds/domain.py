@@ -32,7 +32,7 @@ def shipped_base_path(name: str, progress=None) -> Path:
     """A shipped tiny base's folder under CXR_MODELS_DIR/<name>: copied from the repository (CXR_WEIGHTS_DIR/<name>),
     or built here when the shipped copy is missing or from another recipe (`progress(stage, done, total)` while it
     is built: a few CPU minutes for tiny-domain, about an hour for tiny-demo)."""
-    from training.ml.insilico_base import SHIPPED_BASES, build_insilico_base
+    from training.ml.insilico_base import SHIPPED_BASES, build_insilico_base  # torch: the web imports this
 
     return build_insilico_base(Path(settings.CXR_MODELS_DIR) / name, SHIPPED_BASES[name](),
                                shipped=Path(settings.CXR_WEIGHTS_DIR) / name, progress=progress)

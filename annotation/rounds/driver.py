@@ -28,6 +28,7 @@ from inference.models import GenerationBatch, JobStatus
 from inference.services import generation_batch_requeue, is_tiny_version
 from training.ml.reward.config import RewardConfig
 from training.models import RunKind
+from training.runs.storage import snapshot_load
 from training.services import training_run_create, training_run_requeue
 
 log = logging.getLogger("cxr.rounds")
@@ -104,8 +105,6 @@ def _advance_reward(rnd: Round) -> Round:
 
 
 def _start_finetune(rnd: Round) -> Round:
-    from training.runs.storage import snapshot_load
-
     cfg = round_config(rnd)
     kind = OBJECTIVES[cfg.objective]
     reward_run = rnd.reward_run

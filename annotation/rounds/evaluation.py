@@ -107,7 +107,7 @@ def _panel(rnd: Round, profiles: list, skipped: dict):
         skipped["panel"] = ("the study's panel_size is 0: no evaluation panel" if panel is None
                             else "the round sampled from no model version")
         return None, None
-    from inference.ml.devices import pick_device  # torch: in the worker only
+    from inference.ml.devices import pick_device  # torch: stages also runs round_simulate (default queue)
 
     device = pick_device(settings.CXR_DEVICE)
     for version in (rnd.model_version, rnd.produced_version):
@@ -131,7 +131,7 @@ def _promotion_panel(rnd: Round):
     panel = panel_ensure(rnd.study, PanelKind.PROMOTION)
     if panel is None:
         return None
-    from inference.ml.devices import pick_device  # torch: in the worker only
+    from inference.ml.devices import pick_device  # torch: stages also runs round_simulate (default queue)
 
     for version in (rnd.model_version, rnd.produced_version):
         panel_sample(panel, version)

@@ -83,7 +83,7 @@ def _owner(panel: EvaluationPanel) -> str:
 
 def panel_sample(panel: EvaluationPanel, version: ModelVersion) -> PanelScore:
     """The version's samples of the panel, generated here (call it in a GPU-queue task) unless stored already."""
-    from inference.jobs import generation_batch_run
+    from inference.jobs import generation_batch_run  # torch: the web imports this module
 
     row, _ = PanelScore.objects.get_or_create(panel=panel, model_version=version)
     batch = row.batch

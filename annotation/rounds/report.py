@@ -47,8 +47,8 @@ def _stream(images: list[Image], side: int) -> Iterator[np.ndarray]:
 def image_metrics_for_round(*, round: Round, tiny: bool = False) -> dict:
     """FID (when weights are configured), PRDC, MS-SSIM diversity, memorisation and downstream utility, streamed
     image by image from storage. Synthetic images of the round are compared with the study's real images."""
-    from training.ml.metrics.features import build_extractors
-    from training.ml.metrics.images import MetricsConfig, image_metrics
+    from training.ml.metrics.features import build_extractors  # torch: the web imports this module
+    from training.ml.metrics.images import MetricsConfig, image_metrics  # torch: the web imports this
 
     real = list(Image.objects.filter(study=round.study, source=Source.REAL, is_catch=False).order_by("pk"))
     fake = list(Image.objects.filter(round=round, source=Source.SYNTHETIC, is_catch=False).order_by("pk"))

@@ -69,7 +69,7 @@ def comparison_selection(rnd: Round, versions: list[str]) -> dict:
 
 
 def _active(rnd: Round, items, groups, keys, wanted: int, weight: float, seed: int) -> tuple[list[int], dict]:
-    from inference.ml.devices import pick_device  # torch: selection runs on the worker
+    from inference.ml.devices import pick_device  # torch: stages also runs round_simulate (default queue)
 
     pixels = {item.index: image_load(item.raw_key) for item in items}
     run = latest_reward_run(rnd)

@@ -132,8 +132,8 @@ def round_clean_images(*, round: Round, on_cleaned=None) -> int:
     """Run text/marker removal on every image of the round, real and synthetic alike, so cleaning cannot become
     a tell. Each image is replaced in the round by its cleaned copy (`cleaned_from` links back to the raw one; the
     mask is stored). Safe to run twice: images already cleaned are skipped. Returns how many were cleaned."""
-    from inference.jobs import Cleaner
-    from inference.ml.devices import pick_device
+    from inference.jobs import Cleaner  # torch: round_simulate (default queue) is here too
+    from inference.ml.devices import pick_device  # torch: round_simulate (default queue) is here too
 
     cleaner = Cleaner.for_settings(pick_device(settings.CXR_DEVICE))
     cleaned = 0

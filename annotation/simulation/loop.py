@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from django.conf import settings
 
 from annotation.images.storage import image_store
@@ -20,7 +21,10 @@ from annotation.rounds.driver import rounds_reconcile
 from annotation.rounds.panel import study_prompts
 from annotation.rounds.versions import study_version
 from annotation.studies.services import study_create
+from inference.ml.generation import generate, plan_requests
 from inference.ml.generation_config import GenerationConfig
+from inference.ml.loading import PipelineSpec, load_pipeline
+from inference.ml.phantoms import generate_phantom, generate_phantoms
 from inference.models import GenerationBatch
 from inference.services import generation_batch_create
 from inference.storage import image_load
@@ -68,8 +72,6 @@ def round_settings(preset: str, overrides: dict) -> dict:
 
 def real_pool_ensure(*, study: Study, unused: int, size: int = 64) -> int:
     """At least `unused` real phantoms (with their reports) not yet read in any round; returns how many it added."""
-    from inference.ml.phantoms import generate_phantom
-
     used = Image.objects.filter(study=study, cleaned_from__isnull=False).values("cleaned_from")
     have = (Image.objects.filter(study=study, source=Source.REAL, round__isnull=True, cleaned_from__isnull=True,
                                  is_catch=False).exclude(pk__in=used).count())
@@ -136,12 +138,6 @@ def tastes_table(count: int = 32) -> list[dict]:
     """Every taste `run_loop --reader-taste` takes, with its direction relative to the real images: measured on
     `count` phantoms (the embedded default's real images) against as many samples of the tiny domain base (built
     once per machine and cached), in-process."""
-    import torch
-
-    from inference.ml.generation import generate, plan_requests
-    from inference.ml.loading import PipelineSpec, load_pipeline
-    from inference.ml.phantoms import generate_phantoms
-
     phantoms = list(generate_phantoms(count, seed=100_000, size=64))
     device = torch.device("cpu")
     pipe = load_pipeline(PipelineSpec(base=str(tiny_domain_path())), device)

@@ -143,7 +143,7 @@ def build_tiny_sd(out_dir: Path, cfg: TinySDConfig | None = None, *, inpaint: bo
 
 def build_tiny_models(out_dir: Path, cfg: TinySDConfig | None = None) -> dict[str, Path]:
     """Write tiny `sd/`, `sd-inpaint/` (diffusers folders) and `sam-tiny.pth` under out_dir; return their paths."""
-    from inference.ml.sam import build_tiny_sam, save_sam
+    from inference.ml.sam import build_tiny_sam, save_sam  # segment_anything + torchvision: this build only
 
     cfg = cfg or TinySDConfig()
     out_dir = Path(out_dir)

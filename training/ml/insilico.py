@@ -27,9 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.ml.generation import Request, generate
+from inference.ml.generation_config import GenerationConfig
+from inference.ml.loading import PipelineSpec, load_pipeline
+from inference.ml.phantoms import generate_phantoms
 from inference.ml.report_text import TEMPLATE_REPORTS
+from training.ml.finetune.config import FinetuneConfig
+from training.ml.finetune.data import FinetuneData
+from training.ml.finetune.loop import run_finetune
+from training.ml.finetune.losses import normalise_rewards
 from training.ml.insilico_base import BASE_MARKER, InSilicoConfig, build_insilico_base
 from training.ml.jsonable import json_safe
+from training.ml.reward.config import RewardConfig
+from training.ml.reward.model import reward
+from training.ml.reward.train import train_reward_model
 
 # Sampling-seed streams: the labelled set, the reward model's held-out check, the paired comparison.
 _TRAIN, _HELD_OUT, _FRESH = 0, 1, 2
@@ -40,16 +51,11 @@ _TRAIN, _HELD_OUT, _FRESH = 0, 1, 2
 
 def _requests(n: int, seed: int, stream: int) -> list:
     """`n` requests with sampling seeds unique to (seed, stream); prompts cycle through the template reports."""
-    from inference.ml.generation import Request
-
     seeds = np.random.SeedSequence([seed, stream]).generate_state(n, dtype=np.uint32)
     return [Request(i, TEMPLATE_REPORTS[i % len(TEMPLATE_REPORTS)], int(s) >> 1) for i, s in enumerate(seeds)]
 
 
 def _generate(pipe, requests: Sequence, cfg: InSilicoConfig, device: torch.device) -> list[np.ndarray]:
-    from inference.ml.generation import generate
-    from inference.ml.generation_config import GenerationConfig
-
     gen = replace(GenerationConfig.tiny(), steps=cfg.generation_steps, guidance_scale=cfg.guidance_scale)
     return [image for _, image in generate(pipe, requests, gen, device=device)]
 
@@ -81,9 +87,6 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 def _finetune_arm(base: Path, cfg: InSilicoConfig, seed: int, data, out_dir: Path, device: torch.device):
     """One reward-weighted LoRA finetune; everything but the synthetic rewards is shared by the two arms."""
-    from training.ml.finetune.config import FinetuneConfig
-    from training.ml.finetune.loop import run_finetune
-
     ft = FinetuneConfig(
         objective="reward_weighted",
         beta=cfg.beta,
@@ -110,8 +113,6 @@ def _weights_summary(rewards: np.ndarray, prop: np.ndarray, mode: str) -> dict[s
     and, for non-negative weights, the weighted mean of the property (what a converged model would reproduce)."""
     from scipy.stats import spearmanr
 
-    from training.ml.finetune.losses import normalise_rewards
-
     w = normalise_rewards(rewards, mode)
     out = {"spearman_with_property": float(spearmanr(w, prop).statistic)}
     if (w >= 0).all() and w.sum() > 0:
@@ -134,13 +135,6 @@ def run_insilico(
     and control-vs-base (p-values, mean difference, Cohen's d_z) on the preference-signed property, timings, and
     `passed` (reward beats control and base at `significance`). Runs with one torch thread (restored after)."""
     from scipy.stats import spearmanr
-
-    from inference.ml.loading import PipelineSpec, load_pipeline
-    from inference.ml.phantoms import generate_phantoms
-    from training.ml.finetune.data import FinetuneData
-    from training.ml.reward.config import RewardConfig
-    from training.ml.reward.model import reward
-    from training.ml.reward.train import train_reward_model
 
     cfg = replace(cfg or InSilicoConfig(), **overrides)
     device, base_dir = torch.device(device), Path(base_dir)

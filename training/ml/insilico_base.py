@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from inference.ml.config import Settings, option
-from inference.ml.tiny import TinySDConfig
+from inference.ml.phantoms import generate_phantoms
+from inference.ml.tiny import TinySDConfig, build_tiny_sd
+from training.ml.finetune import losses as D
 from training.ml.simulated_reader import SimulatedReader
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -145,8 +147,6 @@ def _textures(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def fit_vae(vae, cfg: InSilicoConfig, *, seed: int = 0, progress: Progress | None = None) -> dict[str, float]:
     """Fit the VAE as an autoencoder (MSE + a tiny KL) on phantoms and smooth textures, then set its scaling factor
     so that scaled latents have unit std, as SD's does."""
-    from inference.ml.phantoms import generate_phantoms
-
     rng = np.random.default_rng(seed)
     half = cfg.vae_images // 2
     size = cfg.image_size
@@ -190,9 +190,6 @@ def pretrain_unet(pipe, cfg: InSilicoConfig, *, seed: int = 0, progress: Progres
     """Train the whole UNet briefly on phantoms and their reports (10% empty prompts, so guidance has an
     unconditional model to work from)."""
     from diffusers import DDPMScheduler
-
-    from inference.ml.phantoms import generate_phantoms
-    from training.ml.finetune import losses as D
 
     phantoms = list(generate_phantoms(cfg.unet_images, seed=20_000 + seed, size=cfg.image_size))
     cpu = torch.device("cpu")
@@ -249,8 +246,6 @@ def build_insilico_base(base_dir: str | Path, cfg: InSilicoConfig | None = None,
     built here: on the CPU with one thread (the thread count is restored), `progress(stage, done, total)` called as
     it goes (a few CPU minutes for the default recipe, about an hour for `demo_base_config()`)."""
     from diffusers import StableDiffusionPipeline
-
-    from inference.ml.tiny import build_tiny_sd
 
     cfg = cfg or InSilicoConfig()
     path = Path(base_dir) / "sd"

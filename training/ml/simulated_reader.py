@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from inference.ml.config import Settings, option
+from training.ml.realism import RealismModel
 
 CRITERIA = ("anatomy", "style", "artifacts")
 
@@ -174,8 +175,6 @@ class SimulatedReader(Settings):
 
     @cached_property
     def realism_model(self):
-        from training.ml.realism import RealismModel
-
         return RealismModel.from_dict(self.realism) if self.realism else None
 
     def realism_score(self, image: np.ndarray) -> float | None:
@@ -245,7 +244,7 @@ class SimulatedReader(Settings):
 
     def feedback(self, images: Sequence[np.ndarray], prompts: Sequence[str], rng: np.random.Generator) -> list:
         """One `training.ml.reward.data.FeedbackItem` per image, labelled by this reader."""
-        from training.ml.reward.data import FeedbackItem
+        from training.ml.reward.data import FeedbackItem  # torch: the web imports this module
 
         return [FeedbackItem(image=image, prompt=prompt, realism=lab["realism"], criteria=lab["criteria"],
                              image_id=f"simulated-{i}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.images.dicomweb import DicomwebUnreachable, dicomweb_import, filters_parse
 from annotation.images.importing import ArchiveRejected, images_import_path, read_reports_csv
 from annotation.management.progress import ShellProgress
 from annotation.models import Round, Study
@@ -50,8 +51,6 @@ class Command(BaseCommand):
         try:
             report_map = read_reports_csv(reports.read_bytes()) if reports else {}
             if url is not None:
-                from annotation.images.dicomweb import DicomwebUnreachable, dicomweb_import, filters_parse
-
                 try:
                     result = dicomweb_import(study=found, url=url, filters=filters_parse(options["filter"]),
                                              reports=report_map, round=rnd, progress=progress)

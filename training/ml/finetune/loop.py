@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.ml.devices import precision_for
+from inference.ml.loading import PipelineSpec, load_pipeline
 from training.ml.finetune import losses as D
 from training.ml.finetune.checkpoints import (
     ADAPTER_FILE,
@@ -135,8 +137,6 @@ def validation_loss(models: Models, images: torch.Tensor, prompts: Sequence[str]
 
 
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    from inference.ml.devices import precision_for
-
     if setting != "auto":
         return setting
     autocast = precision_for(device).autocast
@@ -168,8 +168,6 @@ def setup_training(base_path: str | Path, cfg: FinetuneConfig, device: torch.dev
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
-
-    from inference.ml.loading import PipelineSpec, load_pipeline
 
     cfg.validate()
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision, device)

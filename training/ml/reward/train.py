@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.ml.devices import precision_for
 from training.ml.jsonable import json_safe
 from training.ml.reporting import too_few
 from training.ml.reward.config import REALISM, RewardConfig
@@ -80,8 +81,6 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if precision != "auto":
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
-    from inference.ml.devices import precision_for
-
     return torch.bfloat16 if precision_for(device).autocast == torch.bfloat16 else None
 
 
