@@ -14,7 +14,7 @@ from annotation.reading.simulated import simulated_members
 from annotation.rounds.feedback import feedback_permuted
 from annotation.rounds.services import round_launch
 from inference.models import GenerationBatch
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
 from training.ml.snapshot import Snapshot, SnapshotItem, SnapshotPair
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,8 +10,8 @@ from django.core.files.storage import default_storage
 
 from annotation.models import Image, ImportJob
 from annotation.studies.services import membership_add
-from tests.annotation.test_import import png
-from tests.annotation.test_ingest import dicom_bytes, make_dicom
+from tests.annotation.images.test_import import png
+from tests.annotation.images.test_ingest import dicom_bytes, make_dicom
 
 pytestmark = pytest.mark.django_db
 
@@ -92,7 +92,7 @@ def test_only_the_study_admins_see_its_imports(admin_client, make_user, client, 
 
 
 def test_a_dicomweb_pull_from_the_dashboard(admin_client, orthanc, django_capture_on_commit_callbacks):
-    from tests.annotation.test_dicomweb_import import _stow, _study_datasets
+    from tests.annotation.images.test_dicomweb_import import _stow, _study_datasets
 
     client, study = admin_client
     datasets = _study_datasets(3, 8, accession="DASH-1")

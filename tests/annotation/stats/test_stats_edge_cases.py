@@ -12,7 +12,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from annotation.stats.readers import reader_report
 from annotation.stats.reads import REAL, SYNTHETIC, CatchRule, Read, RubricRead
-from tests.annotation.stats_helpers import (
+from tests.annotation.stats.stats_helpers import (
     ROOT,
     assert_binary_metrics,
     assert_proportion,

@@ -7,7 +7,7 @@ import pytest
 from annotation.models import Round
 from annotation.rounds.services import round_launch
 from annotation.studies.services import membership_add, study_create
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import BrowserProblems, artifacts_dir, chromium, page  # noqa: F401 - the fixtures
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
+from tests.browser.conftest import BrowserProblems
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(500)]
 
@@ -75,8 +75,8 @@ def read_everything_by_keyboard(reader_page, url: str, username: str, password: 
     return answered
 
 
-def test_the_first_hour_of_an_admin_and_a_radiologist(live_worker, live_server, page, chromium,  # noqa: F811
-                                                      artifacts_dir, django_user_model):  # noqa: F811
+def test_the_first_hour_of_an_admin_and_a_radiologist(live_worker, live_server, page, chromium,
+                                                      artifacts_dir, django_user_model):
     from annotation.models import Label, Round
     from annotation.studies.services import membership_add
 

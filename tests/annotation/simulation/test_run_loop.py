@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Round, Study
-from tests.rounds.preset import TINY_ROUND
+from tests.annotation.rounds.preset import TINY_ROUND
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,5 +1,6 @@
-"""One Celery worker process over Redis for the round tests (started once per session, restarted by the test
-that kills it), on the test database and a media folder the test process shares."""
+"""The round tests' Celery worker process over Redis (the `live_worker` fixture in tests/conftest.py starts it once
+per session; the test that kills it restarts it), on the test database and a media folder the test process shares;
+and `wait_for`, how a test waits on it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
-
-from tests.support import require_postgres, require_redis
 
 
 class WorkerHandle:
@@ -60,48 +57,6 @@ class WorkerHandle:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-@pytest.fixture(scope="session")
-def _round_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    from django.conf import settings
-    from django.db import connection
-
-    from config.celery import app
-
-    redis_url = require_redis()
-    require_postgres()
-    root = tmp_path_factory.mktemp("round-worker")
-    db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
-                                         f"{db['NAME']}",
-           "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url,
-           "MEDIA_ROOT": str(root / "media"), "CXR_MODELS_DIR": str(settings.CXR_MODELS_DIR),
-           "CELERY_TASK_ALWAYS_EAGER": "false"}
-    previous = (app.conf.broker_url, app.conf.result_backend)
-    app.conf.broker_url = app.conf.result_backend = redis_url
-    with app.connection_for_write() as conn:  # messages a killed earlier run left behind must not leak in
-        for queue in ("default", "gpu"):
-            conn.default_channel.queue_purge(queue)
-    handle = WorkerHandle(env, root)
-    handle.start()
-    yield handle
-    handle.stop()
-    app.conf.broker_url, app.conf.result_backend = previous
-
-
-@pytest.fixture
-def live_worker(_round_worker, transactional_db, settings):
-    """The shared worker, running; the test process sends real messages to it and shares its media folder."""
-    from config.celery import app
-
-    if not _round_worker.alive():
-        _round_worker.start()
-    settings.MEDIA_ROOT = _round_worker.media_root
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    app.conf.task_always_eager = False
-    yield _round_worker
-    app.conf.changes.pop("task_always_eager", None)  # back to reading the Django setting
 
 
 def wait_for(predicate, *, timeout: float, worker: WorkerHandle | None = None, every: float = 0.2,

@@ -11,9 +11,9 @@ from annotation.models import Image, Label, Round
 from annotation.rounds.driver import rounds_reconcile
 from annotation.rounds.services import round_launch
 from inference.models import ModelVersion
-from tests.rounds.conftest import WorkerHandle
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
 from tests.support import require_postgres
+from tests.worker import WorkerHandle
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -6,8 +6,8 @@ from annotation.models import Image, Label, Round
 from annotation.rounds.driver import rounds_reconcile
 from annotation.rounds.services import round_launch
 from inference.models import GeneratedImage, ModelVersion
-from tests.rounds.conftest import wait_for
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
+from tests.worker import wait_for
 from training.models import TrainingRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.annotation.stress import run_stress
+from tests.annotation.reading.stress import run_stress
 from tests.support import require_postgres
 
 

@@ -11,7 +11,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from annotation.stats.reads import CALLS, REAL, SYNTHETIC, Read
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SEEDS = [0, 1, 2, 3]
 APPROX = {"rel": 1e-9, "abs": 1e-12}
 

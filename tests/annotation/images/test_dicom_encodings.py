@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 
 from annotation.images.ingest import AcceptRules, ImageRejected, decode_image
-from tests.annotation.test_ingest import dicom_bytes, make_dicom
+from tests.annotation.images.test_ingest import dicom_bytes, make_dicom
 
 RAMP = (np.arange(48 * 64, dtype=np.int64).reshape(48, 64) * 37 % 4096).astype(np.uint16)  # 12-bit, not smooth
 

@@ -81,7 +81,7 @@ def run_stress(*, readers: int = 8, images: int = 40, k: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 

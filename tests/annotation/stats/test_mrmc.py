@@ -18,7 +18,7 @@ import pytest
 from annotation.stats.mrmc.analysis import MRMCData, MRMCError, Rating, mrmc_analysis
 from annotation.stats.mrmc.power import cases_needed, power
 
-VANDYKE = Path(__file__).resolve().parents[1] / "data" / "vandyke_mrmc.csv"
+VANDYKE = Path(__file__).resolve().parents[2] / "data" / "vandyke_mrmc.csv"
 REL = 1e-5
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-VANDYKE = Path(__file__).resolve().parents[1] / "data" / "vandyke_mrmc.csv"
+VANDYKE = Path(__file__).resolve().parents[2] / "data" / "vandyke_mrmc.csv"
 
 
 def run(path: Path, *args: str) -> tuple[str, str]:

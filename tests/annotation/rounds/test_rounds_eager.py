@@ -25,7 +25,7 @@ from annotation.rounds.transitions import ROUND_TRANSITIONS, IllegalTransition, 
 from annotation.rounds.versions import study_version, study_version_choose, study_version_rollback
 from annotation.studies.services import membership_add
 from inference.models import GeneratedImage, ModelVersion
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
 from training.models import TrainingRun
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ from statsmodels.stats.proportion import proportion_confint
 from annotation.stats.agreement import krippendorff_alpha_ordinal
 from annotation.stats.readers import reader_report, wilson_interval
 from annotation.stats.reads import CALLS, REAL, SYNTHETIC, Read, RubricRead
-from tests.annotation.stats_helpers import (
+from tests.annotation.stats.stats_helpers import (
     APPROX,
     SEEDS,
     assert_binary_metrics,

@@ -13,8 +13,8 @@ from django.core.management import call_command
 from annotation.models import Image, Round
 from annotation.rounds.services import round_launch
 from annotation.stats.mrmc.power import power
-from tests.rounds.conftest import wait_for
-from tests.rounds.preset import TINY_ROUND, tiny_study
+from tests.annotation.rounds.preset import TINY_ROUND, tiny_study
+from tests.worker import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
