@@ -95,6 +95,20 @@ def add_reader(make_user):
     return add
 
 
+@pytest.fixture
+def add_admin(make_user):
+    """A new user (`make_user`'s, `extra` its fields) made an admin of `study`."""
+    from annotation.models import Role
+    from annotation.studies.services import membership_add
+
+    def add(study, username: str | None = None, **extra):
+        user = make_user(username, **extra)
+        membership_add(study=study, user=user, role=Role.ADMIN)
+        return user
+
+    return add
+
+
 def random_pixels(seed: int, shape=(48, 40)) -> np.ndarray:
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
 

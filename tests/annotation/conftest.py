@@ -4,12 +4,11 @@ import uuid
 
 import pytest
 
-from annotation.studies.services import membership_add
 from training.ml.simulated_reader import SimulatedReader
 
 
 @pytest.fixture
-def labelled(make_study, add_reader, stored_round, make_user):
+def labelled(make_study, add_reader, stored_round, add_admin):
     from annotation.reading import assignment
     from annotation.reading.simulated import (
         round_simulate_readers,
@@ -35,8 +34,7 @@ def labelled(make_study, add_reader, stored_round, make_user):
                             submission_id=uuid.uuid4())  # a revision: the first label is now superseded
     simulated_readers_ensure(study=study, count=1, readers=[SimulatedReader(accuracy=1.0)])
     round_simulate_readers(round=rnd)
-    admin = make_user("studyadmin")
-    membership_add(study=study, user=admin, role="admin")
+    admin = add_admin(study, "studyadmin")
     return {"study": study, "round": rnd, "readers": readers, "admin": admin}
 
 

@@ -5,8 +5,7 @@ the API docs say how to authenticate."""
 import pytest
 from django.test import Client
 
-from annotation.models import Role, Round, RoundStatus
-from annotation.studies.services import membership_add
+from annotation.models import Round, RoundStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -35,10 +34,9 @@ def test_reading_lists_are_numbered_by_round(make_study, add_reader, stored_roun
     assert "· list 2" in page and "· list 1" not in page
 
 
-def test_a_study_admin_gets_the_dashboard_link_exports_and_api_docs(make_study, make_user):
+def test_a_study_admin_gets_the_dashboard_link_exports_and_api_docs(make_study, add_admin):
     study = make_study(task_kinds=["realism"], readers_per_image=1)
-    boss = make_user("boss")
-    membership_add(study=study, user=boss, role=Role.ADMIN)
+    boss = add_admin(study, "boss")
     client = Client()
     client.force_login(boss)
     home = client.get("/portal/").content.decode()

@@ -122,12 +122,9 @@ def test_settings_change_until_data_or_a_running_round_fix_them(make_study, make
     assert _edit(client, study, readers_per_image=3).status_code == 302  # the round is over
 
 
-def test_another_studys_settings_are_not_found(make_study, make_user):
-    from annotation.studies.services import membership_add
-
+def test_another_studys_settings_are_not_found(make_study, add_admin):
     mine, other = make_study("mine"), make_study("other")
-    admin = make_user("scoped")
-    membership_add(study=mine, user=admin, role=Role.ADMIN)
+    admin = add_admin(mine, "scoped")
     client = Client()
     client.force_login(admin)
     assert client.get(f"/dashboard/studies/{mine.pk}/settings/").status_code == 200

@@ -32,7 +32,7 @@ def adapter(tiny_sd_path, tmp_path_factory):
 
 
 def test_an_exported_version_loads_in_plain_diffusers_and_reproduces_the_raw_samples(
-        tiny_sd_path, adapter, make_study, tmp_path, client, django_user_model):
+        tiny_sd_path, adapter, make_study, tmp_path, client, add_admin):
     from diffusers import StableDiffusionPipeline
 
     from inference.jobs import version_pipeline
@@ -68,10 +68,7 @@ def test_an_exported_version_loads_in_plain_diffusers_and_reproduces_the_raw_sam
     plain.unload_lora_weights()
     assert np.abs(sample(plain) - exported).max() > 1e-4  # the adapter is what makes the samples
 
-    from annotation.studies.services import membership_add
-
-    admin = django_user_model.objects.create_user(username="model-admin", password="pw-model-admin")
-    membership_add(study=study, user=admin, role="admin")
+    admin = add_admin(study, "model-admin")
     client.force_login(admin)
     download = client.get(f"/api/v1/model-versions/{version.pk}/download/")  # what the dashboard links to
     assert download.status_code == 200 and download["Content-Type"] == "application/zip"

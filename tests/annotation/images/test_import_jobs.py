@@ -9,7 +9,6 @@ import pytest
 from django.core.files.storage import default_storage
 
 from annotation.models import Image, ImportJob
-from annotation.studies.services import membership_add
 from tests.annotation.images.test_import import png
 from tests.annotation.images.test_ingest import dicom_bytes, make_dicom
 
@@ -17,10 +16,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_client(make_study, make_user, client):
+def admin_client(make_study, add_admin, client):
     study = make_study("dash-import")
-    admin = make_user("dash-admin")
-    membership_add(study=study, user=admin, role="admin")
+    admin = add_admin(study, "dash-admin")
     client.force_login(admin)
     return client, study
 
