@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.support import CI, _reachable, require_postgres, require_redis
+from tests.worker import WorkerHandle
 
 
 def pytest_sessionstart(session):
@@ -94,6 +95,20 @@ def add_reader(make_user):
     return add
 
 
+@pytest.fixture
+def add_admin(make_user):
+    """A new user (`make_user`'s, `extra` its fields) made an admin of `study`."""
+    from annotation.models import Role
+    from annotation.studies.services import membership_add
+
+    def add(study, username: str | None = None, **extra):
+        user = make_user(username, **extra)
+        membership_add(study=study, user=user, role=Role.ADMIN)
+        return user
+
+    return add
+
+
 def random_pixels(seed: int, shape=(48, 40)) -> np.ndarray:
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
@@ -140,6 +155,14 @@ def bulk_round():
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory):
+    """A tiny random SD pipeline on disk, built once per test session through the production builder."""
+    from inference.ml.tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "sd")
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db, tmp_path, settings):
     """A real Celery worker process over Redis, on the test database; yields the app to send tasks with."""
@@ -182,6 +205,49 @@ def celery_worker_process(transactional_db, tmp_path, settings):
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def _round_worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One Celery worker process over Redis for the round tests (rounds, simulation, the browser walkthrough)."""
+    from django.conf import settings
+    from django.db import connection
+
+    from config.celery import app
+
+    redis_url = require_redis()
+    require_postgres()
+    root = tmp_path_factory.mktemp("round-worker")
+    db = connection.settings_dict
+    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+                                         f"{db['NAME']}",
+           "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url,
+           "MEDIA_ROOT": str(root / "media"), "CXR_MODELS_DIR": str(settings.CXR_MODELS_DIR),
+           "CELERY_TASK_ALWAYS_EAGER": "false"}
+    previous = (app.conf.broker_url, app.conf.result_backend)
+    app.conf.broker_url = app.conf.result_backend = redis_url
+    with app.connection_for_write() as conn:  # messages a killed earlier run left behind must not leak in
+        for queue in ("default", "gpu"):
+            conn.default_channel.queue_purge(queue)
+    handle = WorkerHandle(env, root)
+    handle.start()
+    yield handle
+    handle.stop()
+    app.conf.broker_url, app.conf.result_backend = previous
+
+
+@pytest.fixture
+def live_worker(_round_worker, transactional_db, settings):
+    """The shared worker, running; the test process sends real messages to it and shares its media folder."""
+    from config.celery import app
+
+    if not _round_worker.alive():
+        _round_worker.start()
+    settings.MEDIA_ROOT = _round_worker.media_root
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    app.conf.task_always_eager = False
+    yield _round_worker
+    app.conf.changes.pop("task_always_eager", None)  # back to reading the Django setting
 
 
 @pytest.fixture(scope="session")

@@ -40,12 +40,11 @@ def test_reader_stats_on_a_csv_needs_no_database(tmp_path):
 
 
 @pytest.mark.django_db
-def test_an_export_of_simulated_labels_only_says_why_it_is_empty(make_study, stored_round, make_user, tmp_path):
+def test_an_export_of_simulated_labels_only_says_why_it_is_empty(make_study, stored_round, add_admin, tmp_path):
     from rest_framework.test import APIClient
 
     from annotation.api.auth import token_issue
     from annotation.reading.simulated import round_simulate_readers, simulated_readers_ensure
-    from annotation.studies.services import membership_add
     from training.ml.simulated_reader import SimulatedReader
 
     study = make_study("simonly", readers_per_image=1, task_kinds=["realism"])
@@ -60,8 +59,7 @@ def test_an_export_of_simulated_labels_only_says_why_it_is_empty(make_study, sto
     call_command("export_dataset", "--study", study.name, "--format", "imagefolder", "--out", str(out),
                  "--include-simulated", stdout=io.StringIO())
     assert out.exists()
-    admin = make_user("simadmin")
-    membership_add(study=study, user=admin, role="admin")
+    admin = add_admin(study, "simadmin")
     _, key = token_issue(user=admin, name="t", scope="admin")
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")

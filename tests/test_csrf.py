@@ -10,18 +10,16 @@ from django.test import Client
 
 from annotation.models import StudyMembership
 from annotation.reading import assignment
-from annotation.studies.services import membership_add
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def world(make_study, add_reader, stored_round, make_user):
+def world(make_study, add_reader, stored_round, add_admin):
     study = make_study(task_kinds=["realism"], readers_per_image=1)
     rnd = stored_round(study, real=2, synthetic=2)
     reader = add_reader(study, "csrf-reader")
-    admin = make_user("csrf-admin", is_superuser=True, is_staff=True)
-    membership_add(study=study, user=admin, role="admin")
+    admin = add_admin(study, "csrf-admin", is_superuser=True, is_staff=True)
     queue = assignment.queue_for_reader(round=rnd, reader=reader)
     task = assignment.tasks_next_for_reader(queue=queue)
     member = StudyMembership.objects.get(study=study, user=reader)

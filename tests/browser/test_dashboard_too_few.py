@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.rounds.test_panel_views import build_panel_study
+from tests.annotation.rounds.test_panel_views import build_panel_study
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
