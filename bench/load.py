@@ -168,6 +168,9 @@ def main() -> None:
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread",
+                        help="gunicorn worker class: gthread (threads, keep-alive) or sync (one request at a time, "
+                             "a connection per request, so each goes to a free worker)")
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--think", default="0", help="LO,HI seconds a reader spends on each case (default 0: never).")
     parser.add_argument("--client", choices=["light", "httpx"], default="light",
@@ -203,7 +206,7 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "config.wsgi", "-b",
                                f"127.0.0.1:{port}", "-w", str(args.workers), "--threads", str(args.threads), "-k",
-                               "gthread", "--log-level", "warning"], env=env, cwd=ROOT)
+                               args.worker_class, "--log-level", "warning"], env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -296,7 +299,7 @@ def main() -> None:
                   "cpu_ms_per_label": round(1000 * server_cpu / len(acked), 1) if acked else None,
                   "server_cores_busy": round(server_cpu / wall, 2),
                   "labels_per_s_per_core": round(len(acked) / server_cpu, 1) if server_cpu else None,
-                  "client": args.client, "gunicorn": f"{args.workers}x{args.threads}", "redis": bool(args.redis),
+                  "client": args.client, "gunicorn": f"{args.worker_class} {args.workers}x{args.threads}", "redis": bool(args.redis),
                   "client_cpu_ms_per_label": round(1000 * client_cpu / len(acked), 1) if acked else None,
                   "errors": len(errors), **check}],
         "errors_sample": errors[:10],
