@@ -19,7 +19,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from annotation.images.deidentify import scrub_text
-from annotation.images.ingest import (
+from annotation.images.storage import image_store
+from annotation.images.uploads import (
     AcceptRules,
     ArchiveRejected,
     ImageRejected,
@@ -28,7 +29,6 @@ from annotation.images.ingest import (
     iter_archive,
     read_member,
 )
-from annotation.images.storage import image_store
 from annotation.models import Round, Source, Study
 from annotation.studies.audit import audit
 

@@ -23,7 +23,7 @@ from annotation.images.importing import (
     limits_from_settings,
     read_reports_csv,
 )
-from annotation.images.ingest import iter_archive
+from annotation.images.uploads import iter_archive
 from annotation.models import ImportJob, Study
 from annotation.studies.audit import audit
 from annotation.tasks import import_job_run_task

@@ -13,8 +13,8 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from annotation.images.decoded import ImageRejected
-from annotation.images.ingest import decode_image
 from annotation.images.renditions import render_display
+from annotation.images.uploads import decode_image
 from annotation.models import PracticeAnswer, PracticeCase, ReadingTask, Source, Study, TaskStatus
 from annotation.studies.audit import audit
 

@@ -20,7 +20,7 @@ from annotation.models import Image, ReadingTask, Round, RoundStatus, Source, Ta
 from annotation.reading.aggregation import Aggregation
 from annotation.rounds.config import round_config, round_seed
 from annotation.rounds.report import reads_for_round
-from annotation.stats.readers import catch_summary
+from annotation.stats.reader_report import catch_summary
 from annotation.stats.reads import CatchRule
 from inference.ml.report_text import report_prompt
 from training.ml.snapshot import Snapshot, SnapshotItem, SnapshotPair

@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 
 from annotation.models import Image, ReadingTask, Round, Source, TaskStatus
 from annotation.stats.mrmc.round_reads import mrmc_case, round_mrmc
-from annotation.stats.readers import reader_report
+from annotation.stats.reader_report import reader_report
 from annotation.stats.reads import CatchRule, Read, RubricRead
 from annotation.studies.audit import audit
 from annotation.tasks import round_report_build_task

@@ -1,5 +1,5 @@
 """The inputs of the reader statistics: one realism read, one rubric read, the catch rule, and the scale and
-test constants they share. No Django here (see `annotation.stats.readers`)."""
+test constants they share. No Django here (see `annotation.stats.reader_report`)."""
 
 from __future__ import annotations
 

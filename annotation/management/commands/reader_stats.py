@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.stats.mrmc.analysis import COVARIANCES, MRMCError
 from annotation.stats.mrmc.ratings_csv import ratings_from_csv
 from annotation.stats.mrmc.report import format_mrmc, mrmc_report
-from annotation.stats.readers import reader_report
+from annotation.stats.reader_report import reader_report
 from annotation.stats.reads import CALLS, CONFIDENCE_RANGE, DEFAULT_MARGIN, Read
 
 CSV_COLUMNS = ("case_id", "truth", "call", "reader")

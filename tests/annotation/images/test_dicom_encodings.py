@@ -17,8 +17,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from annotation.images.ingest import AcceptRules, ImageRejected, decode_image
-from tests.annotation.images.test_ingest import dicom_bytes, make_dicom
+from annotation.images.uploads import AcceptRules, ImageRejected, decode_image
+from tests.annotation.images.test_uploads import dicom_bytes, make_dicom
 
 RAMP = (np.arange(48 * 64, dtype=np.int64).reshape(48, 64) * 37 % 4096).astype(np.uint16)  # 12-bit, not smooth
 

@@ -13,7 +13,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from annotation.images.dicomweb import DicomwebUnreachable, dicomweb_import, filters_parse
 from annotation.models import Image
-from tests.annotation.images.test_ingest import make_dicom
+from tests.annotation.images.test_uploads import make_dicom
 
 pytestmark = pytest.mark.django_db
 

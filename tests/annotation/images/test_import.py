@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from PIL import Image as PILImage
 
 from annotation.models import AuditEvent, Image
-from tests.annotation.images.test_ingest import PHI, dicom_bytes, make_dicom
+from tests.annotation.images.test_uploads import PHI, dicom_bytes, make_dicom
 
 pytestmark = pytest.mark.django_db
 

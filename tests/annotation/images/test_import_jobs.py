@@ -10,7 +10,7 @@ from django.core.files.storage import default_storage
 
 from annotation.models import Image, ImportJob
 from tests.annotation.images.test_import import png
-from tests.annotation.images.test_ingest import dicom_bytes, make_dicom
+from tests.annotation.images.test_uploads import dicom_bytes, make_dicom
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from annotation.models import Image as StoredImage
-from tests.annotation.images.test_ingest import _forged_png, _symlink, dicom_bytes, make_dicom, png_bytes
+from tests.annotation.images.test_uploads import _forged_png, _symlink, dicom_bytes, make_dicom, png_bytes
 
 pytestmark = pytest.mark.django_db
 

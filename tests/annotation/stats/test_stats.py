@@ -14,7 +14,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 from statsmodels.stats.proportion import proportion_confint
 
 from annotation.stats.agreement import krippendorff_alpha_ordinal
-from annotation.stats.readers import reader_report, wilson_interval
+from annotation.stats.reader_report import reader_report, wilson_interval
 from annotation.stats.reads import CALLS, REAL, SYNTHETIC, Read, RubricRead
 from tests.annotation.stats.stats_helpers import (
     APPROX,

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
-from annotation.stats.readers import reader_report
+from annotation.stats.reader_report import reader_report
 from annotation.stats.reads import REAL, SYNTHETIC, CatchRule, Read, RubricRead
 from tests.annotation.stats.stats_helpers import (
     ROOT,
@@ -206,7 +206,7 @@ def test_excluded_readers_leave_the_pooled_intra_reader_agreement():
 
 def test_the_module_imports_neither_django_nor_the_reference_libraries():
     code = (
-        "import sys, annotation.stats.readers, annotation.stats.agreement, annotation.stats.reads; "
+        "import sys, annotation.stats.reader_report, annotation.stats.agreement, annotation.stats.reads; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'sklearn', 'statsmodels', 'krippendorff'}))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

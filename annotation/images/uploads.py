@@ -1,5 +1,6 @@
-"""Validate and decode uploaded chest X-ray files (PNG, JPEG, DICOM) and ZIP archives before they are stored (DICOM
-decoding: `annotation.images.dicom`; its de-identification profile: `annotation.images.deidentify`).
+"""What an uploaded file or archive must pass before it is stored: chest X-ray files (PNG, JPEG, DICOM) checked
+and decoded, ZIP archives checked whole (DICOM decoding: `annotation.images.dicom`; its de-identification profile:
+`annotation.images.deidentify`; importing what passed: `annotation.images.importing`).
 
 Pure Python (numpy, Pillow, pydicom); no Django. Every check that can refuse a file runs before the
 expensive or dangerous step it protects: size before parsing, the header's pixel count before

@@ -14,7 +14,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from annotation.images.deidentify import BASIC_PROFILE_TAGS, deidentify_dataset
-from annotation.images.ingest import (
+from annotation.images.uploads import (
     NOT_AN_IMAGE,
     ArchiveRejected,
     ImageRejected,
