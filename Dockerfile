@@ -15,4 +15,6 @@ COPY . .
 # at run time pass a real one (docker-compose.yml requires it: `export DJANGO_SECRET_KEY=...` before `up`).
 RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi", "-b", "0.0.0.0:8000", "-w", "4", "--threads", "4", "-k", "gthread"]
+# 4 processes x 2 threads: threads share one interpreter lock, so on this CPU-bound work more threads per process cost
+# throughput (bench/RESULTS.md, "the server's shape"); a deployment changes it with its own command
+CMD ["gunicorn", "config.wsgi", "-b", "0.0.0.0:8000", "-w", "4", "--threads", "2", "-k", "gthread"]

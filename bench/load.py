@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker (the shipped shape: 4 x 2)")
     parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread",
                         help="gunicorn worker class: gthread (threads, keep-alive) or sync (one request at a time, "
                              "a connection per request, so each goes to a free worker)")

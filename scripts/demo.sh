@@ -24,5 +24,5 @@ echo "  API docs:      http://127.0.0.1:$PORT/api/v1/docs/  (tokens: manage.py a
 echo "  Django admin:  http://127.0.0.1:$PORT/admin/"
 echo "  worker log:    $LOG_DIR/worker.log        (Ctrl-C stops both)"
 echo
-.venv/bin/gunicorn config.wsgi -b "127.0.0.1:$PORT" -w 2 --threads 4 -k gthread --access-logfile - \
+.venv/bin/gunicorn config.wsgi -b "127.0.0.1:$PORT" -w 4 --threads 2 -k gthread --access-logfile - \
   --log-level warning
