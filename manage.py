@@ -9,11 +9,15 @@ UNMIGRATED = re.compile(r"no such (table|column)|(relation|column) \S+ does not 
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
     from django.db.utils import OperationalError, ProgrammingError
 
     try:
         execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as exc:  # the settings refused to load (e.g. no secret key with DEBUG off): the sentence
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(2)
     except (OperationalError, ProgrammingError) as exc:
         if not UNMIGRATED.search(str(exc)):
             raise

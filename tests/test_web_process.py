@@ -39,6 +39,11 @@ def test_without_a_secret_key_and_with_debug_off_a_process_refuses_to_start_with
     assert "DJANGO_SECRET_KEY is not set and DEBUG is off: set DJANGO_SECRET_KEY to a long random value" in done.stderr
     assert "secrets.token_urlsafe(50)" in done.stderr
     assert python("import django; django.setup()", DJANGO_DEBUG="1", CXR_VAR_DIR=str(tmp_path)).returncode == 0
+    # a command says it in one sentence, without a traceback
+    command = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120, env={"PATH": "/usr/bin:/bin", **env})
+    assert command.returncode == 2 and "Traceback" not in command.stderr
+    assert command.stderr.startswith("DJANGO_SECRET_KEY is not set and DEBUG is off")
 
 
 def test_loading_the_settings_writes_nothing(tmp_path):
