@@ -63,6 +63,12 @@ def test_the_database_and_the_embedded_broker_make_their_folder_on_first_use(tmp
                      DJANGO_SECRET_KEY="k" * 50, CXR_VAR_DIR=str(db_var))
     assert migrate.returncode == 0, migrate.stderr[-2000:]
     assert (db_var / "db.sqlite3").is_file()
+    # and the embedded broker's task queues exist before any web process sends its first message (were made by the
+    # first message, under a per-process lock: web processes racing lost one)
+    import sqlite3
+
+    with sqlite3.connect(db_var / "broker.sqlite3") as broker:
+        assert {n for (n,) in broker.execute("SELECT name FROM kombu_queue")} >= {"default", "gpu"}
     # the web's side of the broker: a task sent, with the database elsewhere (a broker folder nothing else made)
     send = python("import django; django.setup(); from config.celery import app; "
                   "app.send_task('annotation.tasks.claims_expire_stale')",
