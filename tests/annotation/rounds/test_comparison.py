@@ -66,7 +66,12 @@ def test_a_comparison_round_reports_the_mrmc_analysis_its_export_gives_the_cli(l
     assert mrmc["versions"] == {names[child.name]: child.name, names[base.name]: base.name}
     assert set(report["treatments"]) == {names[child.name], names[base.name]}  # (jsonb keeps no key order)
     assert report["n"] == {"treatments": 2, "readers": 2, "cases": 10, "positive": 5, "negative": 5}
-    assert list(report["rrrc"]["differences"]) == [f"{names[child.name]}-{names[base.name]}"]  # in compare's order
+    # with 2 readers whose AUC differences happen to agree (the round's images vary a little between runs: the child
+    # is trained on 2 CPU threads), MS(T*R) is 0 and the random-readers analysis is not computed, with its reason
+    analysis = report["rrrc"] or report["frrc"]
+    assert analysis is not None, report["skipped"]
+    assert report["rrrc"] is not None or report["skipped"]["rrrc"].startswith("MS(T*R) is 0")
+    assert list(analysis["differences"]) == [f"{names[child.name]}-{names[base.name]}"]  # in compare's order
 
     out = tmp_path / "round.csv"
     call_command("export_dataset", study=study.name, round=[rnd.number], format="mrmc", out=str(out),
@@ -82,7 +87,8 @@ def test_a_comparison_round_reports_the_mrmc_analysis_its_export_gives_the_cli(l
     section = page.split("Readers in general (MRMC)", 1)[1]
     child_auc = report["treatments"][names[child.name]]["auc"]
     assert section.index(f"<th>{child.name}</th>") < section.index(f"<th>{base.name}</th>") and f"{child_auc:.3f}" in section
-    assert f"{child.name} − {base.name}" in section and f"{report['rrrc']['p']:.4f}" in section
+    rrrc = f"{report['rrrc']['p']:.4f}" if report["rrrc"] is not None else report["skipped"]["rrrc"]
+    assert f"{child.name} − {base.name}" in section and rrrc in section
     planned = admin_client.get(f"/dashboard/studies/{study.pk}/", {"readers": 6, "cases": 300, "effect": 0.1})
     text = planned.content.decode()
     assert planned.status_code == 200 and "Readers in general: MRMC AUC per round" in text
