@@ -115,17 +115,16 @@ class LightClient:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def _request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> _Reply:
-        for attempt in (0, 1):
-            try:
-                self.conn.request(method, url, body=body, headers={**self.headers, **(headers or {})})
-                response = self.conn.getresponse()
-                return _Reply(response.status, response.read())
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.conn.close()
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        def send() -> _Reply:
+            self.conn.request(method, url, body=body, headers={**self.headers, **(headers or {})})
+            response = self.conn.getresponse()
+            return _Reply(response.status, response.read())
+
+        try:
+            return send()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.conn.close()  # http.client opens a closed connection again on the next request
+            return send()
 
     def get(self, path: str, params: dict) -> _Reply:
         return self._request("GET", path + "?" + urllib.parse.urlencode(params))
